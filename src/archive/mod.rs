@@ -1,0 +1,176 @@
+//! The archive on disk: a Maildir++ tree that a stock Dovecot can serve
+//! (`mail/`), plus imapbak's own per-mailbox journal and status (`state/`).
+//! Knows nothing of IMAP. The tree is the truth: every file name carries
+//! its (UIDVALIDITY, UID), so `state/` can be rebuilt from it.
+
+mod journal;
+mod maildir;
+pub mod names;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub use journal::{JournalEntry, Status};
+pub use maildir::{
+    flags_to_letters, hash_file, letters_to_flags, read_message, sha256_hex, ArchivedFile, FileName,
+    Folder, FolderIndex, Keywords, Written,
+};
+
+/// A failure in the archive, always naming the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{what} `{}`: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("archive `{}` is locked by another imapbak run (lock file `{}`)", root.display(), lock.display())]
+    Locked { root: PathBuf, lock: PathBuf },
+    #[error("archive file `{}` is damaged: {reason}", path.display())]
+    Damaged { path: PathBuf, reason: String },
+}
+
+impl ArchiveError {
+    pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ArchiveError {
+        let path = path.to_path_buf();
+        move |source| ArchiveError::Io { what, path, source }
+    }
+}
+
+/// One account's archive directory.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    root: PathBuf,
+}
+
+/// Held while a run works on an archive; the kernel drops the lock when the
+/// process dies, so a killed holder never leaves it stale.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Archive {
+    /// The archive at `root`, which may not exist yet.
+    pub fn at(root: &Path) -> Archive {
+        Archive {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn mail_dir(&self) -> PathBuf {
+        self.root.join("mail")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    /// Creates `mail/` and `state/` (0700) if missing.
+    pub fn create(&self) -> Result<(), ArchiveError> {
+        for dir in [self.root.clone(), self.mail_dir(), self.state_dir()] {
+            make_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the archive's lock without waiting.
+    pub fn lock(&self) -> Result<Lock, ArchiveError> {
+        let path = self.state_dir().join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(ArchiveError::io("cannot open lock file", &path))?;
+        match file.try_lock() {
+            Ok(()) => {
+                let mut f = &file;
+                let _ = f.write_all(format!("{}\n", std::process::id()).as_bytes());
+                Ok(Lock { _file: file })
+            }
+            Err(fs::TryLockError::WouldBlock) => Err(ArchiveError::Locked {
+                root: self.root.clone(),
+                lock: path,
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(ArchiveError::Io {
+                what: "cannot lock",
+                path,
+                source: e,
+            }),
+        }
+    }
+
+    /// The folder for a Maildir++ directory name (`""` is INBOX).
+    pub fn folder(&self, dir: &str) -> Folder {
+        let key = if dir.is_empty() { "INBOX" } else { dir };
+        Folder::new(
+            self.mail_dir().join(dir),
+            self.state_dir().join("mailboxes").join(key),
+            !dir.is_empty(),
+        )
+    }
+}
+
+/// Creates a directory with mode 0700 if it does not exist.
+pub(crate) fn make_dir(dir: &Path) -> Result<(), ArchiveError> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // A symlink planted where a folder belongs is never followed.
+            let meta = fs::symlink_metadata(dir).map_err(ArchiveError::io("cannot stat", dir))?;
+            if meta.is_dir() {
+                Ok(())
+            } else {
+                Err(ArchiveError::Io {
+                    what: "not a directory (refusing to follow)",
+                    path: dir.to_path_buf(),
+                    source: io::Error::other("exists and is not a plain directory"),
+                })
+            }
+        }
+        Err(e) => Err(ArchiveError::Io {
+            what: "cannot create directory",
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// fsyncs a directory so that renames into it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(ArchiveError::io("cannot sync directory", dir))
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename,
+/// so readers see the old or the new content, never a mix.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(ArchiveError::io("cannot create", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(ArchiveError::io("cannot write", &tmp))?;
+    fs::rename(&tmp, path).map_err(ArchiveError::io("cannot rename into place", path))?;
+    sync_dir(dir)
+}

@@ -1,0 +1,76 @@
+//! `imapbak check`: prove the configuration works before cron relies on it.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+
+use super::{load_accounts, runtime, AccountArgs, Connector};
+use crate::exit_codes::ExitCode;
+use crate::sync::plan::choose_mailboxes;
+use crate::sync::pull::connect_error;
+use crate::sync::remote::Remote;
+
+/// Connect, log in, and show capabilities and the mailboxes pull would back up.
+///
+/// Nothing is written. Use it after editing the configuration.
+#[derive(Debug, clap::Args)]
+pub struct CheckCmd {
+    #[command(flatten)]
+    accounts: AccountArgs,
+}
+
+pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
+    let accounts = load_accounts(config, &cmd.accounts)?;
+    let rt = runtime()?;
+    let mut worst = ExitCode::Success;
+    for account in accounts {
+        let account = Arc::new(account);
+        let connector = Connector::new(account.clone())?;
+        let result = rt.block_on(async {
+            let mut conn = connector
+                .connect()
+                .await
+                .map_err(|e| anyhow!(connect_error(&account, &e)))?;
+            let listed = conn.list().await?;
+            let caps = conn.capabilities();
+            conn.logout().await;
+            Ok::<_, anyhow::Error>((listed, caps))
+        });
+        let (listed, caps) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: account `{}`: {e:#}", account.name);
+                worst = worst.max(ExitCode::Connection);
+                continue;
+            }
+        };
+        println!(
+            "account `{}`: logged in to {}:{} as {}",
+            account.name, account.host, account.port, account.user
+        );
+        println!("  archive: {}", account.archive.display());
+        println!("  capabilities: {}", caps.join(" "));
+        let (targets, refused) = choose_mailboxes(&listed, |n| account.wants(n));
+        println!("  mailboxes ({} to back up):", targets.len());
+        for m in &listed {
+            let mark = if !m.selectable {
+                "noselect"
+            } else if targets.iter().any(|t| t.mailbox.raw == m.raw) {
+                "backup"
+            } else if refused.iter().any(|r| r.name == m.name) {
+                "REFUSED"
+            } else {
+                "excluded"
+            };
+            let count = m
+                .status
+                .map(|s| format!("{} messages", s.messages))
+                .unwrap_or_default();
+            println!("    {mark:<9} {}  {count}", m.name);
+        }
+        for r in refused {
+            eprintln!("warning: mailbox `{}` will not be archived: {}", r.name, r.reason);
+        }
+    }
+    Ok(worst)
+}

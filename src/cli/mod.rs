@@ -1,0 +1,177 @@
+//! Command-line definitions (clap derive). Help text, the man page and
+//! completions all come from these definitions.
+
+mod check;
+mod pull;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Account, Config, TlsMode};
+use crate::exit_codes::ExitCode;
+use crate::imap::{tls, ConnectParams, Connection, ImapError};
+
+const AFTER_HELP: &str = "\
+Configuration (TOML; --config, else $IMAPBAK_CONFIG, else $XDG_CONFIG_HOME/imapbak/config.toml):
+
+  [accounts.work]
+  host = \"imap.example.com\"
+  port = 993                      # default: 993 (implicit TLS), 143 (starttls)
+  tls = \"implicit\"                # or \"starttls\"; plain IMAP is never used
+  user = \"alice@example.com\"
+  password-command = \"pass show mail/work\"   # first line of its stdout (sh -c)
+  # password-env = \"WORK_PASSWORD\"           # or an environment variable
+  # password = \"...\"                         # only in a file not readable by others
+  # ca-file = \"/etc/ssl/my-ca.pem\"           # extra trust roots (PEM)
+  # cert-fingerprint = \"sha256:AB:CD:...\"    # pin the server certificate instead
+  archive = \"~/mail-archive/work\"  # default: $XDG_DATA_HOME/imapbak/<account>
+  include = [\"*\"]                  # globs on the decoded mailbox name
+  exclude = [\"Junk\"]               # default: nothing excluded
+  # compression-level = 3          # zstd level, 1..19
+  # timeout = 60                   # seconds to wait for the server
+  # max-message-size = 536870912   # larger messages are refused (bytes)
+
+The archive is a Maildir++ tree (ARCHIVE/mail) that a stock Dovecot serves
+as it is: mail_location = maildir:ARCHIVE/mail, mail_plugins = zlib.
+Each message is one zstd frame (`zstd -dc FILE` reads it).
+";
+
+/// Back up every mailbox of an IMAP account into a compressed local Maildir.
+#[derive(Debug, Parser)]
+#[command(
+    name = "imapbak",
+    version,
+    about,
+    long_about = "Back up every mailbox of an IMAP account into a compressed, \
+                  Dovecot-servable local Maildir, incrementally by UID. Run \
+                  `imapbak check` once, then `imapbak pull` from cron.",
+    after_long_help = format!("{AFTER_HELP}\n{}", ExitCode::TABLE),
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Configuration file [default: $IMAPBAK_CONFIG, else $XDG_CONFIG_HOME/imapbak/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect, log in, and list capabilities and mailboxes (nothing is written)
+    Check(check::CheckCmd),
+    /// Back up every mailbox: download only what is new, mirror flag changes
+    Pull(pull::PullCmd),
+    /// Print the man page (roff) of imapbak or of one subcommand
+    #[command(hide = true)]
+    Man {
+        /// Subcommand whose page to print
+        subcommand: Option<String>,
+    },
+}
+
+/// Runs the parsed command line; the exit code says how it went.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check(cmd) => check::run(cmd, cli.config.as_deref()),
+        Command::Pull(cmd) => pull::run(cmd, cli.config.as_deref()),
+        Command::Man { subcommand } => {
+            let page = man_page(subcommand.as_deref())?;
+            use std::io::Write;
+            std::io::stdout().write_all(&page)?;
+            Ok(ExitCode::Success)
+        }
+    }
+}
+
+/// The roff man page of `imapbak` or `imapbak-<subcommand>`.
+pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let page_cmd = match subcommand {
+        None => cmd,
+        Some(name) => {
+            let sub = cmd
+                .find_subcommand(name)
+                .with_context(|| format!("no subcommand `{name}`"))?
+                .clone();
+            let full = format!("imapbak-{name}");
+            sub.name(full.clone()).bin_name(full)
+        }
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page_cmd).render(&mut out)?;
+    Ok(out)
+}
+
+/// Subcommands that get a page of their own under man/.
+pub const MAN_PAGES: &[&str] = &["check", "pull"];
+
+/// Options shared by the subcommands that talk to servers.
+#[derive(Debug, clap::Args)]
+pub struct AccountArgs {
+    /// Account to work on (repeatable) [default: every account]
+    #[arg(short, long = "account", value_name = "NAME")]
+    pub accounts: Vec<String>,
+}
+
+/// Loads the configuration and picks the accounts.
+fn load_accounts(config: Option<&std::path::Path>, args: &AccountArgs) -> Result<Vec<Account>> {
+    let path = crate::config::locate(config)?;
+    let config = Config::load(&path)?;
+    config.select(&args.accounts)
+}
+
+/// Everything needed to open connections to one account, prepared once
+/// (the password is read once, not per connection).
+pub(crate) struct Connector {
+    account: Arc<Account>,
+    password: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Connector {
+    pub(crate) fn new(account: Arc<Account>) -> Result<Connector> {
+        let tls = tls::client_config(account.ca_file.as_deref(), account.fingerprint)
+            .with_context(|| format!("account `{}`", account.name))?;
+        let password = account
+            .read_password()
+            .with_context(|| format!("account `{}`", account.name))?;
+        Ok(Connector {
+            account,
+            password,
+            tls,
+        })
+    }
+
+    pub(crate) async fn connect(&self) -> Result<Connection, ImapError> {
+        let a = &self.account;
+        Connection::connect(&ConnectParams {
+            host: &a.host,
+            port: a.port,
+            starttls: a.tls == TlsMode::Starttls,
+            user: &a.user,
+            password: &self.password,
+            tls: self.tls.clone(),
+            timeout: a.timeout,
+        })
+        .await
+    }
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

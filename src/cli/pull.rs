@@ -1,0 +1,90 @@
+//! `imapbak pull`: back up every configured account.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::{load_accounts, runtime, AccountArgs, Connector};
+use crate::exit_codes::ExitCode;
+use crate::progress::Bars;
+use crate::report::{AccountReport, PullReport};
+use crate::sync::pull::{pull_account, PullOptions};
+
+/// Download what is new in every mailbox and mirror flag changes.
+///
+/// Safe to run from cron: a second run downloads nothing and says so in
+/// one line; nothing but warnings, errors and that line is printed when
+/// stderr is not a terminal.
+#[derive(Debug, clap::Args)]
+pub struct PullCmd {
+    #[command(flatten)]
+    accounts: AccountArgs,
+
+    /// Connections per account used at once
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+
+    /// Show what would be fetched; write nothing
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+
+    /// Print the summary as JSON on stdout (see the man page for the fields)
+    #[arg(long)]
+    json: bool,
+
+    /// No progress bars and no summary line; only warnings and errors
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
+    let accounts = load_accounts(config, &cmd.accounts)?;
+    let start = Instant::now();
+    let progress: Arc<dyn crate::progress::Progress> =
+        Arc::from(Bars::for_terminal(cmd.quiet || cmd.json));
+    let opts = PullOptions {
+        jobs: cmd.jobs as usize,
+        dry_run: cmd.dry_run,
+        ..Default::default()
+    };
+    let rt = runtime()?;
+    let mut report = PullReport {
+        dry_run: cmd.dry_run,
+        ..Default::default()
+    };
+    for account in accounts {
+        let account = Arc::new(account);
+        let connector = match Connector::new(account.clone()) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                report.accounts.push(AccountReport {
+                    account: account.name.clone(),
+                    archive: account.archive.display().to_string(),
+                    error: Some(format!("{e:#}")),
+                    code: Some(ExitCode::Usage),
+                    ..Default::default()
+                });
+                continue;
+            }
+        };
+        let connect = move || {
+            let c = connector.clone();
+            async move { c.connect().await }
+        };
+        let r = rt.block_on(pull_account(account, opts.clone(), progress.clone(), connect));
+        report.accounts.push(r);
+    }
+    drop(progress);
+    report.seconds = start.elapsed().as_secs_f64();
+    let code = report.finish();
+    for line in report.problems() {
+        eprintln!("{line}");
+    }
+    if cmd.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !cmd.quiet {
+        println!("{report}");
+    }
+    Ok(code)
+}

@@ -1,0 +1,140 @@
+//! The IMAP side: connecting (implicit TLS or STARTTLS, always verified),
+//! logging in, and the few raw commands the sync engine needs. No policy
+//! lives here: what to fetch and when is decided in `sync/`.
+//!
+//! `async-imap` gives us framing and parsing (`imap-proto`); commands are
+//! issued raw so that LIST-STATUS, CONDSTORE modifiers and APPENDUID are ours
+//! to use, and every read is bounded by the account's timeout.
+
+pub mod mutf7;
+mod session;
+pub mod tls;
+
+use std::path::PathBuf;
+
+pub use session::{ConnectParams, Connection};
+
+/// A failure on the IMAP side. `is_connection_level` tells the executor
+/// whether the connection is still usable for the next mailbox.
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("cannot connect to `{host}:{port}`: {source}")]
+    Connect {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with `{host}` failed: {reason}")]
+    Handshake { host: String, reason: String },
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+    #[error("cannot read ca-file `{}`: {reason}", path.display())]
+    CaFile { path: PathBuf, reason: String },
+    #[error("server `{0}` does not offer STARTTLS; refusing to send credentials in plain text")]
+    NoStartTls(String),
+    #[error("server `{0}` sent PREAUTH; refusing a session that skipped authentication")]
+    Preauth(String),
+    #[error("server `{0}` sent data after its STARTTLS reply; refusing (possible injection attack)")]
+    StartTlsInjection(String),
+    #[error("login as `{user}` refused by the server: {text}")]
+    Auth { user: String, text: String },
+    #[error("timed out after {secs} s waiting for the server ({what})")]
+    Timeout { what: String, secs: u64 },
+    #[error("server refused `{command}`: {text}")]
+    No { command: String, text: String },
+    #[error("server rejected `{command}` as bad: {text}")]
+    Bad { command: String, text: String },
+    #[error("server closed the connection: {0}")]
+    Bye(String),
+    #[error("connection lost")]
+    ConnectionLost,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("network error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ImapError {
+    /// True when the connection cannot be used any more.
+    pub fn is_connection_level(&self) -> bool {
+        !matches!(self, ImapError::No { .. } | ImapError::Bad { .. })
+    }
+
+    /// True when the failure happened before or during login, so no mailbox
+    /// could be touched (the account-level exit code).
+    pub fn is_setup(&self) -> bool {
+        matches!(
+            self,
+            ImapError::Connect { .. }
+                | ImapError::Handshake { .. }
+                | ImapError::Tls(_)
+                | ImapError::CaFile { .. }
+                | ImapError::NoStartTls(_)
+                | ImapError::Preauth(_)
+                | ImapError::StartTlsInjection(_)
+                | ImapError::Auth { .. }
+        )
+    }
+}
+
+/// Quotes a string for IMAP (RFC 3501 quoted string). Names with CR, LF or
+/// NUL cannot be quoted and come only from hostile servers.
+pub fn quote(s: &str) -> Result<String, ImapError> {
+    if s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(ImapError::Protocol(format!(
+            "mailbox name {s:?} contains a line break or NUL"
+        )));
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    Ok(out)
+}
+
+/// Formats a sorted list of UIDs as a compact IMAP sequence set.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
+            i += 1;
+            end = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_set_compresses_runs() {
+        assert_eq!(uid_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
+        assert_eq!(uid_set(&[4]), "4");
+        assert_eq!(uid_set(&[]), "");
+    }
+
+    #[test]
+    fn quote_escapes_and_refuses_line_breaks() {
+        assert_eq!(quote(r#"a"b\c"#).unwrap(), r#""a\"b\\c""#);
+        assert!(quote("a\r\nb").is_err());
+    }
+}

@@ -1,0 +1,636 @@
+//! One authenticated IMAP connection, implementing [`Remote`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_imap::imap_proto::{
+    AttributeValue, Capability, MailboxDatum, NameAttribute, Response, ResponseCode, Status,
+    StatusAttribute,
+};
+use chrono::DateTime;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::{mutf7, quote, uid_set, ImapError};
+use crate::sync::remote::{
+    FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Remote, RemoteFlags, Selected,
+};
+
+type Stream = TlsStream<TcpStream>;
+
+/// What is needed to open a session.
+pub struct ConnectParams<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub starttls: bool,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub tls: Arc<ClientConfig>,
+    pub timeout: Duration,
+}
+
+/// An authenticated session.
+pub struct Connection {
+    session: async_imap::Session<Stream>,
+    caps: HashSet<String>,
+    timeout: Duration,
+}
+
+/// One response, reduced to what a caller needs once the raw buffer is gone.
+enum Step<T> {
+    Untagged(T),
+    Done(Result<(), ImapError>),
+    Other,
+}
+
+impl Connection {
+    /// Connects, secures the connection, and logs in. Credentials are sent
+    /// only over a verified TLS channel.
+    pub async fn connect(p: &ConnectParams<'_>) -> Result<Connection, ImapError> {
+        let secs = p.timeout.as_secs();
+        let tcp = timeout(p.timeout, TcpStream::connect((p.host, p.port)))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what: format!("connecting to {}:{}", p.host, p.port),
+                secs,
+            })?
+            .map_err(|source| ImapError::Connect {
+                host: p.host.to_string(),
+                port: p.port,
+                source,
+            })?;
+        tcp.set_nodelay(true).ok();
+        let mut tcp = tcp;
+        if p.starttls {
+            timeout(p.timeout, starttls_preamble(&mut tcp, p.host))
+                .await
+                .map_err(|_| ImapError::Timeout {
+                    what: "STARTTLS negotiation".into(),
+                    secs,
+                })??;
+        }
+        let name = ServerName::try_from(p.host.to_string())
+            .map_err(|e| ImapError::Tls(format!("invalid host name `{}`: {e}", p.host)))?;
+        let tls = timeout(
+            p.timeout,
+            TlsConnector::from(p.tls.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| ImapError::Timeout {
+            what: "TLS handshake".into(),
+            secs,
+        })?
+        .map_err(|e| ImapError::Handshake {
+            host: p.host.to_string(),
+            reason: e.to_string(),
+        })?;
+
+        let mut client = async_imap::Client::new(tls);
+        if !p.starttls {
+            let greeting = timeout(p.timeout, client.read_response())
+                .await
+                .map_err(|_| ImapError::Timeout {
+                    what: "server greeting".into(),
+                    secs,
+                })??
+                .ok_or(ImapError::ConnectionLost)?;
+            match greeting.parsed() {
+                Response::Data {
+                    status: Status::Ok, ..
+                } => {}
+                Response::Data {
+                    status: Status::PreAuth,
+                    ..
+                } => return Err(ImapError::Preauth(p.host.to_string())),
+                other => {
+                    return Err(ImapError::Protocol(format!(
+                        "unexpected greeting: {other:?}"
+                    )))
+                }
+            }
+        }
+        let session = match timeout(p.timeout, client.login(p.user, p.password)).await {
+            Err(_) => {
+                return Err(ImapError::Timeout {
+                    what: "login".into(),
+                    secs,
+                })
+            }
+            Ok(Ok(session)) => session,
+            Ok(Err((e, _))) => {
+                return Err(match e {
+                    async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
+                        ImapError::Auth {
+                            user: p.user.to_string(),
+                            text,
+                        }
+                    }
+                    async_imap::error::Error::Io(e) => ImapError::Io(e),
+                    async_imap::error::Error::ConnectionLost => ImapError::ConnectionLost,
+                    other => ImapError::Protocol(other.to_string()),
+                })
+            }
+        };
+        let mut conn = Connection {
+            session,
+            caps: HashSet::new(),
+            timeout: p.timeout,
+        };
+        let mut caps = HashSet::new();
+        conn.run("CAPABILITY", |r| {
+            if let Response::Capabilities(list) = r {
+                for c in list {
+                    caps.insert(capability_name(c));
+                }
+            }
+        })
+        .await?;
+        conn.caps = caps;
+        Ok(conn)
+    }
+
+    /// The capabilities announced after login, sorted.
+    pub fn capabilities(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.caps.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Reads one response and reduces it with `f` while the buffer is alive.
+    async fn next<T>(&mut self, f: impl FnOnce(&Response<'_>) -> T) -> Result<T, ImapError> {
+        let resp = timeout(self.timeout, self.session.read_response())
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what: "a server response".into(),
+                secs: self.timeout.as_secs(),
+            })??
+            .ok_or(ImapError::ConnectionLost)?;
+        Ok(f(resp.parsed()))
+    }
+
+    /// Sends `command` and reads until its tagged reply, showing every
+    /// untagged response to `on_untagged`.
+    async fn run(
+        &mut self,
+        command: &str,
+        mut on_untagged: impl FnMut(&Response<'_>),
+    ) -> Result<(), ImapError> {
+        let tag = timeout(self.timeout, self.session.run_command(command))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what: format!("sending {}", verb(command)),
+                secs: self.timeout.as_secs(),
+            })?
+            .map_err(async_to_imap)?;
+        loop {
+            let step = self
+                .next(|r| match r {
+                    Response::Done {
+                        tag: t,
+                        status,
+                        outcome,
+                    } if *t == tag => Step::Done(done_status(command, status, outcome)),
+                    Response::Data {
+                        status: Status::Bye,
+                        outcome,
+                    } => Step::Done(Err(ImapError::Bye(
+                        outcome.information.as_deref().unwrap_or("").to_string(),
+                    ))),
+                    other => {
+                        on_untagged(other);
+                        Step::<()>::Other
+                    }
+                })
+                .await?;
+            match step {
+                Step::Done(result) => return result,
+                Step::Untagged(()) | Step::Other => {}
+            }
+        }
+    }
+}
+
+fn verb(command: &str) -> &str {
+    let mut words = command.split(' ');
+    match words.next() {
+        Some("UID") => command.splitn(3, ' ').take(2).last().unwrap_or("UID"),
+        Some(w) => w,
+        None => "",
+    }
+}
+
+fn done_status(
+    command: &str,
+    status: &Status,
+    outcome: &async_imap::imap_proto::Outcome<'_>,
+) -> Result<(), ImapError> {
+    let text = outcome.information.as_deref().unwrap_or("").to_string();
+    let command = verb(command).to_string();
+    match status {
+        Status::Ok => Ok(()),
+        Status::No => Err(ImapError::No { command, text }),
+        Status::Bad => Err(ImapError::Bad { command, text }),
+        Status::Bye => Err(ImapError::Bye(text)),
+        Status::PreAuth => Err(ImapError::Protocol("tagged PREAUTH".into())),
+    }
+}
+
+fn async_to_imap(e: async_imap::error::Error) -> ImapError {
+    match e {
+        async_imap::error::Error::Io(e) => ImapError::Io(e),
+        async_imap::error::Error::ConnectionLost => ImapError::ConnectionLost,
+        other => ImapError::Protocol(other.to_string()),
+    }
+}
+
+fn capability_name(c: &Capability<'_>) -> String {
+    match c {
+        Capability::Imap4rev1 => "IMAP4REV1".into(),
+        Capability::Auth(a) => format!("AUTH={}", a.to_ascii_uppercase()),
+        Capability::Atom(a) => a.to_ascii_uppercase(),
+    }
+}
+
+/// The plain-text part of STARTTLS (RFC 3501 6.2.1). Everything read here is
+/// discarded; bytes after the tagged OK mean someone injected them.
+async fn starttls_preamble(tcp: &mut TcpStream, host: &str) -> Result<(), ImapError> {
+    let mut buf = Vec::new();
+    let greeting = read_line(tcp, &mut buf).await?;
+    let upper = greeting.to_ascii_uppercase();
+    if upper.starts_with("* PREAUTH") {
+        return Err(ImapError::Preauth(host.to_string()));
+    }
+    if upper.starts_with("* BYE") {
+        return Err(ImapError::Bye(greeting.trim_end().to_string()));
+    }
+    if !upper.starts_with("* OK") {
+        return Err(ImapError::Protocol(format!(
+            "unexpected greeting {:?}",
+            greeting.trim_end()
+        )));
+    }
+    let mut offered = upper.contains("[CAPABILITY") && has_starttls(&upper);
+    if !offered {
+        tcp.write_all(b"A0 CAPABILITY\r\n").await?;
+        loop {
+            let line = read_line(tcp, &mut buf).await?.to_ascii_uppercase();
+            if line.starts_with("* CAPABILITY") && has_starttls(&line) {
+                offered = true;
+            }
+            if line.starts_with("A0 ") {
+                break;
+            }
+        }
+    }
+    if !offered {
+        return Err(ImapError::NoStartTls(host.to_string()));
+    }
+    tcp.write_all(b"A1 STARTTLS\r\n").await?;
+    loop {
+        let line = read_line(tcp, &mut buf).await?;
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("A1 OK") {
+            break;
+        }
+        if upper.starts_with("A1 ") {
+            return Err(ImapError::NoStartTls(host.to_string()));
+        }
+    }
+    if !buf.is_empty() {
+        return Err(ImapError::StartTlsInjection(host.to_string()));
+    }
+    Ok(())
+}
+
+fn has_starttls(line: &str) -> bool {
+    line.split([' ', ']'])
+        .any(|w| w == "STARTTLS")
+}
+
+/// Reads one CRLF-terminated line (at most 64 KiB), keeping any bytes after
+/// it in `buf`.
+async fn read_line(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, ImapError> {
+    loop {
+        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = buf.drain(..pos + 2).collect();
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(ImapError::Protocol("line longer than 64 KiB".into()));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(ImapError::ConnectionLost);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn parse_internaldate(s: &str) -> Option<DateTime<chrono::FixedOffset>> {
+    DateTime::parse_from_str(s.trim(), "%d-%b-%Y %H:%M:%S %z").ok()
+}
+
+fn status_of(attrs: &[StatusAttribute]) -> MailboxStatus {
+    let mut st = MailboxStatus::default();
+    for a in attrs {
+        match a {
+            StatusAttribute::UidValidity(v) => st.uidvalidity = *v,
+            StatusAttribute::UidNext(v) => st.uidnext = *v,
+            StatusAttribute::Messages(v) => st.messages = *v,
+            StatusAttribute::HighestModSeq(v) => st.highestmodseq = Some(*v),
+            _ => {}
+        }
+    }
+    st
+}
+
+impl Remote for Connection {
+    fn has_capability(&self, cap: &str) -> bool {
+        self.caps.contains(cap)
+    }
+
+    async fn list(&mut self) -> Result<Vec<ListedMailbox>, ImapError> {
+        let condstore = self.has_capability("CONDSTORE");
+        let command = if self.has_capability("LIST-STATUS") {
+            format!(
+                "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT UIDVALIDITY{}))",
+                if condstore { " HIGHESTMODSEQ" } else { "" }
+            )
+        } else {
+            "LIST \"\" \"*\"".to_string()
+        };
+        let mut listed: Vec<ListedMailbox> = Vec::new();
+        let mut statuses: Vec<(String, MailboxStatus)> = Vec::new();
+        let mut bad_names: Vec<String> = Vec::new();
+        self.run(&command, |r| match r {
+            Response::MailboxData(MailboxDatum::List(data)) => {
+                let raw = data.name.to_string();
+                let selectable = !data.name_attributes.iter().any(|a| {
+                    matches!(a, NameAttribute::NoSelect)
+                        || matches!(a, NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent"))
+                });
+                let delimiter = data.delimiter.as_deref().and_then(|d| d.chars().next());
+                let name = if raw.eq_ignore_ascii_case("INBOX") {
+                    "INBOX".to_string()
+                } else {
+                    match mutf7::decode(&raw) {
+                        Ok(n) => n,
+                        Err(_) => {
+                            bad_names.push(raw.clone());
+                            raw.clone()
+                        }
+                    }
+                };
+                listed.push(ListedMailbox {
+                    raw,
+                    name,
+                    delimiter,
+                    selectable,
+                    status: None,
+                });
+            }
+            Response::MailboxData(MailboxDatum::Status { mailbox, status }) => {
+                statuses.push((mailbox.to_string(), status_of(status)));
+            }
+            _ => {}
+        })
+        .await?;
+        for name in bad_names {
+            log::warn!("mailbox `{name}` is not valid modified UTF-7; using its name as sent");
+        }
+        for (raw, st) in statuses {
+            if let Some(m) = listed.iter_mut().find(|m| m.raw == raw) {
+                m.status = Some(st);
+            }
+        }
+        Ok(listed)
+    }
+
+    async fn examine(&mut self, raw: &str) -> Result<Selected, ImapError> {
+        let condstore = self.has_capability("CONDSTORE");
+        let command = format!(
+            "EXAMINE {}{}",
+            quote(raw)?,
+            if condstore { " (CONDSTORE)" } else { "" }
+        );
+        let mut sel = Selected::default();
+        self.run(&command, |r| match r {
+            Response::Data { outcome, .. } => match outcome.code {
+                Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,
+                Some(ResponseCode::UidNext(v)) => sel.uidnext = v,
+                Some(ResponseCode::HighestModSeq(v)) => sel.highestmodseq = Some(v),
+                _ => {}
+            },
+            Response::MailboxData(MailboxDatum::Exists(n)) => sel.exists = *n,
+            _ => {}
+        })
+        .await?;
+        if sel.uidvalidity == 0 {
+            return Err(ImapError::Protocol(format!(
+                "server sent no UIDVALIDITY for `{raw}`"
+            )));
+        }
+        Ok(sel)
+    }
+
+    async fn uid_sizes(&mut self, from: u32) -> Result<Vec<(u32, u32)>, ImapError> {
+        let mut out = Vec::new();
+        let command = format!("UID FETCH {}:* (UID RFC822.SIZE)", from.max(1));
+        self.run(&command, |r| {
+            if let Response::Fetch(_, attrs) = r {
+                let mut uid = None;
+                let mut size = None;
+                for a in attrs {
+                    match a {
+                        AttributeValue::Uid(u) => uid = Some(*u),
+                        AttributeValue::Rfc822Size(s) => size = Some(*s),
+                        _ => {}
+                    }
+                }
+                if let (Some(uid), Some(size)) = (uid, size) {
+                    // `n:*` returns the last message even when its UID < n.
+                    if uid >= from {
+                        out.push((uid, size));
+                    }
+                }
+            }
+        })
+        .await?;
+        out.sort_unstable();
+        out.dedup_by_key(|e| e.0);
+        Ok(out)
+    }
+
+    async fn flags(&mut self, changed_since: Option<u64>) -> Result<Vec<RemoteFlags>, ImapError> {
+        let command = match changed_since {
+            Some(m) => format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})"),
+            None => "UID FETCH 1:* (UID FLAGS)".to_string(),
+        };
+        let mut out = Vec::new();
+        self.run(&command, |r| {
+            if let Response::Fetch(_, attrs) = r {
+                let mut uid = None;
+                let mut flags = None;
+                for a in attrs {
+                    match a {
+                        AttributeValue::Uid(u) => uid = Some(*u),
+                        AttributeValue::Flags(f) => {
+                            flags = Some(f.iter().map(|s| s.to_string()).collect())
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(uid), Some(flags)) = (uid, flags) {
+                    out.push(RemoteFlags { uid, flags });
+                }
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn fetch<S: MessageSink + Sync>(
+        &mut self,
+        uids: &[u32],
+        max_size: u64,
+        sink: &S,
+    ) -> Result<Vec<u32>, ImapError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: HashSet<u32> = uids.iter().copied().collect();
+        let mut delivered = Vec::with_capacity(uids.len());
+        let command = format!(
+            "UID FETCH {} (UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])",
+            uid_set(uids)
+        );
+        let tag = timeout(self.timeout, self.session.run_command(&command))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what: "sending FETCH".into(),
+                secs: self.timeout.as_secs(),
+            })?
+            .map_err(async_to_imap)?;
+        loop {
+            let step = self
+                .next(|r| match r {
+                    Response::Done {
+                        tag: t,
+                        status,
+                        outcome,
+                    } if *t == tag => Step::Done(done_status(&command, status, outcome)),
+                    Response::Data {
+                        status: Status::Bye,
+                        outcome,
+                    } => Step::Done(Err(ImapError::Bye(
+                        outcome.information.as_deref().unwrap_or("").to_string(),
+                    ))),
+                    Response::Fetch(_, attrs) => match message_of(attrs, max_size) {
+                        Some(m) => Step::Untagged(m),
+                        None => Step::Other,
+                    },
+                    _ => Step::Other,
+                })
+                .await?;
+            match step {
+                Step::Done(result) => {
+                    result?;
+                    return Ok(delivered);
+                }
+                Step::Untagged(Err(e)) => return Err(e),
+                Step::Untagged(Ok(msg)) => {
+                    if wanted.contains(&msg.uid) && !delivered.contains(&msg.uid) {
+                        delivered.push(msg.uid);
+                        sink.send(msg).await?;
+                    }
+                }
+                Step::Other => {}
+            }
+        }
+    }
+
+    async fn logout(mut self) {
+        let _ = timeout(Duration::from_secs(2), self.session.logout()).await;
+    }
+}
+
+/// Turns a FETCH response into a message if it carries a body; unsolicited
+/// flag updates carry none and yield `None`.
+fn message_of(
+    attrs: &[AttributeValue<'_>],
+    max_size: u64,
+) -> Option<Result<FetchedMessage, ImapError>> {
+    let mut uid = None;
+    let mut size = None;
+    let mut flags = Vec::new();
+    let mut date = None;
+    let mut body: Option<&[u8]> = None;
+    let mut has_body_item = false;
+    for a in attrs {
+        match a {
+            AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::Rfc822Size(s) => size = Some(*s),
+            AttributeValue::Flags(f) => flags = f.iter().map(|s| s.to_string()).collect(),
+            AttributeValue::InternalDate(d) => date = Some(d.to_string()),
+            AttributeValue::BodySection { section: None, data, .. } => {
+                has_body_item = true;
+                body = data.as_deref();
+            }
+            _ => {}
+        }
+    }
+    if !has_body_item {
+        return None;
+    }
+    let uid = match uid {
+        Some(u) => u,
+        None => return Some(Err(ImapError::Protocol("FETCH response without UID".into()))),
+    };
+    let Some(body) = body else {
+        return Some(Err(ImapError::Protocol(format!(
+            "server sent no body (NIL) for UID {uid}"
+        ))));
+    };
+    if body.len() as u64 > max_size {
+        return Some(Err(ImapError::Protocol(format!(
+            "message UID {uid} is {} bytes, over the limit of {max_size}",
+            body.len()
+        ))));
+    }
+    let Some(internaldate) = date.as_deref().and_then(parse_internaldate) else {
+        return Some(Err(ImapError::Protocol(format!(
+            "missing or unreadable INTERNALDATE for UID {uid}"
+        ))));
+    };
+    Some(Ok(FetchedMessage {
+        uid,
+        flags,
+        internaldate,
+        size: size.unwrap_or(body.len() as u32),
+        body: body.to_vec(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internaldate_with_space_padded_day_parses() {
+        let d = parse_internaldate(" 1-Feb-2024 10:11:12 +0100").unwrap();
+        assert_eq!(d.timestamp(), 1706778672);
+    }
+
+    #[test]
+    fn verb_names_uid_commands() {
+        assert_eq!(verb("UID FETCH 1:* (FLAGS)"), "FETCH");
+        assert_eq!(verb("EXAMINE \"x\""), "EXAMINE");
+    }
+}

@@ -1,0 +1,24 @@
+//! imapbak backs up every mailbox of an IMAP account into a compressed,
+//! Dovecot-servable Maildir, incrementally by UID.
+//!
+//! ```text
+//! cli/      clap definitions, one file per subcommand; maps errors to exit codes
+//! config    TOML schema, password sources, resolved account settings
+//! imap/     TLS, STARTTLS, login, raw commands (async-imap framing); no policy
+//! archive/  the compressed Maildir, file names, write protocol, journal, lock
+//! sync/     the Remote trait, pure planners, and the pull executor
+//! progress  one trait; bars on a terminal, nothing elsewhere
+//! report    the run summary: Display for people, Serialize for --json
+//! ```
+//!
+//! The boundary that matters: `sync` sees the `Remote` trait and the archive,
+//! never the IMAP crate, so planners are unit-tested without a server.
+
+pub mod archive;
+pub mod cli;
+pub mod config;
+pub mod exit_codes;
+pub mod imap;
+pub mod progress;
+pub mod report;
+pub mod sync;

@@ -1,0 +1,47 @@
+//! The `imapbak` binary: parse arguments, run, print the error chain, exit
+//! with the documented code.
+
+use std::io::Write;
+
+use clap::Parser;
+use imapbak::cli::{run, Cli};
+use imapbak::exit_codes::ExitCode;
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format(|buf, record| {
+            let tag = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                _ => "info",
+            };
+            writeln!(buf, "{tag}: {}", record.args())
+        })
+        .init();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                ExitCode::Success
+            } else {
+                eprintln!("error: {e:#}");
+                ExitCode::Usage
+            }
+        }
+    };
+    std::process::exit(code.code());
+}
+
+/// A closed stdout (`imapbak ... | head`) is not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

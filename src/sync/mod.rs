@@ -1,0 +1,7 @@
+//! The sync engine: pure planners (`plan`) that turn a server listing, the
+//! archive's state and the options into actions, and the executor (`pull`)
+//! that runs them against a [`remote::Remote`] and the archive.
+
+pub mod plan;
+pub mod pull;
+pub mod remote;

@@ -1,0 +1,110 @@
+//! The contract between the sync engine and a mail server. The engine sees
+//! only this trait and these plain types, never the IMAP crate, so planners
+//! and executors can be driven by a fake in unit tests (the shape follows
+//! isync's `driver.h`: a table of store operations, each with its contract).
+
+use std::future::Future;
+
+use chrono::{DateTime, FixedOffset};
+
+use crate::imap::ImapError;
+
+/// One mailbox as the server lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedMailbox {
+    /// The name exactly as the server sent it (modified UTF-7): what we send back.
+    pub raw: String,
+    /// The decoded Unicode name, levels joined by `delimiter`.
+    pub name: String,
+    pub delimiter: Option<char>,
+    /// False for `\Noselect` / `\NonExistent` entries.
+    pub selectable: bool,
+    /// Present when the server answered LIST-STATUS (RFC 5819) or STATUS.
+    pub status: Option<MailboxStatus>,
+}
+
+/// What STATUS says about a mailbox without selecting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MailboxStatus {
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub messages: u32,
+    /// Only from servers with CONDSTORE.
+    pub highestmodseq: Option<u64>,
+}
+
+/// What EXAMINE says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Selected {
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub exists: u32,
+    pub highestmodseq: Option<u64>,
+}
+
+/// Flags of one message, as `UID FETCH (FLAGS)` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFlags {
+    pub uid: u32,
+    pub flags: Vec<String>,
+}
+
+/// One whole message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedMessage {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    pub internaldate: DateTime<FixedOffset>,
+    /// RFC822.SIZE as the server reported it.
+    pub size: u32,
+    /// The exact bytes of `BODY[]`.
+    pub body: Vec<u8>,
+}
+
+/// Where fetched messages go; `send` waits while the consumer is behind,
+/// which is what bounds memory.
+pub trait MessageSink {
+    /// Hands over one message; an error means the consumer has stopped.
+    fn send(&self, msg: FetchedMessage) -> impl Future<Output = Result<(), ImapError>> + Send;
+}
+
+/// The operations pull needs from a server. Every call either completes or
+/// returns an error; `ImapError::is_connection_level` says whether the
+/// connection survives it.
+pub trait Remote: Send {
+    /// True if the server announced `cap` (upper case, e.g. `CONDSTORE`).
+    fn has_capability(&self, cap: &str) -> bool;
+
+    /// Every mailbox, with status when the server can give it in the same
+    /// round trip (LIST-STATUS).
+    fn list(&mut self) -> impl Future<Output = Result<Vec<ListedMailbox>, ImapError>> + Send;
+
+    /// Opens `raw` read-only (EXAMINE, with CONDSTORE when offered).
+    fn examine(&mut self, raw: &str) -> impl Future<Output = Result<Selected, ImapError>> + Send;
+
+    /// UIDs and RFC822.SIZE of the selected mailbox's messages with UID >= `from`.
+    fn uid_sizes(
+        &mut self,
+        from: u32,
+    ) -> impl Future<Output = Result<Vec<(u32, u32)>, ImapError>> + Send;
+
+    /// Flags of every message of the selected mailbox, or only of those
+    /// changed since `changed_since` (CONDSTORE).
+    fn flags(
+        &mut self,
+        changed_since: Option<u64>,
+    ) -> impl Future<Output = Result<Vec<RemoteFlags>, ImapError>> + Send;
+
+    /// Fetches `uids` (sorted) of the selected mailbox, handing each to `sink`
+    /// as it arrives. Responses for UIDs not asked for are ignored; a body
+    /// larger than `max_size` is an error for the whole call.
+    fn fetch<S: MessageSink + Sync>(
+        &mut self,
+        uids: &[u32],
+        max_size: u64,
+        sink: &S,
+    ) -> impl Future<Output = Result<Vec<u32>, ImapError>> + Send;
+
+    /// Ends the session politely; errors are ignored.
+    fn logout(self) -> impl Future<Output = ()> + Send;
+}

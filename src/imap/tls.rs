@@ -28,9 +28,18 @@ pub fn client_config(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCert { pin, provider }))
             .with_no_client_auth(),
-        None => builder
-            .with_root_certificates(root_store(ca_file)?)
-            .with_no_client_auth(),
+        None => {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(root_store(ca_file)?),
+                provider,
+            )
+            .build()
+            .map_err(|e| ImapError::Tls(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NamedFingerprint { inner }))
+                .with_no_client_auth()
+        }
     };
     Ok(Arc::new(config))
 }
@@ -82,6 +91,55 @@ pub fn fingerprint_of(der: &[u8]) -> String {
     let digest = Sha256::digest(der);
     let parts: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
     format!("sha256:{}", parts.join(":"))
+}
+
+/// The standard chain and host-name check; a refusal names the server
+/// certificate's fingerprint, so the user can pin it if they trust it.
+#[derive(Debug)]
+struct NamedFingerprint {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for NamedFingerprint {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            .map_err(|e| {
+                rustls::Error::General(format!(
+                    "{e} (server certificate {})",
+                    fingerprint_of(end_entity.as_ref())
+                ))
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 #[derive(Debug)]

@@ -190,7 +190,7 @@ pub fn connect_error(account: &Account, e: &ImapError) -> String {
             "check `host` and `port`, and that the server is reachable"
         }
         ImapError::Handshake { .. } => {
-            "if the server uses a self-signed certificate, set `ca-file` or `cert-fingerprint` (`imapbak check` prints the fingerprint)"
+            "if you trust this server's certificate, set `ca-file` to its CA, or `cert-fingerprint` to the sha256 value above"
         }
         ImapError::Auth { .. } => "check `user` and the password source",
         ImapError::NoStartTls(_) => "use `tls = \"implicit\"` (port 993) if the server offers it",

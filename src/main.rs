@@ -15,6 +15,10 @@ fn main() {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        // async-imap traces every command it sends, LOGIN included: never
+        // let the password reach a log, whatever RUST_LOG says.
+        .filter_module("async_imap", log::LevelFilter::Info)
+        .filter_module("imap_proto", log::LevelFilter::Info)
         .format(|buf, record| {
             let tag = match record.level() {
                 log::Level::Error => "error",

@@ -181,6 +181,7 @@ impl Connection {
         command: &str,
         mut on_untagged: impl FnMut(&Response<'_>),
     ) -> Result<(), ImapError> {
+        log::debug!("> {command}");
         let tag = timeout(self.timeout, self.session.run_command(command))
             .await
             .map_err(|_| ImapError::Timeout {
@@ -511,6 +512,7 @@ impl Remote for Connection {
             "UID FETCH {} (UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])",
             uid_set(uids)
         );
+        log::debug!("> {command}");
         let tag = timeout(self.timeout, self.session.run_command(&command))
             .await
             .map_err(|_| ImapError::Timeout {

@@ -88,21 +88,6 @@ where
         archive: account.archive.display().to_string(),
         ..Default::default()
     };
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        match archive.create().and_then(|_| archive.lock()) {
-            Ok(lock) => Some(lock),
-            Err(e) => {
-                report.code = Some(match e {
-                    ArchiveError::Locked { .. } => ExitCode::Locked,
-                    _ => ExitCode::Partial,
-                });
-                report.error = Some(with_hint(&e));
-                return report;
-            }
-        }
-    };
     let mut first = match connect().await {
         Ok(c) => c,
         Err(e) => {
@@ -117,6 +102,23 @@ where
             report.code = Some(ExitCode::Connection);
             report.error = Some(format!("cannot list mailboxes: {e}"));
             return report;
+        }
+    };
+    // Nothing is written before the server has accepted us.
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        match archive.create().and_then(|_| archive.lock()) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                report.code = Some(match e {
+                    ArchiveError::Locked { .. } => ExitCode::Locked,
+                    _ => ExitCode::Partial,
+                });
+                report.error = Some(with_hint(&e));
+                first.logout().await;
+                return report;
+            }
         }
     };
     let (targets, refused) = choose_mailboxes(&listed, |n| account.wants(n));

@@ -224,7 +224,10 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
         tls: a.tls,
         user: a.user,
         password,
-        ca_file: a.ca_file.map(|p| expand_home(&p.to_string_lossy())).transpose()?,
+        ca_file: a
+            .ca_file
+            .map(|p| expand_home(&p.to_string_lossy()))
+            .transpose()?,
         fingerprint,
         archive,
         include: globs(&a.include.unwrap_or_else(|| vec!["*".into()]), "include")?,
@@ -270,7 +273,9 @@ impl Account {
         match &self.password {
             PasswordSource::Literal(p) => Ok(p.clone()),
             PasswordSource::Env(var) => std::env::var(var).with_context(|| {
-                format!("password-env `{var}` is not set\nhint: export {var} before running imapbak")
+                format!(
+                    "password-env `{var}` is not set\nhint: export {var} before running imapbak"
+                )
             }),
             PasswordSource::Command(cmd) => {
                 let out = Command::new("sh")
@@ -286,7 +291,11 @@ impl Account {
                     bail!(
                         "password-command `{cmd}` failed ({}){}\nhint: run it by hand to see why",
                         out.status,
-                        if first.is_empty() { String::new() } else { format!(": {first}") }
+                        if first.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {first}")
+                        }
                     );
                 }
                 let text = String::from_utf8(out.stdout)

@@ -123,7 +123,10 @@ impl PullReport {
             }
             for m in &a.mailboxes {
                 for e in &m.errors {
-                    out.push(format!("error: mailbox `{}` of account `{}`: {e}", m.name, a.account));
+                    out.push(format!(
+                        "error: mailbox `{}` of account `{}`: {e}",
+                        m.name, a.account
+                    ));
                 }
             }
         }
@@ -133,7 +136,11 @@ impl PullReport {
 
 impl fmt::Display for PullReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = if self.dry_run { "would fetch" } else { "fetched" };
+        let verb = if self.dry_run {
+            "would fetch"
+        } else {
+            "fetched"
+        };
         let accounts = self.accounts.len();
         let plural = |n: u64, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
         if self.fetched == 0 && self.flag_updates == 0 && self.errors == 0 {
@@ -175,7 +182,10 @@ mod tests {
         };
         assert_eq!(r.finish(), ExitCode::Success);
         let text = r.to_string();
-        assert!(text.starts_with("pull: nothing new in 2 mailboxes (1 account)"), "{text}");
+        assert!(
+            text.starts_with("pull: nothing new in 2 mailboxes (1 account)"),
+            "{text}"
+        );
         assert_eq!(text.lines().count(), 1);
     }
 

@@ -186,7 +186,11 @@ impl Keywords {
 
     /// The letter of `keyword`, assigning the next free one if needed.
     pub fn letter_for(&mut self, keyword: &str) -> Option<char> {
-        if let Some(i) = self.names.iter().position(|n| n.as_deref() == Some(keyword)) {
+        if let Some(i) = self
+            .names
+            .iter()
+            .position(|n| n.as_deref() == Some(keyword))
+        {
             return Some((b'a' + i as u8) as char);
         }
         let i = match self.names.iter().position(Option::is_none) {
@@ -323,7 +327,10 @@ impl Folder {
 
     pub fn save_keywords(&self, keywords: &mut Keywords) -> Result<(), ArchiveError> {
         if keywords.dirty {
-            write_atomic(&self.path.join("dovecot-keywords"), keywords.render().as_bytes())?;
+            write_atomic(
+                &self.path.join("dovecot-keywords"),
+                keywords.render().as_bytes(),
+            )?;
             keywords.dirty = false;
         }
         Ok(())
@@ -364,7 +371,9 @@ impl Folder {
                 let parsed = name.to_str().and_then(FileName::parse);
                 match parsed {
                     Some(p) if ent.file_type().map(|t| t.is_file()).unwrap_or(false) => {
-                        index.files.insert(p.base(), ArchivedFile { name: p, subdir });
+                        index
+                            .files
+                            .insert(p.base(), ArchivedFile { name: p, subdir });
                     }
                     _ => index.foreign += 1,
                 }
@@ -457,15 +466,22 @@ impl Folder {
             .map_err(ArchiveError::io("cannot start compressing", &tmp))?;
         enc.write_all(body)
             .map_err(ArchiveError::io("cannot write", &tmp))?;
-        let file = enc.finish().map_err(ArchiveError::io("cannot write", &tmp))?;
+        let file = enc
+            .finish()
+            .map_err(ArchiveError::io("cannot write", &tmp))?;
         let mtime = if internaldate >= 0 {
             UNIX_EPOCH + Duration::from_secs(internaldate as u64)
         } else {
             UNIX_EPOCH
         };
-        file.set_times(fs::FileTimes::new().set_modified(mtime).set_accessed(SystemTime::now()))
-            .map_err(ArchiveError::io("cannot set mtime of", &tmp))?;
-        file.sync_all().map_err(ArchiveError::io("cannot sync", &tmp))?;
+        file.set_times(
+            fs::FileTimes::new()
+                .set_modified(mtime)
+                .set_accessed(SystemTime::now()),
+        )
+        .map_err(ArchiveError::io("cannot set mtime of", &tmp))?;
+        file.sync_all()
+            .map_err(ArchiveError::io("cannot sync", &tmp))?;
         let compressed = file.metadata().map(|m| m.len()).unwrap_or(0);
         drop(file);
         let dest = self.path.join("cur").join(name.full());
@@ -513,7 +529,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Decompresses an archived file, returning its size and SHA-256.
 pub fn hash_file(path: &Path) -> Result<(u64, String), ArchiveError> {
     let file = File::open(path).map_err(ArchiveError::io("cannot open", path))?;
-    let mut dec = zstd::stream::Decoder::new(file).map_err(ArchiveError::io("cannot open", path))?;
+    let mut dec =
+        zstd::stream::Decoder::new(file).map_err(ArchiveError::io("cannot open", path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
@@ -615,10 +632,16 @@ mod tests {
     #[test]
     fn flags_map_to_sorted_letters_and_back() {
         let mut kw = Keywords::default();
-        let flags: Vec<String> = ["\\Seen", "$Important", "\\Flagged", "\\Recent", "\\Answered"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let flags: Vec<String> = [
+            "\\Seen",
+            "$Important",
+            "\\Flagged",
+            "\\Recent",
+            "\\Answered",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let (letters, dropped) = flags_to_letters(&flags, &mut kw);
         assert_eq!(letters, "FRSa");
         assert!(dropped.is_empty());
@@ -626,7 +649,10 @@ mod tests {
             letters_to_flags(&letters, &kw),
             vec!["\\Flagged", "\\Answered", "\\Seen", "$Important"]
         );
-        assert_eq!(Keywords::parse(&kw.render()).name_of('a'), Some("$Important"));
+        assert_eq!(
+            Keywords::parse(&kw.render()).name_of('a'),
+            Some("$Important")
+        );
     }
 
     #[test]
@@ -644,7 +670,9 @@ mod tests {
         let folder = Folder::new(dir.path().join("m"), dir.path().join("s"), false);
         folder.create().unwrap();
         let body = b"Subject: x\r\n\r\nhello\r\n".to_vec();
-        let w = folder.write_message(9, 3, 1_600_000_000, "S", &body, 3).unwrap();
+        let w = folder
+            .write_message(9, 3, 1_600_000_000, "S", &body, 3)
+            .unwrap();
         folder.sync().unwrap();
         folder.journal(std::slice::from_ref(&w.entry)).unwrap();
         let index = folder.scan().unwrap();
@@ -654,8 +682,12 @@ mod tests {
         let mtime = fs::metadata(&path).unwrap().modified().unwrap();
         assert_eq!(mtime, UNIX_EPOCH + Duration::from_secs(1_600_000_000));
         // A second write of the same UID never replaces the first.
-        assert!(folder.write_message(9, 3, 1_600_000_000, "S", b"other", 3).is_err()
-            || read_message(&path).unwrap() == body);
+        assert!(
+            folder
+                .write_message(9, 3, 1_600_000_000, "S", b"other", 3)
+                .is_err()
+                || read_message(&path).unwrap() == body
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub use journal::{JournalEntry, Status};
 pub use maildir::{
-    flags_to_letters, hash_file, letters_to_flags, read_message, sha256_hex, ArchivedFile, FileName,
-    Folder, FolderIndex, Keywords, Written,
+    flags_to_letters, hash_file, letters_to_flags, read_message, sha256_hex, ArchivedFile,
+    FileName, Folder, FolderIndex, Keywords, Written,
 };
 
 /// A failure in the archive, always naming the path involved.

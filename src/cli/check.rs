@@ -69,7 +69,10 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
             println!("    {mark:<9} {}  {count}", m.name);
         }
         for r in refused {
-            eprintln!("warning: mailbox `{}` will not be archived: {}", r.name, r.reason);
+            eprintln!(
+                "warning: mailbox `{}` will not be archived: {}",
+                r.name, r.reason
+            );
         }
     }
     Ok(worst)

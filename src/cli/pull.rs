@@ -72,7 +72,12 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
             let c = connector.clone();
             async move { c.connect().await }
         };
-        let r = rt.block_on(pull_account(account, opts.clone(), progress.clone(), connect));
+        let r = rt.block_on(pull_account(
+            account,
+            opts.clone(),
+            progress.clone(),
+            connect,
+        ));
         report.accounts.push(r);
     }
     drop(progress);

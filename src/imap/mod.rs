@@ -34,7 +34,9 @@ pub enum ImapError {
     NoStartTls(String),
     #[error("server `{0}` sent PREAUTH; refusing a session that skipped authentication")]
     Preauth(String),
-    #[error("server `{0}` sent data after its STARTTLS reply; refusing (possible injection attack)")]
+    #[error(
+        "server `{0}` sent data after its STARTTLS reply; refusing (possible injection attack)"
+    )]
     StartTlsInjection(String),
     #[error("login as `{user}` refused by the server: {text}")]
     Auth { user: String, text: String },

@@ -310,8 +310,7 @@ async fn starttls_preamble(tcp: &mut TcpStream, host: &str) -> Result<(), ImapEr
 }
 
 fn has_starttls(line: &str) -> bool {
-    line.split([' ', ']'])
-        .any(|w| w == "STARTTLS")
+    line.split([' ', ']']).any(|w| w == "STARTTLS")
 }
 
 /// Reads one CRLF-terminated line (at most 64 KiB), keeping any bytes after
@@ -581,7 +580,11 @@ fn message_of(
             AttributeValue::Rfc822Size(s) => size = Some(*s),
             AttributeValue::Flags(f) => flags = f.iter().map(|s| s.to_string()).collect(),
             AttributeValue::InternalDate(d) => date = Some(d.to_string()),
-            AttributeValue::BodySection { section: None, data, .. } => {
+            AttributeValue::BodySection {
+                section: None,
+                data,
+                ..
+            } => {
                 has_body_item = true;
                 body = data.as_deref();
             }
@@ -593,7 +596,11 @@ fn message_of(
     }
     let uid = match uid {
         Some(u) => u,
-        None => return Some(Err(ImapError::Protocol("FETCH response without UID".into()))),
+        None => {
+            return Some(Err(ImapError::Protocol(
+                "FETCH response without UID".into(),
+            )))
+        }
     };
     let Some(body) = body else {
         return Some(Err(ImapError::Protocol(format!(

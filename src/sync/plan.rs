@@ -143,10 +143,7 @@ pub struct FlagChange {
 }
 
 /// Compares the server's flags (as Maildir letters) with the archive's.
-pub fn flag_changes(
-    remote: &[(u32, String)],
-    archived: &HashMap<u32, String>,
-) -> Vec<FlagChange> {
+pub fn flag_changes(remote: &[(u32, String)], archived: &HashMap<u32, String>) -> Vec<FlagChange> {
     let mut out: Vec<FlagChange> = remote
         .iter()
         .filter_map(|(uid, letters)| {
@@ -212,12 +209,39 @@ mod tests {
             highestmodseq: Some(5),
         };
         assert!(unchanged(Some(same), &prior));
-        assert!(!unchanged(Some(MailboxStatus { uidnext: 11, ..same }), &prior));
-        assert!(!unchanged(Some(MailboxStatus { highestmodseq: Some(6), ..same }), &prior));
-        assert!(!unchanged(Some(MailboxStatus { uidvalidity: 2, ..same }), &prior));
-        assert!(!unchanged(Some(MailboxStatus { highestmodseq: None, ..same }), &prior));
+        assert!(!unchanged(
+            Some(MailboxStatus {
+                uidnext: 11,
+                ..same
+            }),
+            &prior
+        ));
+        assert!(!unchanged(
+            Some(MailboxStatus {
+                highestmodseq: Some(6),
+                ..same
+            }),
+            &prior
+        ));
+        assert!(!unchanged(
+            Some(MailboxStatus {
+                uidvalidity: 2,
+                ..same
+            }),
+            &prior
+        ));
+        assert!(!unchanged(
+            Some(MailboxStatus {
+                highestmodseq: None,
+                ..same
+            }),
+            &prior
+        ));
         assert!(!unchanged(None, &prior));
-        let behind = Status { floor: 7, ..prior.clone() };
+        let behind = Status {
+            floor: 7,
+            ..prior.clone()
+        };
         assert!(!unchanged(Some(same), &behind));
     }
 
@@ -253,7 +277,11 @@ mod tests {
     #[test]
     fn flag_changes_lists_only_differences_for_archived_uids() {
         let archived: HashMap<u32, String> = [(1, "S".to_string()), (2, "".to_string())].into();
-        let remote = vec![(1, "S".to_string()), (2, "FS".to_string()), (3, "S".to_string())];
+        let remote = vec![
+            (1, "S".to_string()),
+            (2, "FS".to_string()),
+            (3, "S".to_string()),
+        ];
         assert_eq!(
             flag_changes(&remote, &archived),
             vec![FlagChange {

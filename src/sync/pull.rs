@@ -234,7 +234,10 @@ where
         let (rep, lost) = pull_mailbox(c, &target, ctx).await;
         reports.push(rep);
         if let Some(e) = lost {
-            log::warn!("connection lost while pulling `{}`: {e}", target.mailbox.name);
+            log::warn!(
+                "connection lost while pulling `{}`: {e}",
+                target.mailbox.name
+            );
             conn = None;
         }
     }
@@ -309,7 +312,8 @@ async fn pull_mailbox_inner<R: Remote>(
 
     // Flags: mirror the server's changes by renaming archived files.
     let same_gen = prior.uidvalidity == uv;
-    let modseq_same = same_gen && prior.highestmodseq.is_some() && prior.highestmodseq == sel.highestmodseq;
+    let modseq_same =
+        same_gen && prior.highestmodseq.is_some() && prior.highestmodseq == sel.highestmodseq;
     let remote_flags = if held.is_empty() || modseq_same {
         Vec::new()
     } else {
@@ -336,7 +340,9 @@ async fn pull_mailbox_inner<R: Remote>(
             folder.save_keywords(&mut keywords)?;
             let mut renamed = HashSet::new();
             for c in &changes {
-                let Some(file) = index.file_for(uv, c.uid) else { continue };
+                let Some(file) = index.file_for(uv, c.uid) else {
+                    continue;
+                };
                 // Entries that share a file (after a UIDVALIDITY change) rename it once.
                 if renamed.insert(file.name.base()) {
                     folder.set_flags(file, &c.to)?;
@@ -400,10 +406,7 @@ async fn pull_mailbox_inner<R: Remote>(
             budget_kib: ctx.budget_kib,
         };
         for batch in &batches {
-            if let Err(e) = conn
-                .fetch(batch, ctx.account.max_message_size, &sink)
-                .await
-            {
+            if let Err(e) = conn.fetch(batch, ctx.account.max_message_size, &sink).await {
                 first_error = Some(e.into());
                 break;
             }
@@ -427,7 +430,11 @@ async fn pull_mailbox_inner<R: Remote>(
         }
         if first_error.is_some() {
             let stored: HashSet<u32> = out.stored.iter().copied().collect();
-            failed = planned.iter().copied().filter(|u| !stored.contains(u)).collect();
+            failed = planned
+                .iter()
+                .copied()
+                .filter(|u| !stored.contains(u))
+                .collect();
         }
     }
     let status = Status {
@@ -526,7 +533,15 @@ fn write_loop(
             Err(TryRecvError::Disconnected) => None,
         };
         let Some((msg, permit)) = item else { break };
-        let result = write_one(&folder, uidvalidity, level, &mut keywords, &old, &msg, mailbox);
+        let result = write_one(
+            &folder,
+            uidvalidity,
+            level,
+            &mut keywords,
+            &old,
+            &msg,
+            mailbox,
+        );
         match result {
             Ok((entry, compressed, alias)) => {
                 out.bytes += entry.size;

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# THE test command (README; .ci/run runs exactly this): installs what the
+# tests need when missing (Dovecot for the integration tests' private server,
+# the zstd CLI), then checks formatting, lints and runs every test target.
+# Works as root with no stdin (CI=true); as another user it needs sudo -n for
+# the install step, or the packages already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "install test dependencies if missing (dovecot-imapd, zstd)"
+bash scripts/dovecot.sh install
+echo "dovecot $(dovecot --version), $(zstd --version | head -1)"
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets"
+cargo test --all-targets
+
+step "all checks passed"

@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# Regenerates man/*.1 from the clap definitions (the test `man_pages_are_fresh`
-# fails when they are stale).
+# Regenerates man/*.1 from the clap definitions (the test
+# `man_pages_are_fresh` fails when they are stale).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q
 mkdir -p man
-./target/debug/imapbak man > man/imapbak.1
-for sub in check pull; do
-  ./target/debug/imapbak man "$sub" > "man/imapbak-$sub.1"
-done
+rm -f man/*.1
+./target/debug/imapbak man --write-all man
 echo "man pages written to man/"

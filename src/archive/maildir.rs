@@ -516,6 +516,19 @@ impl Folder {
         sync_dir(&self.path.join("cur"))
     }
 
+    /// The state directory (journal, status, header index).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// Appends to the header index that `search` reads.
+    pub fn record_headers(
+        &self,
+        records: &[super::headers::HeaderRecord],
+    ) -> Result<(), ArchiveError> {
+        super::headers::append(&self.state, records)
+    }
+
     /// Appends journal entries durably.
     pub fn journal(&self, entries: &[JournalEntry]) -> Result<(), ArchiveError> {
         journal::append(&self.state, entries)

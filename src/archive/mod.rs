@@ -3,6 +3,7 @@
 //! Knows nothing of IMAP. The tree is the truth: every file name carries
 //! its (UIDVALIDITY, UID), so `state/` can be rebuilt from it.
 
+pub mod headers;
 mod journal;
 mod maildir;
 pub mod names;

@@ -2,7 +2,15 @@
 //! completions all come from these definitions.
 
 mod check;
+mod export;
+mod expunge;
+mod ls;
 mod pull;
+mod quota;
+mod restore;
+mod search;
+mod show;
+mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,11 +78,30 @@ pub enum Command {
     Check(check::CheckCmd),
     /// Back up every mailbox: download only what is new, mirror flag changes
     Pull(pull::PullCmd),
+    /// Put an archive back on an IMAP server, exactly once, with flags and dates
+    Restore(restore::RestoreCmd),
+    /// Delete old mail from the server, only what is verified in the archive
+    Expunge(expunge::ExpungeCmd),
+    /// Show the server's quota usage and limits
+    Quota(quota::QuotaCmd),
+    /// Check that every archived message is whole (optionally against the server)
+    Verify(verify::VerifyCmd),
+    /// List the archived mailboxes with counts, sizes and dates
+    Ls(ls::LsCmd),
+    /// Find archived messages by sender, recipient, subject or date
+    Search(search::SearchCmd),
+    /// Print one archived message (by the id search prints) to stdout
+    Show(show::ShowCmd),
+    /// Write archived messages out as mbox or .eml files
+    Export(export::ExportCmd),
     /// Print the man page (roff) of imapbak or of one subcommand
     #[command(hide = true)]
     Man {
         /// Subcommand whose page to print
         subcommand: Option<String>,
+        /// Write every page (imapbak.1, imapbak-SUB.1) into this directory
+        #[arg(long, value_name = "DIR")]
+        write_all: Option<PathBuf>,
     },
 }
 
@@ -83,7 +110,33 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(cmd) => check::run(cmd, cli.config.as_deref()),
         Command::Pull(cmd) => pull::run(cmd, cli.config.as_deref()),
-        Command::Man { subcommand } => {
+        Command::Restore(cmd) => restore::run(cmd, cli.config.as_deref()),
+        Command::Expunge(cmd) => expunge::run(cmd, cli.config.as_deref()),
+        Command::Quota(cmd) => quota::run(cmd, cli.config.as_deref()),
+        Command::Verify(cmd) => verify::run(cmd, cli.config.as_deref()),
+        Command::Ls(cmd) => ls::run(cmd, cli.config.as_deref()),
+        Command::Search(cmd) => search::run(cmd, cli.config.as_deref()),
+        Command::Show(cmd) => show::run(cmd, cli.config.as_deref()),
+        Command::Export(cmd) => export::run(cmd, cli.config.as_deref()),
+        Command::Man {
+            subcommand,
+            write_all: Some(dir),
+        } => {
+            anyhow::ensure!(
+                subcommand.is_none(),
+                "--write-all writes every page; name no subcommand"
+            );
+            for (file, page) in all_man_pages()? {
+                let path = dir.join(file);
+                std::fs::write(&path, page)
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+            }
+            Ok(ExitCode::Success)
+        }
+        Command::Man {
+            subcommand,
+            write_all: None,
+        } => {
             let page = man_page(subcommand.as_deref())?;
             use std::io::Write;
             std::io::stdout().write_all(&page)?;
@@ -113,8 +166,19 @@ pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Every page that belongs under man/, with its file name.
+pub fn all_man_pages() -> Result<Vec<(String, Vec<u8>)>> {
+    let mut pages = vec![("imapbak.1".to_string(), man_page(None)?)];
+    for sub in MAN_PAGES {
+        pages.push((format!("imapbak-{sub}.1"), man_page(Some(sub))?));
+    }
+    Ok(pages)
+}
+
 /// Subcommands that get a page of their own under man/.
-pub const MAN_PAGES: &[&str] = &["check", "pull"];
+pub const MAN_PAGES: &[&str] = &[
+    "check", "pull", "restore", "expunge", "quota", "verify", "ls", "search", "show", "export",
+];
 
 /// Options shared by the subcommands that talk to servers.
 #[derive(Debug, clap::Args)]
@@ -125,7 +189,10 @@ pub struct AccountArgs {
 }
 
 /// Loads the configuration and picks the accounts.
-fn load_accounts(config: Option<&std::path::Path>, args: &AccountArgs) -> Result<Vec<Account>> {
+pub(crate) fn load_accounts(
+    config: Option<&std::path::Path>,
+    args: &AccountArgs,
+) -> Result<Vec<Account>> {
     let path = crate::config::locate(config)?;
     let config = Config::load(&path)?;
     config.select(&args.accounts)

@@ -37,13 +37,13 @@ pub struct ConnectParams<'a> {
 
 /// An authenticated session.
 pub struct Connection {
-    session: async_imap::Session<Stream>,
-    caps: HashSet<String>,
-    timeout: Duration,
+    pub(crate) session: async_imap::Session<Stream>,
+    pub(crate) caps: HashSet<String>,
+    pub(crate) timeout: Duration,
 }
 
 /// One response, reduced to what a caller needs once the raw buffer is gone.
-enum Step<T> {
+pub(crate) enum Step<T> {
     Untagged(T),
     Done(Result<(), ImapError>),
     Other,
@@ -163,7 +163,10 @@ impl Connection {
     }
 
     /// Reads one response and reduces it with `f` while the buffer is alive.
-    async fn next<T>(&mut self, f: impl FnOnce(&Response<'_>) -> T) -> Result<T, ImapError> {
+    pub(crate) async fn next<T>(
+        &mut self,
+        f: impl FnOnce(&Response<'_>) -> T,
+    ) -> Result<T, ImapError> {
         let resp = timeout(self.timeout, self.session.read_response())
             .await
             .map_err(|_| ImapError::Timeout {
@@ -176,7 +179,7 @@ impl Connection {
 
     /// Sends `command` and reads until its tagged reply, showing every
     /// untagged response to `on_untagged`.
-    async fn run(
+    pub(crate) async fn run(
         &mut self,
         command: &str,
         mut on_untagged: impl FnMut(&Response<'_>),
@@ -226,7 +229,7 @@ fn verb(command: &str) -> &str {
     }
 }
 
-fn done_status(
+pub(crate) fn done_status(
     command: &str,
     status: &Status,
     outcome: &async_imap::imap_proto::Outcome<'_>,
@@ -242,7 +245,7 @@ fn done_status(
     }
 }
 
-fn async_to_imap(e: async_imap::error::Error) -> ImapError {
+pub(crate) fn async_to_imap(e: async_imap::error::Error) -> ImapError {
     match e {
         async_imap::error::Error::Io(e) => ImapError::Io(e),
         async_imap::error::Error::ConnectionLost => ImapError::ConnectionLost,

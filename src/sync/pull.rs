@@ -16,6 +16,7 @@ use super::plan::{
     choose_mailboxes, fetch_batches, flag_changes, list_from, next_floor, unchanged, Target,
 };
 use super::remote::{FetchedMessage, MessageSink, Remote};
+use crate::archive::headers::HeaderRecord;
 use crate::archive::{flags_to_letters, Archive, ArchiveError, Folder, JournalEntry, Keywords};
 use crate::archive::{sha256_hex, Status};
 use crate::config::Account;
@@ -509,15 +510,20 @@ fn write_loop(
     mailbox: &str,
 ) -> WriteOutcome {
     let mut out = WriteOutcome::default();
-    let mut pending: Vec<JournalEntry> = Vec::new();
-    let commit = |pending: &mut Vec<JournalEntry>, out: &mut WriteOutcome| {
+    let mut pending: Vec<(JournalEntry, HeaderRecord)> = Vec::new();
+    let commit = |pending: &mut Vec<(JournalEntry, HeaderRecord)>, out: &mut WriteOutcome| {
         if pending.is_empty() {
             return Ok(());
         }
         folder.sync()?;
-        folder.journal(pending)?;
-        out.stored.extend(pending.iter().map(|e| e.uid));
-        pending.clear();
+        let (entries, headers): (Vec<_>, Vec<_>) = pending.drain(..).unzip();
+        folder.journal(&entries)?;
+        out.stored.extend(entries.iter().map(|e| e.uid));
+        // The header index is a cache (rebuildable from the tree): a failure
+        // to update it is worth a warning, not a failed message.
+        if let Err(e) = folder.record_headers(&headers) {
+            log::warn!("header index not updated: {e}");
+        }
         Ok::<(), ArchiveError>(())
     };
     loop {
@@ -547,7 +553,14 @@ fn write_loop(
                 out.bytes += entry.size;
                 out.compressed += compressed;
                 out.dedup += alias as u64;
-                pending.push(entry);
+                let headers = HeaderRecord::from_message(
+                    entry.uidvalidity,
+                    entry.uid,
+                    msg.internaldate.timestamp(),
+                    &entry.base,
+                    &msg.body,
+                );
+                pending.push((entry, headers));
             }
             Err(e) => {
                 out.error = Some(e);

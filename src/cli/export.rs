@@ -1,0 +1,18 @@
+//! `imapbak export`. STUB: to be implemented.
+
+use anyhow::{bail, Result};
+
+use super::AccountArgs;
+use crate::exit_codes::ExitCode;
+
+/// Not implemented yet.
+#[derive(Debug, clap::Args)]
+pub struct ExportCmd {
+    #[command(flatten)]
+    accounts: AccountArgs,
+}
+
+pub fn run(cmd: ExportCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
+    let _ = (cmd, config);
+    bail!("`imapbak export` is not implemented yet")
+}

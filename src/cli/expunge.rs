@@ -1,0 +1,18 @@
+//! `imapbak expunge`. STUB: to be implemented.
+
+use anyhow::{bail, Result};
+
+use super::AccountArgs;
+use crate::exit_codes::ExitCode;
+
+/// Not implemented yet.
+#[derive(Debug, clap::Args)]
+pub struct ExpungeCmd {
+    #[command(flatten)]
+    accounts: AccountArgs,
+}
+
+pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
+    let _ = (cmd, config);
+    bail!("`imapbak expunge` is not implemented yet")
+}

@@ -1,0 +1,18 @@
+//! `imapbak restore`. STUB: to be implemented.
+
+use anyhow::{bail, Result};
+
+use super::AccountArgs;
+use crate::exit_codes::ExitCode;
+
+/// Not implemented yet.
+#[derive(Debug, clap::Args)]
+pub struct RestoreCmd {
+    #[command(flatten)]
+    accounts: AccountArgs,
+}
+
+pub fn run(cmd: RestoreCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
+    let _ = (cmd, config);
+    bail!("`imapbak restore` is not implemented yet")
+}

@@ -1,0 +1,18 @@
+//! `imapbak verify`. STUB: to be implemented.
+
+use anyhow::{bail, Result};
+
+use super::AccountArgs;
+use crate::exit_codes::ExitCode;
+
+/// Not implemented yet.
+#[derive(Debug, clap::Args)]
+pub struct VerifyCmd {
+    #[command(flatten)]
+    accounts: AccountArgs,
+}
+
+pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
+    let _ = (cmd, config);
+    bail!("`imapbak verify` is not implemented yet")
+}

@@ -2,9 +2,7 @@
 //! separate, the raw IMAP client round-trips messages byte for byte with
 //! flags, keywords and INTERNALDATE, and quota users are refused.
 
-mod support;
-
-use support::{dovecot, internaldate_secs, mail};
+use crate::support::{dovecot, internaldate_secs, mail};
 
 #[test]
 fn appended_messages_come_back_byte_identical_with_flags_and_dates() {

@@ -1,0 +1,8 @@
+//! The integration tests: one binary, one private Dovecot for all of them
+//! (tests/support), the real `imapbak` binary run against it.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod harness;
+mod pull;

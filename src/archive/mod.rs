@@ -76,7 +76,13 @@ impl Archive {
 
     /// Creates `mail/` and `state/` (0700) if missing.
     pub fn create(&self) -> Result<(), ArchiveError> {
-        for dir in [self.root.clone(), self.mail_dir(), self.state_dir()] {
+        // The root may be a symlink the user made; below it, nothing is followed.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(ArchiveError::io("cannot create directory", &self.root))?;
+        for dir in [self.mail_dir(), self.state_dir()] {
             make_dir(&dir)?;
         }
         Ok(())

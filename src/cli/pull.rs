@@ -17,6 +17,7 @@ use crate::sync::pull::{pull_account, PullOptions};
 /// one line; nothing but warnings, errors and that line is printed when
 /// stderr is not a terminal.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = PULL_AFTER_HELP)]
 pub struct PullCmd {
     #[command(flatten)]
     accounts: AccountArgs,
@@ -37,6 +38,25 @@ pub struct PullCmd {
     #[arg(short, long)]
     quiet: bool,
 }
+
+const PULL_AFTER_HELP: &str = "\
+Per mailbox, pull opens it read-only and downloads only UIDs it has not
+archived (BODY.PEEK[], so \\Seen is never set); a mailbox whose
+UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ are unchanged is not even opened.
+Flag changes on the server rename archived files. Mail deleted on the
+server stays in the archive. After a UIDVALIDITY change every archived
+message is kept, a new generation starts, and bytes already archived are
+not stored twice.
+
+--json prints one object on stdout:
+  dry_run, seconds, mailboxes, fetched, bytes, bytes_on_disk, flag_updates,
+  errors, exit_code, and accounts: [{account, archive, error, mailboxes:
+  [{name, folder, outcome (fetched|unchanged|planned|failed), fetched,
+  bytes, bytes_on_disk, flag_updates, deduplicated, uidvalidity_changed,
+  errors: [text]}]}]
+
+Exit status: 0 success, 1 some mailboxes or messages failed, 2 usage or
+configuration error, 3 connection/TLS/login failure, 4 archive locked.";
 
 pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let accounts = load_accounts(config, &cmd.accounts)?;

@@ -4,7 +4,7 @@
 //! its (UIDVALIDITY, UID), so `state/` can be rebuilt from it.
 
 pub mod headers;
-mod journal;
+pub mod journal;
 mod maildir;
 pub mod names;
 

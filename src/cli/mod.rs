@@ -230,6 +230,7 @@ impl Connector {
             password: &self.password,
             tls: self.tls.clone(),
             timeout: a.timeout,
+            max_literal: a.max_message_size,
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! One authenticated IMAP connection, implementing [`Remote`].
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +18,13 @@ use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::guard::Guarded;
 use super::{mutf7, quote, uid_set, ImapError};
 use crate::sync::remote::{
     FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Remote, RemoteFlags, Selected,
 };
 
-type Stream = TlsStream<TcpStream>;
+type Stream = Guarded<TlsStream<TcpStream>>;
 
 /// What is needed to open a session.
 pub struct ConnectParams<'a> {
@@ -33,6 +35,8 @@ pub struct ConnectParams<'a> {
     pub password: &'a str,
     pub tls: Arc<ClientConfig>,
     pub timeout: Duration,
+    /// The largest literal accepted outside a FETCH of known sizes.
+    pub max_literal: u64,
 }
 
 /// An authenticated session.
@@ -40,6 +44,9 @@ pub struct Connection {
     pub(crate) session: async_imap::Session<Stream>,
     pub(crate) caps: HashSet<String>,
     pub(crate) timeout: Duration,
+    /// The largest literal the server may announce right now (see guard.rs).
+    pub(crate) literal_limit: Arc<AtomicU64>,
+    pub(crate) max_literal: u64,
 }
 
 /// One response, reduced to what a caller needs once the raw buffer is gone.
@@ -91,7 +98,8 @@ impl Connection {
             reason: e.to_string(),
         })?;
 
-        let mut client = async_imap::Client::new(tls);
+        let literal_limit = Arc::new(AtomicU64::new(p.max_literal));
+        let mut client = async_imap::Client::new(Guarded::new(tls, literal_limit.clone()));
         if !p.starttls {
             let greeting = timeout(p.timeout, client.read_response())
                 .await
@@ -141,6 +149,8 @@ impl Connection {
             session,
             caps: HashSet::new(),
             timeout: p.timeout,
+            literal_limit,
+            max_literal: p.max_literal,
         };
         let mut caps = HashSet::new();
         conn.run("CAPABILITY", |r| {
@@ -192,7 +202,15 @@ impl Connection {
                 secs: self.timeout.as_secs(),
             })?
             .map_err(async_to_imap)?;
+        let mut untagged = 0usize;
         loop {
+            untagged += 1;
+            if untagged > MAX_UNTAGGED {
+                return Err(ImapError::Protocol(format!(
+                    "server sent more than {MAX_UNTAGGED} responses to {}",
+                    verb(command)
+                )));
+            }
             let step = self
                 .next(|r| match r {
                     Response::Done {
@@ -219,6 +237,9 @@ impl Connection {
         }
     }
 }
+
+/// Responses one command may bring before we call the server hostile.
+const MAX_UNTAGGED: usize = 4_000_000;
 
 fn verb(command: &str) -> &str {
     let mut words = command.split(' ');
@@ -515,13 +536,42 @@ impl Remote for Connection {
             uid_set(uids)
         );
         log::debug!("> {command}");
-        let tag = timeout(self.timeout, self.session.run_command(&command))
+        // No literal may be larger than what this batch can hold.
+        self.literal_limit
+            .store(max_size.min(self.max_literal), Ordering::Relaxed);
+        let result = self
+            .fetch_loop(&command, &wanted, max_size, sink, &mut delivered)
+            .await;
+        self.literal_limit
+            .store(self.max_literal, Ordering::Relaxed);
+        result.map(|()| delivered)
+    }
+
+    async fn logout(mut self) {
+        let _ = timeout(Duration::from_secs(2), self.session.logout()).await;
+    }
+}
+
+impl Connection {
+    async fn fetch_loop<S: MessageSink + Sync>(
+        &mut self,
+        command: &str,
+        wanted: &HashSet<u32>,
+        max_size: u64,
+        sink: &S,
+        delivered: &mut Vec<u32>,
+    ) -> Result<(), ImapError> {
+        let tag = timeout(self.timeout, self.session.run_command(command))
             .await
             .map_err(|_| ImapError::Timeout {
                 what: "sending FETCH".into(),
                 secs: self.timeout.as_secs(),
             })?
             .map_err(async_to_imap)?;
+        // Unsolicited responses (flag updates of other sessions) are fine;
+        // an endless stream of them is not.
+        let mut ignored = 0usize;
+        let ignore_limit = 10_000 + 2 * wanted.len();
         loop {
             let step = self
                 .next(|r| match r {
@@ -529,7 +579,7 @@ impl Remote for Connection {
                         tag: t,
                         status,
                         outcome,
-                    } if *t == tag => Step::Done(done_status(&command, status, outcome)),
+                    } if *t == tag => Step::Done(done_status(command, status, outcome)),
                     Response::Data {
                         status: Status::Bye,
                         outcome,
@@ -544,24 +594,29 @@ impl Remote for Connection {
                 })
                 .await?;
             match step {
-                Step::Done(result) => {
-                    result?;
-                    return Ok(delivered);
-                }
+                Step::Done(result) => return result,
                 Step::Untagged(Err(e)) => return Err(e),
-                Step::Untagged(Ok(msg)) => {
-                    if wanted.contains(&msg.uid) && !delivered.contains(&msg.uid) {
-                        delivered.push(msg.uid);
-                        sink.send(msg).await?;
-                    }
+                Step::Untagged(Ok(msg))
+                    if wanted.contains(&msg.uid) && !delivered.contains(&msg.uid) =>
+                {
+                    delivered.push(msg.uid);
+                    sink.send(msg).await?;
                 }
-                Step::Other => {}
+                Step::Untagged(Ok(msg)) => {
+                    log::warn!(
+                        "ignoring a message the server sent unasked (UID {})",
+                        msg.uid
+                    );
+                    ignored += 1;
+                }
+                Step::Other => ignored += 1,
+            }
+            if ignored > ignore_limit {
+                return Err(ImapError::Protocol(format!(
+                    "server sent more than {ignore_limit} unrelated responses during FETCH"
+                )));
             }
         }
-    }
-
-    async fn logout(mut self) {
-        let _ = timeout(Duration::from_secs(2), self.session.logout()).await;
     }
 }
 

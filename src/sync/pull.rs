@@ -407,7 +407,8 @@ async fn pull_mailbox_inner<R: Remote>(
             budget_kib: ctx.budget_kib,
         };
         for batch in &batches {
-            if let Err(e) = conn.fetch(batch, ctx.account.max_message_size, &sink).await {
+            let limit = literal_limit(batch, &sizes, ctx.account.max_message_size);
+            if let Err(e) = conn.fetch(batch, limit, &sink).await {
                 first_error = Some(e.into());
                 break;
             }
@@ -451,6 +452,13 @@ async fn pull_mailbox_inner<R: Remote>(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The largest body a batch may bring: the server's own RFC822.SIZE with
+/// room for servers that report it loosely, never above the configured cap.
+fn literal_limit(batch: &[u32], sizes: &HashMap<u32, u32>, cap: u64) -> u64 {
+    let largest = batch.iter().map(|u| sizes[u] as u64).max().unwrap_or(0);
+    (2 * largest + 1024 * 1024).min(cap)
 }
 
 fn letters(flags: &[String], keywords: &mut Keywords, mailbox: &str) -> String {

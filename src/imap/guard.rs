@@ -13,8 +13,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The longest line (outside literals) we accept from a server.
-pub const MAX_LINE: u64 = 16 * 1024 * 1024;
+/// The longest line (outside literals) we accept from a server. async-imap
+/// re-parses a partial line on every read, so this also bounds that work.
+pub const MAX_LINE: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -4,5 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod fakes;
+mod faults;
 mod harness;
 mod pull;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_imap::imap_proto::{
-    AttributeValue, Capability, MailboxDatum, NameAttribute, Response, ResponseCode, Status,
-    StatusAttribute,
+    AttributeValue, Capability, MailboxDatum, NameAttribute, RequestId, Response, ResponseCode,
+    Status, StatusAttribute,
 };
 use chrono::DateTime;
 use rustls::pki_types::ServerName;
@@ -187,6 +187,18 @@ impl Connection {
         Ok(f(resp.parsed()))
     }
 
+    /// Sends one tagged command (logged at debug level; LOGIN never passes here).
+    pub(crate) async fn send(&mut self, command: &str) -> Result<RequestId, ImapError> {
+        log::debug!("> {command}");
+        timeout(self.timeout, self.session.run_command(command))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what: format!("sending {}", verb(command)),
+                secs: self.timeout.as_secs(),
+            })?
+            .map_err(async_to_imap)
+    }
+
     /// Sends `command` and reads until its tagged reply, showing every
     /// untagged response to `on_untagged`.
     pub(crate) async fn run(
@@ -194,14 +206,7 @@ impl Connection {
         command: &str,
         mut on_untagged: impl FnMut(&Response<'_>),
     ) -> Result<(), ImapError> {
-        log::debug!("> {command}");
-        let tag = timeout(self.timeout, self.session.run_command(command))
-            .await
-            .map_err(|_| ImapError::Timeout {
-                what: format!("sending {}", verb(command)),
-                secs: self.timeout.as_secs(),
-            })?
-            .map_err(async_to_imap)?;
+        let tag = self.send(command).await?;
         let mut untagged = 0usize;
         loop {
             untagged += 1;
@@ -212,20 +217,10 @@ impl Connection {
                 )));
             }
             let step = self
-                .next(|r| match r {
-                    Response::Done {
-                        tag: t,
-                        status,
-                        outcome,
-                    } if *t == tag => Step::Done(done_status(command, status, outcome)),
-                    Response::Data {
-                        status: Status::Bye,
-                        outcome,
-                    } => Step::Done(Err(ImapError::Bye(
-                        outcome.information.as_deref().unwrap_or("").to_string(),
-                    ))),
-                    other => {
-                        on_untagged(other);
+                .next(|r| match completion(r, &tag, command) {
+                    Some(result) => Step::Done(result),
+                    None => {
+                        on_untagged(r);
                         Step::<()>::Other
                     }
                 })
@@ -247,6 +242,28 @@ fn verb(command: &str) -> &str {
         Some("UID") => command.splitn(3, ' ').take(2).last().unwrap_or("UID"),
         Some(w) => w,
         None => "",
+    }
+}
+
+/// The end of `command`: its tagged reply, or a BYE (which ends everything).
+pub(crate) fn completion(
+    r: &Response<'_>,
+    tag: &RequestId,
+    command: &str,
+) -> Option<Result<(), ImapError>> {
+    match r {
+        Response::Done {
+            tag: t,
+            status,
+            outcome,
+        } if t == tag => Some(done_status(command, status, outcome)),
+        Response::Data {
+            status: Status::Bye,
+            outcome,
+        } => Some(Err(ImapError::Bye(
+            outcome.information.as_deref().unwrap_or("").to_string(),
+        ))),
+        _ => None,
     }
 }
 
@@ -535,7 +552,6 @@ impl Remote for Connection {
             "UID FETCH {} (UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])",
             uid_set(uids)
         );
-        log::debug!("> {command}");
         // No literal may be larger than what this batch can hold.
         self.literal_limit
             .store(max_size.min(self.max_literal), Ordering::Relaxed);
@@ -561,36 +577,20 @@ impl Connection {
         sink: &S,
         delivered: &mut Vec<u32>,
     ) -> Result<(), ImapError> {
-        let tag = timeout(self.timeout, self.session.run_command(command))
-            .await
-            .map_err(|_| ImapError::Timeout {
-                what: "sending FETCH".into(),
-                secs: self.timeout.as_secs(),
-            })?
-            .map_err(async_to_imap)?;
+        let tag = self.send(command).await?;
         // Unsolicited responses (flag updates of other sessions) are fine;
         // an endless stream of them is not.
         let mut ignored = 0usize;
         let ignore_limit = 10_000 + 2 * wanted.len();
         loop {
             let step = self
-                .next(|r| match r {
-                    Response::Done {
-                        tag: t,
-                        status,
-                        outcome,
-                    } if *t == tag => Step::Done(done_status(command, status, outcome)),
-                    Response::Data {
-                        status: Status::Bye,
-                        outcome,
-                    } => Step::Done(Err(ImapError::Bye(
-                        outcome.information.as_deref().unwrap_or("").to_string(),
-                    ))),
-                    Response::Fetch(_, attrs) => match message_of(attrs, max_size) {
+                .next(|r| match (completion(r, &tag, command), r) {
+                    (Some(result), _) => Step::Done(result),
+                    (None, Response::Fetch(_, attrs)) => match message_of(attrs, max_size) {
                         Some(m) => Step::Untagged(m),
                         None => Step::Other,
                     },
-                    _ => Step::Other,
+                    (None, _) => Step::Other,
                 })
                 .await?;
             match step {

@@ -492,7 +492,17 @@ fn untrusted_certificate_and_wrong_pin_are_refused_before_login() {
             .matches(&format!("user=<{}>", user.name))
             .count()
     };
+    // The harness logged in once to check the user; Dovecot's log process
+    // may write that line a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while logins() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let logins_before = logins();
+    assert!(
+        logins_before > 0,
+        "the log never showed the harness's login"
+    );
     let env = TestEnv::new();
     let no_ca: String = env
         .account_toml("a", &user, "")

@@ -1,18 +1,184 @@
-//! `imapbak expunge`. STUB: to be implemented.
+//! `imapbak expunge`: free server space by deleting old mail that the
+//! archive provably holds (see `sync::expunge` for the rules).
 
-use anyhow::{bail, Result};
+use std::sync::Arc;
+use std::time::Instant;
 
-use super::AccountArgs;
+use anyhow::{Context, Result};
+use globset::{Glob, GlobSetBuilder};
+
+use super::{load_accounts, runtime, AccountArgs, Connector};
+use crate::config::Account;
 use crate::exit_codes::ExitCode;
+use crate::progress::{Bars, Progress};
+use crate::sync::expunge::{
+    expunge_account, parse_age, parse_percent, AccountExpunge, ExpungeOptions, ExpungeReport,
+};
+use crate::sync::pull::connect_error;
 
-/// Not implemented yet.
+const LONG_ABOUT: &str = "\
+Delete old mail from the server, but only messages whose archived copy is
+verified now. A message is expunged only if its mailbox still has the
+UIDVALIDITY of the last pull, its UID is in the archive's journal, the
+server's RFC822.SIZE equals the archived size, and the archived file
+decompresses to the size and SHA-256 recorded at pull time (every candidate
+is re-read). Anything else is skipped and counted, with the reason, in the
+summary. Nothing is downloaded: run `imapbak pull` first, or use
+`imapbak pull --expunge-older-than AGE` to do both.
+
+Deletion is `UID STORE +FLAGS.SILENT (\\Deleted)` then `UID EXPUNGE` of the
+same UIDs, so the server needs UIDPLUS (or IMAP4rev2); without it expunge
+refuses. Messages another client marked \\Deleted are left alone. The UIDs
+about to be marked are recorded in the archive's state first: a run
+interrupted between the two commands is finished by the next one (after
+re-verifying), or its marks are taken back.
+
+Give --older-than, --free-to, or both. With --free-to, the oldest verified
+messages of all selected mailboxes go first, until the STORAGE usage that
+GETQUOTAROOT reports for INBOX is under the target.
+
+--json prints one object: `dry_run`, `seconds`, `expunged`, `bytes_freed`,
+`skipped`, `errors`, `exit_code`, and per account `account`, `archive`,
+`error`, `not_run`, `quota_before` / `quota_after` (`root`, `usage_bytes`,
+`limit_bytes`, `percent`), `expunged`, `bytes_freed`, `beyond_limit`,
+`skipped` (count per reason: uidvalidity_changed,
+deleted_by_another_client, kept_flagged, kept_unseen, not_archived,
+archived_copy_missing, size_differs, archived_copy_damaged), `mailboxes`
+(the same per mailbox, with `unmarked`, `warnings`, `errors`) and
+`messages` (`mailbox`, `uid`, `internaldate`, `size`, `resumed`).
+
+Exit status: 0 when everything due was expunged or there was nothing to do
+(skips are reported, not failures); 1 when a mailbox failed or the server
+lacks UIDPLUS; 2 for a usage error (including --free-to without a storage
+limit); 3 connection; 4 the archive is locked by a pull.";
+
+/// Delete old mail from the server, only what is verified in the archive.
 #[derive(Debug, clap::Args)]
+#[command(
+    long_about = LONG_ABOUT,
+    group(clap::ArgGroup::new("what").required(true).multiple(true).args(["older_than", "free_to"]))
+)]
 pub struct ExpungeCmd {
     #[command(flatten)]
     accounts: AccountArgs,
+
+    /// Expunge messages whose INTERNALDATE is older than AGE: 1y (365 days), 6mo (30 days each), 2w, 90d
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    older_than: Option<u64>,
+
+    /// Expunge the oldest verified mail first until quota usage is under PERCENT of the limit (e.g. 80%)
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    free_to: Option<f64>,
+
+    /// Only mailboxes whose name matches GLOB (repeatable), e.g. 'Archive/*'
+    #[arg(long = "mailbox", value_name = "GLOB")]
+    mailboxes: Vec<String>,
+
+    /// Keep messages flagged \Flagged on the server
+    #[arg(long)]
+    keep_flagged: bool,
+
+    /// Keep messages not yet \Seen on the server
+    #[arg(long)]
+    keep_unseen: bool,
+
+    /// Expunge at most N messages per account in this run (oldest first)
+    #[arg(long, value_name = "N")]
+    max: Option<u64>,
+
+    /// List what would be expunged and the space it would free; change nothing
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+
+    /// Print the summary as JSON on stdout (see the man page for the fields)
+    #[arg(long)]
+    json: bool,
+
+    /// No progress bars and no summary; only warnings and errors
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Resolves the age, mailbox globs and limits into options for the engine.
+fn options(cmd: &ExpungeCmd) -> Result<ExpungeOptions> {
+    let mailboxes = if cmd.mailboxes.is_empty() {
+        None
+    } else {
+        let mut b = GlobSetBuilder::new();
+        for p in &cmd.mailboxes {
+            b.add(Glob::new(p).with_context(|| format!("invalid --mailbox pattern `{p}`"))?);
+        }
+        Some(b.build()?)
+    };
+    Ok(ExpungeOptions {
+        cut: cmd.older_than.map(cut_for),
+        free_to: cmd.free_to,
+        mailboxes,
+        keep_flagged: cmd.keep_flagged,
+        keep_unseen: cmd.keep_unseen,
+        max: cmd.max,
+        dry_run: cmd.dry_run,
+    })
+}
+
+/// The INTERNALDATE before which a message is older than `age` seconds.
+pub(crate) fn cut_for(age: u64) -> i64 {
+    chrono::Utc::now().timestamp() - age.min(i64::MAX as u64 / 2) as i64
+}
+
+/// Connects and expunges one account; a connection failure is reported
+/// in the account's report.
+pub(crate) fn expunge_one(
+    rt: &tokio::runtime::Runtime,
+    account: &Account,
+    connector: &Connector,
+    opts: &ExpungeOptions,
+    progress: Arc<dyn Progress>,
+) -> AccountExpunge {
+    rt.block_on(async {
+        match connector.connect().await {
+            Ok(conn) => expunge_account(account, opts, progress, conn).await,
+            Err(e) => {
+                AccountExpunge::new(account).fail(ExitCode::Connection, connect_error(account, &e))
+            }
+        }
+    })
+}
+
+/// Prints the report (stderr for problems, stdout for the summary).
+pub(crate) fn print(report: &ExpungeReport, json: bool, quiet: bool) -> Result<()> {
+    for line in report.problems() {
+        eprintln!("{line}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else if !quiet {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let _ = (cmd, config);
-    bail!("`imapbak expunge` is not implemented yet")
+    let opts = options(&cmd)?;
+    let accounts = load_accounts(config, &cmd.accounts)?;
+    let start = Instant::now();
+    let progress: Arc<dyn Progress> = Arc::from(Bars::for_terminal(cmd.quiet || cmd.json));
+    let rt = runtime()?;
+    let mut report = ExpungeReport {
+        dry_run: cmd.dry_run,
+        ..Default::default()
+    };
+    for account in accounts {
+        let account = Arc::new(account);
+        let r = match Connector::new(account.clone()) {
+            Ok(c) => expunge_one(&rt, &account, &c, &opts, progress.clone()),
+            Err(e) => AccountExpunge::new(&account).fail(ExitCode::Usage, format!("{e:#}")),
+        };
+        report.accounts.push(r);
+    }
+    drop(progress);
+    report.seconds = start.elapsed().as_secs_f64();
+    let code = report.finish();
+    print(&report, cmd.json, cmd.quiet)?;
+    Ok(code)
 }

@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use super::expunge::{cut_for, expunge_one};
 use super::{load_accounts, runtime, AccountArgs, Connector};
 use crate::exit_codes::ExitCode;
 use crate::progress::Bars;
 use crate::report::{AccountReport, PullReport};
+use crate::sync::expunge::{parse_age, AccountExpunge, ExpungeOptions, ExpungeReport};
 use crate::sync::pull::{pull_account, PullOptions};
 
 /// Download what is new in every mailbox and mirror flag changes.
@@ -37,6 +39,14 @@ pub struct PullCmd {
     /// No progress bars and no summary line; only warnings and errors
     #[arg(short, long)]
     quiet: bool,
+
+    /// After pulling an account without any failure, expunge its messages
+    /// older than AGE (1y, 6mo, 2w, 90d) that are verified in the archive,
+    /// as `imapbak expunge --older-than AGE` does; an account whose pull
+    /// failed anywhere is not expunged. With --json the output becomes
+    /// {"pull": ..., "expunge": ...}
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    expunge_older_than: Option<u64>,
 }
 
 const PULL_AFTER_HELP: &str = "\
@@ -73,6 +83,15 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
         dry_run: cmd.dry_run,
         ..Default::default()
     };
+    let expunge_opts = cmd.expunge_older_than.map(|age| ExpungeOptions {
+        cut: Some(cut_for(age)),
+        dry_run: cmd.dry_run,
+        ..Default::default()
+    });
+    let mut expunge_report = ExpungeReport {
+        dry_run: cmd.dry_run,
+        ..Default::default()
+    };
     for account in accounts {
         let account = Arc::new(account);
         let connector = match Connector::new(account.clone()) {
@@ -88,21 +107,56 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
                 continue;
             }
         };
+        let for_expunge = connector.clone();
         let connect = move || {
             let c = connector.clone();
             async move { c.connect().await }
         };
         let r = rt.block_on(pull_account(
-            account,
+            account.clone(),
             opts.clone(),
             progress.clone(),
             connect,
         ));
+        if let Some(eopts) = &expunge_opts {
+            let clean = r.error.is_none() && r.exit_code() == ExitCode::Success;
+            expunge_report.accounts.push(if clean {
+                expunge_one(&rt, &account, &for_expunge, eopts, progress.clone())
+            } else {
+                AccountExpunge {
+                    not_run: Some(
+                        "the pull of this account had failures; nothing is expunged until a pull succeeds"
+                            .into(),
+                    ),
+                    ..AccountExpunge::new(&account)
+                }
+            });
+        }
         report.accounts.push(r);
     }
     drop(progress);
     report.seconds = start.elapsed().as_secs_f64();
-    let code = report.finish();
+    let mut code = report.finish();
+    if expunge_opts.is_some() {
+        expunge_report.seconds = start.elapsed().as_secs_f64() - report.seconds;
+        code = code.max(expunge_report.finish());
+        for line in report.problems() {
+            eprintln!("{line}");
+        }
+        if cmd.json {
+            let both = serde_json::json!({ "pull": &report, "expunge": &expunge_report });
+            println!("{}", serde_json::to_string_pretty(&both)?);
+            for line in expunge_report.problems() {
+                eprintln!("{line}");
+            }
+        } else {
+            if !cmd.quiet {
+                println!("{report}");
+            }
+            super::expunge::print(&expunge_report, false, cmd.quiet)?;
+        }
+        return Ok(code);
+    }
     for line in report.problems() {
         eprintln!("{line}");
     }

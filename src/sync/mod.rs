@@ -2,6 +2,7 @@
 //! archive's state and the options into actions, and the executor (`pull`)
 //! that runs them against a [`remote::Remote`] and the archive.
 
+pub mod expunge;
 pub mod plan;
 pub mod pull;
 pub mod remote;

@@ -1,0 +1,528 @@
+//! `imapbak expunge`, `imapbak quota` and `pull --expunge-older-than`
+//! against the real Dovecot (quota plugin on). Every test pulls with the
+//! real binary first, then expunges, and checks the server and the archive.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::support::{self, dovecot, mail, TestEnv, User};
+
+const OLD: &str = "01-Jan-2020 10:00:00 +0000";
+
+/// An INTERNALDATE `n` days into 2019 (older than any `--older-than 1y`).
+fn old_day(n: u32) -> String {
+    format!("{:02}-Jan-2019 10:00:00 +0000", n)
+}
+
+/// A message of about `kib` KiB, unique by `n`.
+fn sized(n: u32, kib: usize) -> Vec<u8> {
+    let mut m = mail::plain(n);
+    for i in 0..kib * 16 {
+        // 62 characters and CRLF: 16 lines make a KiB.
+        let line = format!("{n:06} {i:06} {}\r\n", "x".repeat(48));
+        m.extend_from_slice(line.as_bytes());
+    }
+    m
+}
+
+fn setup(prefix: &str) -> (User, TestEnv) {
+    let user = dovecot().new_user(prefix);
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    (user, env)
+}
+
+fn pull(env: &TestEnv) {
+    env.cmd().args(["pull", "--quiet"]).assert().success();
+}
+
+/// Runs imapbak with `args` plus `--json`, expecting exit code `code`.
+fn json(env: &TestEnv, args: &[&str], code: i32) -> (Value, String) {
+    let out = env.cmd().args(args).arg("--json").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "imapbak {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    (v, stderr)
+}
+
+fn uids(user: &User, mailbox: &str) -> Vec<u32> {
+    user.imap()
+        .fetch_all(mailbox)
+        .iter()
+        .map(|m| m.uid)
+        .collect()
+}
+
+/// The archived file of `uid` in `folder` (any UIDVALIDITY).
+fn archived_file(archive: &Path, folder: &str, uid: u32) -> PathBuf {
+    let tag = format!("U{uid}.imapbak,");
+    support::folder_files(archive, folder)
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().contains(&tag))
+        .unwrap_or_else(|| panic!("no archived file for UID {uid} in `{folder}`"))
+}
+
+fn skipped(v: &Value, reason: &str) -> u64 {
+    v["accounts"][0]["skipped"][reason].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn expunge_removes_exactly_the_old_verified_messages_and_the_archive_keeps_them() {
+    let (user, env) = setup("exp-basic");
+    let mut imap = user.imap();
+    imap.create("Archive/2019");
+    for n in 1..=3 {
+        imap.append("INBOX", &["\\Seen"], &old_day(n), &mail::plain(n));
+    }
+    imap.append("INBOX", &[], "", &mail::plain(4));
+    imap.append("INBOX", &["\\Flagged"], "", &mail::plain(5));
+    imap.append("Archive/2019", &[], &old_day(9), &mail::latin1_8bit());
+    imap.append(
+        "Archive/2019",
+        &[],
+        &old_day(10),
+        &mail::multipart_attachment(),
+    );
+    let before_inbox = imap.fetch_all("INBOX");
+    let before_arch = imap.fetch_all("Archive/2019");
+    pull(&env);
+
+    let (v, _) = json(&env, &["expunge", "--older-than", "1y"], 0);
+    assert_eq!(v["expunged"], 5, "{v:#}");
+    let old_bytes: u64 = before_inbox[..3]
+        .iter()
+        .chain(&before_arch)
+        .map(|m| m.size as u64)
+        .sum();
+    assert_eq!(v["bytes_freed"], old_bytes);
+    assert_eq!(uids(&user, "INBOX"), [4, 5], "only the new messages stay");
+    assert!(uids(&user, "Archive/2019").is_empty());
+
+    // The archive still holds every message, byte for byte as served.
+    let archive = env.archive("a");
+    let inbox: Vec<Vec<u8>> = (1..=5)
+        .map(|uid| support::read_zstd(&archived_file(&archive, "", uid)))
+        .collect();
+    let served: Vec<Vec<u8>> = before_inbox.iter().map(|m| m.body.clone()).collect();
+    assert!(
+        inbox == served,
+        "archived INBOX differs from what was served"
+    );
+    let arch: Vec<Vec<u8>> = (1..=2)
+        .map(|uid| support::read_zstd(&archived_file(&archive, ".Archive.2019", uid)))
+        .collect();
+    let served: Vec<Vec<u8>> = before_arch.iter().map(|m| m.body.clone()).collect();
+    assert!(arch == served, "archived Archive/2019 differs");
+
+    // A second run has nothing to do, and says so with success.
+    let (v, _) = json(&env, &["expunge", "--older-than", "1y"], 0);
+    assert_eq!(v["expunged"], 0);
+    let out = env
+        .cmd()
+        .args(["expunge", "--older-than", "1y"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("expunged 0 messages"), "{text}");
+}
+
+#[test]
+fn a_message_marked_deleted_by_another_client_stays_on_the_server() {
+    let (user, env) = setup("exp-other");
+    let mut imap = user.imap();
+    for n in 1..=3 {
+        imap.append("INBOX", &[], OLD, &mail::plain(n));
+    }
+    pull(&env);
+    imap.store("INBOX", 2, "+FLAGS (\\Deleted)");
+
+    let (v, _) = json(&env, &["expunge", "--older-than", "1y"], 0);
+    assert_eq!(v["expunged"], 2, "{v:#}");
+    assert_eq!(skipped(&v, "deleted_by_another_client"), 1);
+    let left = user.imap().fetch_all("INBOX");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].uid, 2);
+    assert!(
+        left[0].flags.iter().any(|f| f == "\\Deleted"),
+        "the other client's mark is untouched: {:?}",
+        left[0].flags
+    );
+}
+
+#[test]
+fn a_damaged_or_removed_archive_file_is_not_expunged_and_the_summary_says_why() {
+    let (user, env) = setup("exp-damaged");
+    let mut imap = user.imap();
+    for n in 1..=4 {
+        imap.append("INBOX", &[], OLD, &mail::plain(n));
+    }
+    pull(&env);
+    let archive = env.archive("a");
+    // UID 1: garbage; UID 2: gone; UID 3: valid zstd of other bytes.
+    std::fs::write(archived_file(&archive, "", 1), b"not zstd at all").unwrap();
+    std::fs::remove_file(archived_file(&archive, "", 2)).unwrap();
+    // Same length as UID 3's message, other bytes.
+    let len = mail::plain(3).len();
+    let forged = mail::plain(99)[..len].to_vec();
+    std::fs::write(
+        archived_file(&archive, "", 3),
+        zstd::encode_all(&forged[..], 3).unwrap(),
+    )
+    .unwrap();
+
+    let (v, stderr) = json(&env, &["expunge", "--older-than", "1y"], 0);
+    assert_eq!(v["expunged"], 1, "{v:#}");
+    assert_eq!(uids(&user, "INBOX"), [1, 2, 3]);
+    assert_eq!(skipped(&v, "archived_copy_damaged"), 2, "{v:#}");
+    assert_eq!(skipped(&v, "archived_copy_missing"), 1, "{v:#}");
+    for uid in 1..=3 {
+        assert!(
+            stderr.contains(&format!("UID {uid} not expunged")),
+            "{stderr}"
+        );
+    }
+
+    // The human summary names the reasons too.
+    let out = env
+        .cmd()
+        .args(["expunge", "--older-than", "1y"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.contains("2 archived copy damaged") && text.contains("1 archived copy missing"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_message_that_arrived_after_the_pull_is_never_expunged_even_if_old() {
+    let (user, env) = setup("exp-late");
+    let mut imap = user.imap();
+    imap.append("INBOX", &[], OLD, &mail::plain(1));
+    pull(&env);
+    imap.append("INBOX", &[], "01-Jan-2001 10:00:00 +0000", &mail::plain(2));
+    imap.create("Later");
+    imap.append("Later", &[], OLD, &mail::plain(3));
+
+    let (v, _) = json(&env, &["expunge", "--older-than", "1y"], 0);
+    assert_eq!(v["expunged"], 1, "{v:#}");
+    assert_eq!(skipped(&v, "not_archived"), 1);
+    assert_eq!(uids(&user, "INBOX"), [2]);
+    assert_eq!(
+        uids(&user, "Later"),
+        [1],
+        "a mailbox never pulled is left alone"
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing_max_caps_and_keep_flagged_and_keep_unseen_hold() {
+    let (user, env) = setup("exp-opts");
+    let mut imap = user.imap();
+    imap.append(
+        "INBOX",
+        &["\\Flagged", "\\Seen"],
+        &old_day(1),
+        &mail::plain(1),
+    );
+    imap.append("INBOX", &[], &old_day(2), &mail::plain(2));
+    for n in 3..=6 {
+        imap.append("INBOX", &["\\Seen"], &old_day(n), &mail::plain(n));
+    }
+    let before = imap.fetch_all("INBOX");
+    pull(&env);
+
+    let out = env
+        .cmd()
+        .args(["expunge", "--older-than", "1y", "--dry-run"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert_eq!(
+        text.matches("would expunge: `INBOX` UID").count(),
+        6,
+        "{text}"
+    );
+    let total: u64 = before.iter().map(|m| m.size as u64).sum();
+    assert!(
+        text.contains(&imapbak::report::human_bytes(total)),
+        "the space it would free: {text}"
+    );
+    let (v, _) = json(&env, &["expunge", "--older-than", "1y", "-n"], 0);
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["expunged"], 6);
+    assert_eq!(v["bytes_freed"], total);
+    assert!(
+        user.imap().fetch_all("INBOX") == before,
+        "a dry run changed the server"
+    );
+
+    let keep = ["--keep-flagged", "--keep-unseen"];
+    let (v, _) = json(
+        &env,
+        &[
+            "expunge",
+            "--older-than",
+            "1y",
+            keep[0],
+            keep[1],
+            "--max",
+            "2",
+        ],
+        0,
+    );
+    assert_eq!(v["expunged"], 2, "{v:#}");
+    assert_eq!(skipped(&v, "kept_flagged"), 1);
+    assert_eq!(skipped(&v, "kept_unseen"), 1);
+    assert_eq!(v["accounts"][0]["beyond_limit"], 2);
+    assert_eq!(uids(&user, "INBOX"), [1, 2, 5, 6], "--max takes the oldest");
+
+    let (v, _) = json(
+        &env,
+        &["expunge", "--older-than", "1y", keep[0], keep[1]],
+        0,
+    );
+    assert_eq!(v["expunged"], 2);
+    assert_eq!(uids(&user, "INBOX"), [1, 2], "flagged and unseen stay");
+}
+
+fn storage(env: &TestEnv) -> (u64, u64) {
+    let (v, _) = json(env, &["quota"], 0);
+    let a = &v["accounts"][0];
+    assert_eq!(a["supported"], true, "{v:#}");
+    let s = a["roots"][0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "STORAGE")
+        .unwrap_or_else(|| panic!("no STORAGE in {v:#}"))
+        .clone();
+    (s["usage"].as_u64().unwrap(), s["limit"].as_u64().unwrap())
+}
+
+#[test]
+fn free_to_brings_a_quota_limited_account_under_the_target_oldest_first() {
+    let user = dovecot().new_user_with_quota("exp-quota", 400);
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    let mut imap = user.imap();
+    imap.create("Archive");
+    // Ten ~30 KiB messages, alternating mailboxes, oldest first by date.
+    for n in 1..=10 {
+        let mailbox = if n % 2 == 0 { "Archive" } else { "INBOX" };
+        imap.append(mailbox, &["\\Seen"], &old_day(n), &sized(n, 30));
+    }
+    pull(&env);
+
+    let (usage, limit) = storage(&env);
+    assert_eq!(limit, 400);
+    assert!(usage * 100 >= limit * 70, "seeded usage {usage} of {limit}");
+    let text = String::from_utf8_lossy(
+        &env.cmd()
+            .arg("quota")
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        text.contains("STORAGE") && text.contains("User quota"),
+        "{text}"
+    );
+
+    let (v, _) = json(&env, &["expunge", "--free-to", "50%"], 0);
+    let a = &v["accounts"][0];
+    assert!(
+        a["quota_before"]["percent"].as_f64().unwrap() >= 70.0,
+        "{v:#}"
+    );
+    assert!(
+        a["quota_after"]["percent"].as_f64().unwrap() < 50.0,
+        "{v:#}"
+    );
+    let (after, _) = storage(&env);
+    assert!(after * 100 < limit * 50, "usage {after} KiB of {limit} KiB");
+
+    // Oldest first across mailboxes: what is left is the newest ones.
+    let gone = v["expunged"].as_u64().unwrap() as u32;
+    assert!((1..10).contains(&gone), "{v:#}");
+    let mut left: Vec<u32> = Vec::new();
+    for mailbox in ["INBOX", "Archive"] {
+        for m in user.imap().fetch_all(mailbox) {
+            let text = String::from_utf8_lossy(&m.body).into_owned();
+            let n: u32 = text
+                .split("Plain test message ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok())
+                .unwrap();
+            left.push(n);
+        }
+    }
+    left.sort_unstable();
+    assert_eq!(left, ((gone + 1)..=10).collect::<Vec<u32>>(), "{v:#}");
+
+    // Already under the target: nothing to do, success.
+    let (v, _) = json(&env, &["expunge", "--free-to", "50%"], 0);
+    assert_eq!(v["expunged"], 0);
+}
+
+#[test]
+fn quota_says_so_clearly_for_an_account_without_limits() {
+    let (_user, env) = setup("exp-noquota");
+    let out = env.cmd().arg("quota").assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    // The test server offers QUOTA; a user without a rule has no STORAGE limit.
+    assert!(!text.is_empty(), "quota printed nothing");
+    let (v, _) = json(&env, &["quota"], 0);
+    assert_eq!(v["accounts"][0]["supported"], true);
+    // `--free-to` needs a limit and refuses clearly without one.
+    pull(&env);
+    let out = env
+        .cmd()
+        .args(["expunge", "--free-to", "80%"])
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("--free-to") && err.contains("hint:"), "{err}");
+}
+
+#[test]
+fn a_uidvalidity_change_since_the_pull_protects_the_whole_mailbox() {
+    let (user, env) = setup("exp-uidv");
+    let mut imap = user.imap();
+    imap.create("Old");
+    for n in 1..=3 {
+        imap.append("Old", &[], OLD, &mail::plain(n));
+    }
+    let (uv_before, _, _) = imap.status("Old");
+    pull(&env);
+    // Recreated with the same messages: same UIDs, same sizes, new UIDVALIDITY.
+    imap.delete("Old");
+    imap.create("Old");
+    for n in 1..=3 {
+        imap.append("Old", &[], OLD, &mail::plain(n));
+    }
+    let (uv_after, _, _) = imap.status("Old");
+    assert_ne!(uv_before, uv_after, "the server kept the UIDVALIDITY");
+
+    let (v, stderr) = json(&env, &["expunge", "--older-than", "1y"], 0);
+    assert_eq!(v["expunged"], 0, "{v:#}");
+    assert_eq!(skipped(&v, "uidvalidity_changed"), 3);
+    assert!(stderr.contains("UIDVALIDITY changed"), "{stderr}");
+    assert_eq!(uids(&user, "Old"), [1, 2, 3]);
+}
+
+#[test]
+fn an_interrupted_run_is_finished_for_verified_uids_only_and_other_marks_stay() {
+    let (user, env) = setup("exp-resume");
+    let mut imap = user.imap();
+    for n in 1..=4 {
+        imap.append("INBOX", &[], OLD, &mail::plain(n));
+    }
+    let (uv, _, _) = imap.status("INBOX");
+    pull(&env);
+    // As if a run was killed between its STORE and its EXPUNGE: UIDs 1 and
+    // 2 carry its mark and its record; UID 3 carries another client's mark.
+    for uid in 1..=3 {
+        imap.store("INBOX", uid, "+FLAGS (\\Deleted)");
+    }
+    let state = env.archive("a").join("state/mailboxes/INBOX");
+    let pending = state.join("expunge-pending.json");
+    std::fs::write(&pending, format!("{{\"uidvalidity\":{uv},\"uids\":[1,2]}}")).unwrap();
+    // UID 2's archived copy no longer verifies: its mark must be taken back.
+    std::fs::write(archived_file(&env.archive("a"), "", 2), b"garbage").unwrap();
+
+    let (v, _) = json(&env, &["expunge", "--older-than", "1y"], 0);
+    let msgs = v["accounts"][0]["messages"].as_array().unwrap();
+    let done: Vec<(u64, bool)> = msgs
+        .iter()
+        .map(|m| (m["uid"].as_u64().unwrap(), m["resumed"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(done, [(1, true), (4, false)], "{v:#}");
+    let left = user.imap().fetch_all("INBOX");
+    let flags = |uid: u32| left.iter().find(|m| m.uid == uid).unwrap().flags.clone();
+    assert_eq!(left.iter().map(|m| m.uid).collect::<Vec<_>>(), [2, 3]);
+    assert!(
+        !flags(2).iter().any(|f| f == "\\Deleted"),
+        "our mark taken back"
+    );
+    assert!(
+        flags(3).iter().any(|f| f == "\\Deleted"),
+        "their mark stays"
+    );
+    assert!(!pending.exists(), "the record is cleared once finished");
+}
+
+#[test]
+fn pull_with_expunge_older_than_archives_then_expunges_in_one_run() {
+    let (user, env) = setup("exp-pull");
+    let mut imap = user.imap();
+    imap.append("INBOX", &[], OLD, &mail::plain(1));
+    imap.append("INBOX", &[], "", &mail::plain(2));
+    let served = imap.fetch_all("INBOX");
+
+    let (v, _) = json(&env, &["pull", "--expunge-older-than", "1y"], 0);
+    assert_eq!(v["pull"]["fetched"], 2, "{v:#}");
+    assert_eq!(v["expunge"]["expunged"], 1, "{v:#}");
+    assert_eq!(uids(&user, "INBOX"), [2]);
+    assert!(support::read_zstd(&archived_file(&env.archive("a"), "", 1)) == served[0].body);
+}
+
+#[test]
+fn pull_with_expunge_skips_the_expunge_of_an_account_whose_pull_failed() {
+    let user = dovecot().new_user("exp-pullfail");
+    let env = TestEnv::new();
+    // A message over max-message-size makes the pull of INBOX fail.
+    env.write_config(&env.account_toml("a", &user, "max-message-size = 1000"));
+    let mut imap = user.imap();
+    imap.append("INBOX", &[], OLD, &mail::plain(1));
+    imap.append("INBOX", &[], OLD, &sized(2, 4));
+
+    let out = env
+        .cmd()
+        .args(["pull", "--expunge-older-than", "1y"])
+        .assert()
+        .code(1);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("not run"), "{text}");
+    assert_eq!(uids(&user, "INBOX"), [1, 2], "nothing expunged");
+}
+
+#[test]
+fn expunge_never_runs_while_the_archive_is_locked_and_needs_an_archive() {
+    let (user, env) = setup("exp-lock");
+    user.imap().append("INBOX", &[], OLD, &mail::plain(1));
+    // No archive yet: nothing can be verified.
+    let out = env
+        .cmd()
+        .args(["expunge", "--older-than", "1y"])
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("imapbak pull"), "{err}");
+    pull(&env);
+    // Another run (a pull) holds the lock.
+    let lock = std::fs::File::open(env.archive("a").join("state/lock")).unwrap();
+    lock.try_lock().unwrap();
+    env.cmd()
+        .args(["expunge", "--older-than", "1y"])
+        .assert()
+        .code(4);
+    drop(lock);
+    assert_eq!(uids(&user, "INBOX"), [1]);
+    env.cmd()
+        .args(["expunge", "--older-than", "1y"])
+        .assert()
+        .success();
+    assert!(uids(&user, "INBOX").is_empty());
+}

@@ -229,6 +229,8 @@ pub struct FolderIndex {
     pub entries: HashMap<(u32, u32), JournalEntry>,
     /// Names in cur/ and new/ that are not ours (left alone).
     pub foreign: usize,
+    /// (UIDVALIDITY, UID) of journal entries whose file has disappeared.
+    pub missing: Vec<(u32, u32)>,
 }
 
 impl FolderIndex {
@@ -385,6 +387,12 @@ impl Folder {
             if index.files.contains_key(&e.base) {
                 index.entries.insert((e.uidvalidity, e.uid), e);
             } else {
+                log::warn!(
+                    "archived file `{}` of UID {} is gone; it will be downloaded again if the server still has it",
+                    e.base,
+                    e.uid
+                );
+                index.missing.push((e.uidvalidity, e.uid));
                 rewrite = true;
             }
         }

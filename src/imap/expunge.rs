@@ -4,17 +4,11 @@
 
 use async_imap::imap_proto::rfc2087::QuotaResourceName;
 use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, ResponseCode};
-use chrono::DateTime;
 
+use super::session::parse_internaldate;
 use super::{quote, uid_set, Connection, ImapError};
 use crate::sync::expunge::{ExpungeRemote, QuotaResource, QuotaRoot, ServerMeta};
 use crate::sync::remote::{ListedMailbox, Remote, Selected};
-
-fn internaldate_secs(s: &str) -> Option<i64> {
-    DateTime::parse_from_str(s.trim(), "%d-%b-%Y %H:%M:%S %z")
-        .ok()
-        .map(|d| d.timestamp())
-}
 
 /// A FETCH response that carries every item `metadata` asked for;
 /// unsolicited flag updates from other sessions yield `None`.
@@ -25,7 +19,7 @@ fn meta_of(attrs: &[AttributeValue<'_>]) -> Option<ServerMeta> {
             AttributeValue::Uid(u) => uid = Some(*u),
             AttributeValue::Rfc822Size(s) => size = Some(*s),
             AttributeValue::Flags(f) => flags = Some(f.iter().map(|s| s.to_string()).collect()),
-            AttributeValue::InternalDate(d) => date = internaldate_secs(d),
+            AttributeValue::InternalDate(d) => date = parse_internaldate(d).map(|d| d.timestamp()),
             _ => {}
         }
     }

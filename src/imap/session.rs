@@ -374,7 +374,8 @@ async fn read_line(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, Ima
     }
 }
 
-fn parse_internaldate(s: &str) -> Option<DateTime<chrono::FixedOffset>> {
+/// Parses an IMAP date-time (`DD-Mon-YYYY hh:mm:ss +zzzz`, day maybe space-padded).
+pub(crate) fn parse_internaldate(s: &str) -> Option<DateTime<chrono::FixedOffset>> {
     DateTime::parse_from_str(s.trim(), "%d-%b-%Y %H:%M:%S %z").ok()
 }
 

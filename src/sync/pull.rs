@@ -354,7 +354,14 @@ async fn pull_mailbox_inner<R: Remote>(
     }
 
     // New messages.
-    let from = list_from(&prior, uv);
+    // A file that vanished from the archive is fetched again.
+    let lowest_missing = index
+        .missing
+        .iter()
+        .filter(|(v, _)| *v == uv)
+        .map(|(_, u)| *u)
+        .min();
+    let from = list_from(&prior, uv).min(lowest_missing.unwrap_or(u32::MAX));
     let candidates = if sel.exists == 0 || (sel.uidnext != 0 && sel.uidnext <= from) {
         Vec::new()
     } else {

@@ -341,6 +341,27 @@ fn deleting_state_loses_nothing_and_redownloads_nothing() {
 }
 
 #[test]
+fn a_message_file_deleted_from_the_archive_is_downloaded_again() {
+    let user = dovecot().new_user("refetch");
+    let mut imap = user.imap();
+    for n in 0..3 {
+        imap.append("INBOX", &[], "01-Feb-2022 10:00:00 +0000", &mail::plain(n));
+    }
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    env.cmd().arg("pull").assert().success();
+    let files = support::folder_files(&env.archive("a"), "");
+    fs::remove_file(&files[0]).unwrap();
+    // Something new makes the mailbox worth opening; the lost file comes back.
+    imap.append("INBOX", &[], "01-Feb-2022 10:00:00 +0000", &mail::plain(3));
+    let out = env.cmd().args(["pull", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(total(&json(&out), "fetched"), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is gone"));
+    assert_mailbox_matches(&env.archive("a"), &user, "INBOX");
+}
+
+#[test]
 fn uidvalidity_change_keeps_every_archived_message_and_stores_no_second_copy() {
     let user = dovecot().new_user("uidvalidity");
     let mut imap = user.imap();

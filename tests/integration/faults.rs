@@ -650,10 +650,20 @@ fn a_full_disk_fails_clearly_keeps_the_archive_whole_and_a_rerun_completes() {
             return;
         }
     };
-    let out = env.cmd().args(["pull", "--jobs", "1"]).output().unwrap();
+    // With an expunge asked for: a failed pull must not expunge anything.
+    let out = env
+        .cmd()
+        .args(["pull", "--jobs", "1", "--expunge-older-than", "1d"])
+        .output()
+        .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("No space left"), "{err}");
+    assert_eq!(
+        user.imap().fetch_all("INBOX").len(),
+        12,
+        "expunged after a failed pull"
+    );
     // What is in cur/ is whole and journaled (a rerun finds nothing to repair).
     let archive = env.archive("a");
     let kept = support::folder_files(&archive, "");
@@ -670,4 +680,52 @@ fn a_full_disk_fails_clearly_keeps_the_archive_whole_and_a_rerun_completes() {
     for m in server {
         assert!(got.contains(&m.body));
     }
+}
+
+#[test]
+fn pull_and_expunge_share_one_lock_and_a_killed_holder_releases_it() {
+    let user = dovecot().new_user("locks");
+    user.imap()
+        .append("INBOX", &[], "01-Feb-2020 10:00:00 +0000", &mail::plain(1));
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    env.cmd().arg("pull").assert().success();
+    // Hold the archive's lock from another process, as a running pull or
+    // expunge would.
+    let lock = env.archive("a").join("state/lock");
+    // -o: the lock stays with flock itself, not with its child.
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(&lock)
+        .args(["sleep", "20"])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while Command::new("flock")
+        .args(["-n"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the holder never locked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for args in [&["pull"][..], &["expunge", "--older-than", "1d"][..]] {
+        let out = env.cmd().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("locked"), "{}", stderr(&out));
+    }
+    holder.kill().unwrap(); // SIGKILL: the kernel drops the lock
+    holder.wait().unwrap();
+    env.cmd()
+        .args(["expunge", "--older-than", "1d"])
+        .assert()
+        .success();
+    assert!(user.imap().fetch_all("INBOX").is_empty());
+    env.cmd().arg("pull").assert().success();
 }

@@ -5,3 +5,4 @@
 pub mod plan;
 pub mod pull;
 pub mod remote;
+pub mod restore;

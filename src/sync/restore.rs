@@ -610,6 +610,22 @@ impl RestoreState {
         }
     }
 
+    /// Marks a run as started; true if the previous run never finished (was
+    /// killed), so appends it had sent may still be landing on the server.
+    pub fn begin_run(&self) -> bool {
+        let marker = self.dir.join("unfinished");
+        let was = marker.exists();
+        if let Err(e) = fs::write(&marker, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write `{}`: {e}", marker.display());
+        }
+        was
+    }
+
+    /// Marks the run as finished: nothing of ours is in flight any more.
+    pub fn end_run(&self) {
+        let _ = fs::remove_file(self.dir.join("unfinished"));
+    }
+
     /// Recorded base name -> UID for `raw` under `uidvalidity`.
     pub fn load(&self, raw: &str, uidvalidity: u32) -> HashMap<String, u32> {
         let Ok(text) = fs::read_to_string(self.file(raw)) else {
@@ -818,6 +834,9 @@ struct Ctx {
     stop: AtomicBool,
     quota: Mutex<Option<String>>,
     target_name: String,
+    /// The previous run was killed: let the server finish what it had
+    /// received before fingerprinting.
+    settle_first: bool,
 }
 
 /// True for a refusal that says the target is full.
@@ -919,7 +938,17 @@ where
     ready.sort_by_key(|p| std::cmp::Reverse(p.messages.len()));
 
     let jobs = opts.jobs.clamp(1, ready.len().max(1));
+    let settle_first = match &state {
+        Some(s) if !opts.dry_run => s.begin_run(),
+        _ => false,
+    };
+    if settle_first {
+        log::warn!(
+            "the previous restore into `{target_name}` did not finish; waiting for the server to settle before checking what it holds"
+        );
+    }
     let ctx = Arc::new(Ctx {
+        settle_first,
         opts,
         progress,
         state,
@@ -942,6 +971,11 @@ where
         match w.await {
             Ok(reports) => report.mailboxes.extend(reports),
             Err(e) => report.error = Some(format!("internal error: {e}")),
+        }
+    }
+    if let Some(s) = &ctx.state {
+        if !ctx.opts.dry_run {
+            s.end_run();
         }
     }
     let quota = ctx.quota.lock().expect("quota lock").clone();
@@ -998,6 +1032,7 @@ where
             ..Default::default()
         };
         let mut attempt = 0;
+        let mut settle = ctx.settle_first;
         loop {
             attempt += 1;
             let c = match conn.as_mut() {
@@ -1019,9 +1054,11 @@ where
                 },
             };
             rep.errors.clear();
-            match restore_mailbox(c, &plan, ctx, &mut rep).await {
+            match restore_mailbox(c, &plan, ctx, &mut rep, settle).await {
                 Ok(()) => break,
                 Err(Stop::Retry(why)) if attempt < ATTEMPTS => {
+                    // Appends sent on the lost connection may still land.
+                    settle = true;
                     log::warn!(
                         "`{}`: {why}; retrying (attempt {} of {ATTEMPTS})",
                         plan.target,
@@ -1085,8 +1122,12 @@ async fn restore_mailbox<R: RestoreTarget>(
     plan: &MailboxPlan,
     ctx: &Ctx,
     rep: &mut RestoreMailboxReport,
+    settle: bool,
 ) -> Result<(), Stop> {
     let dry = ctx.opts.dry_run;
+    if settle && !(plan.create && dry) {
+        settle_mailbox(conn, &plan.raw).await.map_err(classify)?;
+    }
     let (uv, target) = if plan.create && dry {
         (0, Vec::new())
     } else {
@@ -1143,6 +1184,30 @@ async fn restore_mailbox<R: RestoreTarget>(
         rep.outcome = "failed";
     }
     result
+}
+
+/// How long the mailbox must stay unchanged, and the most we wait.
+const SETTLE_QUIET: Duration = Duration::from_secs(1);
+const SETTLE_MAX: Duration = Duration::from_secs(60);
+
+/// Waits until `raw` stops growing. A server keeps executing the APPENDs a
+/// killed or disconnected client had fully sent; fingerprinting before they
+/// land would append those messages a second time.
+async fn settle_mailbox<R: RestoreTarget>(conn: &mut R, raw: &str) -> Result<(), ImapError> {
+    let start = std::time::Instant::now();
+    let mut last = conn.examine(raw).await?;
+    loop {
+        tokio::time::sleep(SETTLE_QUIET).await;
+        let now = conn.examine(raw).await?;
+        if (now.uidnext, now.exists) == (last.uidnext, last.exists) {
+            return Ok(());
+        }
+        if start.elapsed() > SETTLE_MAX {
+            log::warn!("`{raw}` is still changing after {SETTLE_MAX:?}; going on");
+            return Ok(());
+        }
+        last = now;
+    }
 }
 
 /// Reads messages on a thread (bounded: two batches ahead) and appends them

@@ -14,21 +14,23 @@ use crate::progress::Bars;
 use crate::sync::restore::{read_archive, restore_account, RestoreOptions, RestoreState};
 
 /// Put an archive back on an IMAP server, exactly once, with flags and dates.
-///
-/// Every archived message is appended with its exact bytes, its flags and
-/// keywords (never \Deleted) and its INTERNALDATE; missing mailboxes are
-/// created (hierarchy delimiter translated, names in modified UTF-7).
-/// Before appending into a mailbox, imapbak fingerprints what the target
-/// already holds (size + INTERNALDATE + Message-ID, or a hash of the bytes
-/// for messages without one) and skips those: a second run appends
-/// nothing, and a run that was killed or stopped over quota can simply be
-/// run again. The archive is only read.
-///
-/// What was restored is recorded (APPENDUID) under
-/// $XDG_STATE_HOME/imapbak/restore/ARCHIVE->TARGET/ so reruns are cheap;
-/// deleting it loses nothing.
 #[derive(Debug, clap::Args)]
+// The variant's doc comment in cli/mod.rs is the about text (clap lets it
+// win over long_about here), so the description lives in after_long_help.
 #[command(after_long_help = "\
+Every archived message is appended with its exact bytes, its flags and
+keywords (never \\Deleted) and its INTERNALDATE; missing mailboxes are
+created (hierarchy delimiter translated, names in modified UTF-7). Before
+appending into a mailbox, imapbak fingerprints what the target already
+holds (size + INTERNALDATE + Message-ID, or a hash of the bytes for
+messages without one) and skips those: a second run appends nothing, and a
+run that was killed or stopped over quota can simply be run again. The
+archive is only read.
+
+What was restored is recorded (APPENDUID) under
+$XDG_STATE_HOME/imapbak/restore/ARCHIVE->TARGET/ so reruns are cheap;
+deleting it loses nothing.
+
 Examples:
   imapbak restore --account work                 # back to the account's own server
   imapbak restore --account work --to newhost    # into another configured account

@@ -24,6 +24,14 @@ use crate::sync::restore::{message_id_of, RestoreTarget, TargetMessage, Upload};
 /// pile up unread while we write.
 const WINDOW: usize = 32;
 
+/// One reply seen during a MULTIAPPEND.
+enum Multi {
+    Continue,
+    /// The command's tagged answer: APPENDUID's UIDVALIDITY and UIDs.
+    Done(Result<Option<(u32, Vec<u32>)>, ImapError>),
+    Other,
+}
+
 /// One reply seen while appending.
 enum Seen {
     Continue,
@@ -141,6 +149,25 @@ impl RestoreTarget for Connection {
     {
         let mailbox = quote(raw)?;
         let plus = self.caps.contains("LITERAL+");
+        if messages.len() > 1 && self.caps.contains("MULTIAPPEND") {
+            // One command, one transaction: the server commits the batch at
+            // once (one fsync instead of one per message), all or nothing.
+            match self.multiappend(&mailbox, messages, plus).await? {
+                Ok(uids) => {
+                    for i in 0..messages.len() {
+                        on_result(i, Ok(uids.as_ref().map(|(uv, u)| (*uv, u[i]))));
+                    }
+                    return Ok(());
+                }
+                Err(e @ ImapError::No { .. }) if is_throttle_text(&e) => {
+                    on_result(0, Err(e));
+                    return Ok(());
+                }
+                // Nothing was appended: one by one, to learn which message
+                // the server refuses (too large, over quota, ...).
+                Err(e) => log::debug!("MULTIAPPEND refused ({e}); appending one by one"),
+            }
+        }
         let mut pending: HashMap<String, usize> = HashMap::new();
         'messages: for (i, m) in messages.iter().enumerate() {
             while pending.len() >= WINDOW {
@@ -172,7 +199,7 @@ impl RestoreTarget for Connection {
                     }
                 }
             }
-            self.write_literal(&m.body).await?;
+            self.write_literal(&m.body, b"\r\n").await?;
         }
         while !pending.is_empty() {
             self.settle_one(&mut pending, &mut on_result).await?;
@@ -181,7 +208,108 @@ impl RestoreTarget for Connection {
     }
 }
 
+fn is_throttle_text(e: &ImapError) -> bool {
+    match e {
+        ImapError::No { text, .. } => crate::sync::restore::is_throttle(text),
+        _ => false,
+    }
+}
+
+/// One message's part of an APPEND command: ` (flags) "date" {n}`.
+fn append_args(m: &Upload, plus: bool) -> String {
+    format!(
+        "({}) \"{}\" {{{}{}}}",
+        m.flags.join(" "),
+        imap_date(m.internaldate),
+        m.body.len(),
+        if plus { "+" } else { "" }
+    )
+}
+
 impl Connection {
+    /// Appends `messages` in one MULTIAPPEND command (RFC 3502). The outer
+    /// error means the connection is gone; the inner one is the server's
+    /// refusal, after which nothing was appended. On success: APPENDUID's
+    /// UIDVALIDITY and one UID per message, when the server gave them.
+    #[allow(clippy::type_complexity)]
+    async fn multiappend(
+        &mut self,
+        mailbox: &str,
+        messages: &[Upload],
+        plus: bool,
+    ) -> Result<Result<Option<(u32, Vec<u32>)>, ImapError>, ImapError> {
+        let tag = self
+            .send_line(&format!(
+                "APPEND {mailbox} {}",
+                append_args(&messages[0], plus)
+            ))
+            .await?;
+        for (i, m) in messages.iter().enumerate() {
+            if !plus {
+                loop {
+                    match self.read_multi(&tag).await? {
+                        Multi::Done(Ok(_)) => {
+                            return Ok(Err(ImapError::Protocol(
+                                "APPEND completed before all messages were sent".into(),
+                            )))
+                        }
+                        Multi::Done(Err(e)) => return Ok(Err(e)),
+                        Multi::Continue => break,
+                        Multi::Other => {}
+                    }
+                }
+            }
+            let tail = match messages.get(i + 1) {
+                Some(next) => format!(" {}\r\n", append_args(next, plus)),
+                None => "\r\n".to_string(),
+            };
+            self.write_literal(&m.body, tail.as_bytes()).await?;
+        }
+        loop {
+            match self.read_multi(&tag).await? {
+                Multi::Done(Ok(uids)) => {
+                    let uids = uids.filter(|(_, u)| u.len() == messages.len());
+                    return Ok(Ok(uids));
+                }
+                Multi::Done(Err(e)) => return Ok(Err(e)),
+                Multi::Continue | Multi::Other => {}
+            }
+        }
+    }
+
+    /// Reads one response while a MULTIAPPEND runs.
+    async fn read_multi(&mut self, tag: &str) -> Result<Multi, ImapError> {
+        let r = self
+            .next(|r| match r {
+                Response::Continue(_) => Multi::Continue,
+                Response::Done {
+                    tag: t,
+                    status,
+                    outcome,
+                } if t.0 == tag => {
+                    let uids = match (status, &outcome.code) {
+                        (Status::Ok, Some(ResponseCode::AppendUid(uv, set))) => {
+                            Some((*uv, expand(set)))
+                        }
+                        _ => None,
+                    };
+                    Multi::Done(append_result(status, outcome).map(|_| uids))
+                }
+                Response::Data {
+                    status: Status::Bye,
+                    outcome,
+                } => Multi::Done(Err(ImapError::Bye(
+                    outcome.information.as_deref().unwrap_or("").to_string(),
+                ))),
+                _ => Multi::Other,
+            })
+            .await?;
+        match r {
+            Multi::Done(Err(e)) if e.is_connection_level() => Err(e),
+            other => Ok(other),
+        }
+    }
+
     /// Sends one tagged command line and returns its tag.
     async fn send_line(&mut self, command: &str) -> Result<String, ImapError> {
         log::debug!("> {command}");
@@ -195,14 +323,15 @@ impl Connection {
         Ok(tag)
     }
 
-    /// Writes a literal's bytes and the CRLF that ends its command.
-    async fn write_literal(&mut self, body: &[u8]) -> Result<(), ImapError> {
+    /// Writes a literal's bytes and what follows it (the CRLF that ends the
+    /// command, or the next message's arguments).
+    async fn write_literal(&mut self, body: &[u8], tail: &[u8]) -> Result<(), ImapError> {
         // Large messages get time in proportion to their size (1 MB/s floor).
         let secs = self.timeout.as_secs() + body.len() as u64 / 1_000_000;
         let stream = self.session.get_mut();
         let write = async {
             stream.write_all(body).await?;
-            stream.write_all(b"\r\n").await?;
+            stream.write_all(tail).await?;
             stream.flush().await
         };
         timeout(std::time::Duration::from_secs(secs), write)
@@ -293,6 +422,18 @@ fn append_result(status: &Status, outcome: &Outcome<'_>) -> Result<Option<(u32, 
 
 fn parse_date(s: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
     chrono::DateTime::parse_from_str(s.trim(), "%d-%b-%Y %H:%M:%S %z").ok()
+}
+
+/// The UIDs of a uid-set, in order.
+fn expand(set: &[UidSetMember]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for m in set {
+        match m {
+            UidSetMember::Uid(u) => out.push(*u),
+            UidSetMember::UidRange(r) => out.extend(r.clone()),
+        }
+    }
+    out
 }
 
 /// An IMAP date-time in UTC, e.g. `01-Feb-2024 10:11:12 +0000`.

@@ -811,8 +811,9 @@ impl fmt::Display for RestoreReport {
 
 /// Attempts per mailbox when the connection drops or the server throttles.
 const ATTEMPTS: u32 = 5;
-/// Upper bounds of one pipelined APPEND batch.
-const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+/// Upper bounds of one APPEND batch (one MULTIAPPEND command where the
+/// server offers it). Memory per job: about three batches.
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 const BATCH_COUNT: usize = 256;
 
 /// Why a mailbox attempt stopped.
@@ -1210,7 +1211,7 @@ async fn settle_mailbox<R: RestoreTarget>(conn: &mut R, raw: &str) -> Result<(),
     }
 }
 
-/// Reads messages on a thread (bounded: two batches ahead) and appends them
+/// Reads messages on a thread (bounded: one batch ahead) and appends them
 /// batch by batch, recording each APPENDUID.
 async fn append_all<R: RestoreTarget>(
     conn: &mut R,
@@ -1222,7 +1223,7 @@ async fn append_all<R: RestoreTarget>(
     let sizes: Vec<u64> = todo.iter().map(|m| m.size).collect();
     let batches = upload_batches(&sizes, BATCH_BYTES, BATCH_COUNT);
     type Batch = Vec<(SourceMessage, Result<Upload, String>)>;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(1);
     let owned: Vec<SourceMessage> = todo.iter().map(|m| (*m).clone()).collect();
     let keywords = plan.keywords.clone();
     let reader = std::thread::spawn(move || {

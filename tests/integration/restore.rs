@@ -195,12 +195,17 @@ fn second_restore_appends_nothing() {
     }
 }
 
-#[test]
-fn restore_killed_half_way_then_rerun_has_every_message_exactly_once() {
+const BIG: usize = 3000;
+
+/// A user whose INBOX holds `BIG` messages (every tenth without
+/// Message-ID), pulled into account `a` of the returned env.
+fn big_source(tag: &str) -> (User, User, TestEnv) {
     let d = dovecot();
-    let (a, b) = (d.new_user("kill-a"), d.new_user("kill-b"));
-    const N: usize = 3000;
-    let messages: Vec<(Vec<u8>, i64)> = (0..N)
+    let (a, b) = (
+        d.new_user(&format!("{tag}-a")),
+        d.new_user(&format!("{tag}-b")),
+    );
+    let messages: Vec<(Vec<u8>, i64)> = (0..BIG)
         .map(|i| {
             let mut m = if i % 10 == 0 {
                 // Some without Message-ID, told apart by their bytes.
@@ -218,21 +223,26 @@ fn restore_killed_half_way_then_rerun_has_every_message_exactly_once() {
     d.seed_inbox(&a, &messages);
     let env = env_for(&a, &b, d);
     pull(&env, "a");
+    (a, b, env)
+}
 
+/// Starts a restore of `a` into `b` and returns once a tenth of the
+/// messages are on the target (and not all of them).
+fn restore_until_a_tenth_is_there(env: &TestEnv, b: &User) -> std::process::Child {
     let mut child = env
         .std_cmd()
         .args(["restore", "-a", "a", "--to", "b", "--jobs", "1"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn imapbak restore");
     let mut imap = b.imap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let n = imap.status("INBOX").2 as usize;
-        if n >= N / 10 {
-            assert!(n < N, "restore finished before it could be killed");
-            break;
+        if n >= BIG / 10 {
+            assert!(n < BIG, "restore finished before it could be interrupted");
+            return child;
         }
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -241,45 +251,58 @@ fn restore_killed_half_way_then_rerun_has_every_message_exactly_once() {
         assert!(Instant::now() < deadline, "restore made no progress");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+fn assert_inbox_exactly_once(a: &User, b: &User, when: &str) {
+    let bodies = |u: &User| {
+        let mut v: Vec<Vec<u8>> = u
+            .imap()
+            .fetch_all("INBOX")
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        v.sort();
+        v
+    };
+    let (want, have) = (bodies(a), bodies(b));
+    assert_eq!(want.len(), BIG);
+    assert_eq!(have.len(), BIG, "copies on the target {when}");
+    assert!(
+        want == have,
+        "the target's messages differ from the source's"
+    );
+}
+
+#[test]
+fn restore_killed_half_way_then_rerun_has_every_message_exactly_once() {
+    let (a, b, env) = big_source("kill");
+    let mut child = restore_until_a_tenth_is_there(&env, &b);
     child.kill().expect("kill -9 the restore");
     child.wait().unwrap();
-    let partial = imap.status("INBOX").2 as usize;
-    assert!(partial < N, "nothing left to do after the kill ({partial})");
+    let partial = b.imap().status("INBOX").2 as usize;
+    assert!(
+        partial < BIG,
+        "nothing left to do after the kill ({partial})"
+    );
 
     env.cmd()
         .args(["restore", "-a", "a", "--to", "b"])
         .assert()
         .success();
-    let want: Vec<Vec<u8>> = {
-        let mut v: Vec<Vec<u8>> = a
-            .imap()
-            .fetch_all("INBOX")
-            .into_iter()
-            .map(|m| m.body)
-            .collect();
-        v.sort();
-        v
-    };
-    let have: Vec<Vec<u8>> = {
-        let mut v: Vec<Vec<u8>> = b
-            .imap()
-            .fetch_all("INBOX")
-            .into_iter()
-            .map(|m| m.body)
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(want.len(), N);
-    assert_eq!(
-        have.len(),
-        N,
-        "copies on the target after the rerun (killed at {partial})"
-    );
-    assert!(
-        want == have,
-        "the target's messages differ from the source's"
-    );
+    assert_inbox_exactly_once(&a, &b, &format!("after a rerun (killed at {partial})"));
+}
+
+#[test]
+fn a_dropped_connection_is_retried_and_nothing_is_duplicated() {
+    let (a, b, env) = big_source("kick");
+    let child = restore_until_a_tenth_is_there(&env, &b);
+    // The server drops every session of the target user.
+    dovecot().doveadm(&["kick", &b.name]);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "restore failed after a kick: {err}");
+    assert!(err.contains("retrying"), "no retry was reported: {err}");
+    assert_inbox_exactly_once(&a, &b, "after a dropped connection");
 }
 
 #[test]

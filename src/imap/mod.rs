@@ -6,6 +6,7 @@
 //! issued raw so that LIST-STATUS, CONDSTORE modifiers and APPENDUID are ours
 //! to use, and every read is bounded by the account's timeout.
 
+mod append;
 mod expunge;
 mod guard;
 pub mod mutf7;

@@ -6,3 +6,4 @@ pub mod expunge;
 pub mod plan;
 pub mod pull;
 pub mod remote;
+pub mod restore;

@@ -9,3 +9,4 @@ mod fakes;
 mod faults;
 mod harness;
 mod pull;
+mod restore;

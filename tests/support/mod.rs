@@ -52,6 +52,8 @@ pub struct Dovecot {
     pub cert: PathBuf,
     /// Pid of the Dovecot master process.
     pub pid: u32,
+    /// The hierarchy separator of the INBOX namespace.
+    pub sep: char,
     mail_uid: u32,
     mail_gid: u32,
     passwd: Mutex<()>,
@@ -62,7 +64,19 @@ static DOVECOT: OnceLock<Dovecot> = OnceLock::new();
 
 /// The process-wide private Dovecot, started on first use.
 pub fn dovecot() -> &'static Dovecot {
-    DOVECOT.get_or_init(Dovecot::start)
+    DOVECOT.get_or_init(|| Dovecot::start(SEP))
+}
+
+/// The hierarchy separator of the second private Dovecot ([`dovecot_dot`]).
+pub const DOT_SEP: char = '.';
+
+static DOVECOT_DOT: OnceLock<Dovecot> = OnceLock::new();
+
+/// A second private Dovecot whose hierarchy separator is `.` (Dovecot's
+/// Maildir++ default), started on first use, for tests that move mail
+/// between servers with different delimiters.
+pub fn dovecot_dot() -> &'static Dovecot {
+    DOVECOT_DOT.get_or_init(|| Dovecot::start(DOT_SEP))
 }
 
 /// What the exit-time cleanup needs to know.
@@ -73,6 +87,8 @@ struct Cleanup {
 }
 
 static CLEANUP: OnceLock<Cleanup> = OnceLock::new();
+/// The second server's cleanup (see [`dovecot_dot`]).
+static CLEANUP_DOT: OnceLock<Cleanup> = OnceLock::new();
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -137,7 +153,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 extern "C" fn cleanup_at_exit() {
-    let Some(c) = CLEANUP.get() else { return };
+    for c in [CLEANUP.get(), CLEANUP_DOT.get()].into_iter().flatten() {
+        cleanup_one(c);
+    }
+}
+
+fn cleanup_one(c: &Cleanup) {
     // SAFETY: plain kill(2) on our own child.
     unsafe {
         libc::kill(c.pid as libc::pid_t, libc::SIGTERM);
@@ -227,7 +248,7 @@ fn port_ready(port: u16, greeting: bool) -> bool {
 }
 
 impl Dovecot {
-    fn start() -> Dovecot {
+    fn start(sep: char) -> Dovecot {
         assert!(
             Command::new("dovecot")
                 .arg("--version")
@@ -238,7 +259,7 @@ impl Dovecot {
         );
         let mut last_err = String::new();
         for _attempt in 0..4 {
-            match Self::try_start() {
+            match Self::try_start(sep) {
                 Ok(d) => return d,
                 Err((msg, retry)) => {
                     last_err = msg;
@@ -252,7 +273,7 @@ impl Dovecot {
     }
 
     /// Err((diagnostics, worth retrying on other ports)).
-    fn try_start() -> Result<Dovecot, (String, bool)> {
+    fn try_start(sep: char) -> Result<Dovecot, (String, bool)> {
         sweep_stale_dirs();
         let root = tempfile::Builder::new()
             .prefix("imapbak-dovecot-")
@@ -272,7 +293,7 @@ impl Dovecot {
             .env("FOREGROUND", "1")
             .env("IMAP_PORT", imap_port.to_string())
             .env("IMAPS_PORT", imaps_port.to_string())
-            .env("IMAP_SEP", SEP.to_string())
+            .env("IMAP_SEP", sep.to_string())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -313,17 +334,21 @@ impl Dovecot {
             thread::sleep(Duration::from_millis(20));
         }
 
-        if CLEANUP
-            .set(Cleanup {
-                root: root.clone(),
-                pid,
-                exited,
-            })
-            .is_ok()
-        {
-            // SAFETY: registering a plain extern "C" fn.
-            unsafe {
-                libc::atexit(cleanup_at_exit);
+        let cleanup = Cleanup {
+            root: root.clone(),
+            pid,
+            exited,
+        };
+        match CLEANUP.set(cleanup) {
+            Ok(()) => {
+                // SAFETY: registering a plain extern "C" fn.
+                unsafe {
+                    libc::atexit(cleanup_at_exit);
+                }
+            }
+            // The second server: the handler registered for the first covers it.
+            Err(cleanup) => {
+                let _ = CLEANUP_DOT.set(cleanup);
             }
         }
         let meta = fs::metadata(dir.join("mail")).expect("stat the server's mail dir");
@@ -333,6 +358,7 @@ impl Dovecot {
         );
         Ok(Dovecot {
             cert: dir.join("tls/cert.pem"),
+            sep,
             dir,
             imap_port,
             imaps_port,
@@ -417,6 +443,56 @@ impl Dovecot {
             prefix,
             &format!("userdb_quota_rule=*:storage={storage_kb}K"),
         )
+    }
+
+    /// Writes `messages` (bytes, INTERNALDATE in seconds) straight into the
+    /// `cur/` of `user`'s INBOX as unflagged Maildir files owned by the mail
+    /// uid: the fastest way to seed thousands of messages. Dovecot assigns
+    /// UIDs at the next EXAMINE/SELECT, in file-name order.
+    pub fn seed_inbox(&self, user: &User, messages: &[(Vec<u8>, i64)]) {
+        let chown = |p: &Path| {
+            std::os::unix::fs::chown(p, Some(self.mail_uid), Some(self.mail_gid))
+                .unwrap_or_else(|e| panic!("chown `{}`: {e}", p.display()))
+        };
+        for sub in ["cur", "new", "tmp"] {
+            let d = user.maildir.join(sub);
+            fs::create_dir_all(&d).expect("create a maildir subdirectory");
+            chown(&d);
+        }
+        for (i, (bytes, secs)) in messages.iter().enumerate() {
+            let name = format!("{secs}.M{i:07}P1.seed,S={}:2,", bytes.len());
+            let path = user.maildir.join("cur").join(name);
+            let f = fs::File::create(&path).expect("create a seeded message");
+            (&f).write_all(bytes).expect("write a seeded message");
+            f.set_modified(UNIX_EPOCH + Duration::from_secs(*secs as u64))
+                .expect("set a seeded message's mtime");
+            chown(&path);
+        }
+    }
+
+    /// Changes `user`'s storage quota to `storage_kb` KiB (`None`: no
+    /// limit). New logins see it; sessions already open keep the old one.
+    pub fn set_quota(&self, user: &User, storage_kb: Option<u64>) {
+        let extra = storage_kb
+            .map(|kb| format!("userdb_quota_rule=*:storage={kb}K"))
+            .unwrap_or_default();
+        let line = format!(
+            "{}:{{PLAIN}}{}:{}:{}::{}::{extra}\n",
+            user.name,
+            user.password,
+            self.mail_uid,
+            self.mail_gid,
+            user.maildir.display()
+        );
+        let _guard = lock(&self.passwd);
+        let users = self.dir.join("users");
+        let tmp = users.join(format!(".new-{}", user.name));
+        fs::write(&tmp, &line).expect("write the user's passwd file");
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+            .expect("chmod the user's passwd file");
+        fs::rename(&tmp, users.join(&user.name)).expect("rename the user's passwd file");
+        // Dovecot stats a passwd-file at most once a second.
+        thread::sleep(Duration::from_millis(1100));
     }
 
     fn add_user(&self, prefix: &str, extra: &str) -> User {
@@ -1148,7 +1224,19 @@ impl TestEnv {
 
     /// Like `account_toml` with a chosen TLS mode.
     pub fn account_toml_with(&self, name: &str, user: &User, tls: Tls, extra: &str) -> String {
-        let d = dovecot();
+        self.account_toml_on(dovecot(), name, user, tls, extra)
+    }
+
+    /// Like `account_toml_with` for a user of the server `d` (e.g.
+    /// [`dovecot_dot`]).
+    pub fn account_toml_on(
+        &self,
+        d: &Dovecot,
+        name: &str,
+        user: &User,
+        tls: Tls,
+        extra: &str,
+    ) -> String {
         let (port, tls) = match tls {
             Tls::Implicit => (d.imaps_port, "implicit"),
             Tls::Starttls => (d.imap_port, "starttls"),
@@ -1182,7 +1270,13 @@ impl TestEnv {
     /// `IMAPBAK_*` variable removed except the password variables of the
     /// accounts made here, HOME/XDG dirs inside the temp dir, NO_COLOR=1.
     pub fn cmd(&self) -> assert_cmd::Command {
-        let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_imapbak"));
+        assert_cmd::Command::from_std(self.std_cmd())
+    }
+
+    /// `cmd()` as a plain `std::process::Command`, for runs that must be
+    /// spawned and watched (or killed) rather than waited for.
+    pub fn std_cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imapbak"));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("IMAPBAK_") {
                 cmd.env_remove(&key);

@@ -15,6 +15,8 @@ pub enum ExitCode {
     Locked,
     /// A bug or an unexpected failure of the whole run.
     Internal,
+    /// The target server is over quota; the run stopped (restore).
+    QuotaFull,
 }
 
 impl ExitCode {
@@ -26,6 +28,7 @@ impl ExitCode {
             ExitCode::Connection => 3,
             ExitCode::Locked => 4,
             ExitCode::Internal => 5,
+            ExitCode::QuotaFull => 6,
         }
     }
 
@@ -37,5 +40,6 @@ Exit status:
   2  usage or configuration error; nothing was done
   3  connection, TLS or authentication failure
   4  the archive is locked by another imapbak run
-  5  internal error";
+  5  internal error
+  6  restore stopped: the target server is over quota";
 }

@@ -40,7 +40,7 @@ Examples:
 
 A message the server rejects is reported with the server's words and the run
 goes on (exit status 1). A full target (OVERQUOTA) stops the run with exit
-status 1; raise the quota and run the same command again. A dropped
+status 6; raise the quota and run the same command again. A dropped
 connection or throttling is retried with backoff (5 attempts per mailbox).")]
 pub struct RestoreCmd {
     /// The account whose archive is restored

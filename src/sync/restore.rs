@@ -996,7 +996,7 @@ where
         });
     }
     if let Some(text) = quota {
-        report.code = Some(ExitCode::Partial);
+        report.code = Some(ExitCode::QuotaFull);
         report.error = Some(format!(
             "the target `{target_name}` is over quota; restore stopped: {text}\n\
              hint: free space or raise the quota on the target, then run the same command again \

@@ -403,7 +403,7 @@ fn over_quota_stops_with_a_clear_error_and_a_rerun_completes_without_duplicates(
         .args(["restore", "-a", "a", "--to", "b"])
         .assert()
         .failure()
-        .code(1);
+        .code(6);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(err.contains("over quota"), "{err}");
     assert!(
@@ -465,7 +465,7 @@ fn a_target_with_dot_delimiter_gets_the_same_hierarchy() {
         .args(["restore", "-a", "a", "--to", "b"])
         .assert()
         .failure()
-        .code(1);
+        .code(6);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(
         err.contains("`v1.2`") && err.contains("delimiter `.`"),

@@ -729,3 +729,85 @@ fn pull_and_expunge_share_one_lock_and_a_killed_holder_releases_it() {
     assert!(user.imap().fetch_all("INBOX").is_empty());
     env.cmd().arg("pull").assert().success();
 }
+
+// --- crash points that a random kill rarely hits, set up exactly -----------
+
+fn journal_of(archive: &Path, folder: &str) -> PathBuf {
+    let key = if folder.is_empty() { "INBOX" } else { folder };
+    archive.join("state/mailboxes").join(key).join("journal")
+}
+
+fn pulled_env(prefix: &str, n: u32) -> (User, TestEnv) {
+    let user = dovecot().new_user(prefix);
+    let mut imap = user.imap();
+    for i in 0..n {
+        imap.append(
+            "INBOX",
+            &["\\Seen"],
+            "01-Feb-2022 10:00:00 +0000",
+            &mail::plain(i),
+        );
+    }
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    env.cmd().arg("pull").assert().success();
+    (user, env)
+}
+
+#[test]
+fn a_crash_between_rename_and_journal_is_repaired_without_downloading() {
+    let (user, env) = pulled_env("renamecrash", 6);
+    let journal = journal_of(&env.archive("a"), "");
+    // The state a crash leaves: files in cur/ whose journal lines were never
+    // written.
+    let text = fs::read_to_string(&journal).unwrap();
+    let kept: Vec<&str> = text.lines().take(2).collect();
+    fs::write(&journal, format!("{}\n", kept.join("\n"))).unwrap();
+    // Make the mailbox worth opening.
+    user.imap().append(
+        "INBOX",
+        &[],
+        "01-Feb-2022 10:00:00 +0000",
+        &mail::plain(100),
+    );
+    let out = env.cmd().args(["-vv", "pull", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["fetched"], 1, "re-downloaded archived messages");
+    assert_eq!(fs::read_to_string(&journal).unwrap().lines().count(), 7);
+    assert_eq!(support::folder_files(&env.archive("a"), "").len(), 7);
+}
+
+#[test]
+fn a_torn_journal_and_leftovers_of_a_crashed_rewrite_are_harmless() {
+    let (user, env) = pulled_env("torn", 4);
+    let archive = env.archive("a");
+    let journal = journal_of(&archive, "");
+    // A torn last line (crash mid-append), a half-written temporary journal
+    // (crash mid-rewrite) and a half-written message in tmp/.
+    let mut text = fs::read(&journal).unwrap();
+    text.extend_from_slice(b"123\t9\t40\tabc");
+    fs::write(&journal, &text).unwrap();
+    fs::write(journal.with_file_name(".journal.tmp99999"), b"1\t2\t").unwrap();
+    fs::write(
+        archive.join("mail/tmp/1.V1U99.imapbak,S=9,W=9"),
+        b"\x28\xb5\x2f",
+    )
+    .unwrap();
+    user.imap().append(
+        "INBOX",
+        &[],
+        "01-Feb-2022 10:00:00 +0000",
+        &mail::plain(100),
+    );
+    let out = env.cmd().args(["pull", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["fetched"], 1);
+    let lines = fs::read_to_string(&journal).unwrap();
+    assert_eq!(lines.lines().count(), 5, "{lines}");
+    assert!(lines.ends_with('\n'));
+    let server = user.imap().fetch_all("INBOX");
+    let got = support::folder_messages(&archive, "");
+    assert_eq!(got.len(), server.len());
+}

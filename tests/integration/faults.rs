@@ -811,3 +811,126 @@ fn a_torn_journal_and_leftovers_of_a_crashed_rewrite_are_harmless() {
     let got = support::folder_messages(&archive, "");
     assert_eq!(got.len(), server.len());
 }
+
+// --- connection faults during restore and expunge ---------------------------
+
+/// A user with 40 messages of ~20 KiB in INBOX, pulled into account `a`;
+/// account `b` reaches `target` through `proxy`.
+fn restore_env(target: &User, proxy: &Proxy) -> (User, TestEnv) {
+    let source = dovecot().new_user("rsource");
+    let mut imap = source.imap();
+    for n in 0..40 {
+        let mut m = mail::plain(n);
+        m.extend(support::mail::base64(&mail::pseudo_random(n as u64 + 7, 15 * 1024)).into_bytes());
+        imap.append("INBOX", &["\\Seen"], "01-Feb-2022 10:00:00 +0000", &m);
+    }
+    let env = TestEnv::new();
+    let b = env.account_toml("b", target, "timeout = 3").replace(
+        &format!("port = {}", dovecot().imaps_port),
+        &format!("port = {}", proxy.port),
+    );
+    env.write_config(&format!("{}{b}", env.account_toml("a", &source, "")));
+    env.cmd().args(["pull", "-a", "a"]).assert().success();
+    (source, env)
+}
+
+/// Every source message is on the target exactly once.
+fn assert_restored_once(source: &User, target: &User) {
+    let want = source.imap().fetch_all("INBOX");
+    let got = target.imap().fetch_all("INBOX");
+    assert_eq!(got.len(), want.len(), "duplicates or losses on the target");
+    for m in want {
+        assert_eq!(got.iter().filter(|g| g.body == m.body).count(), 1);
+    }
+}
+
+#[test]
+fn restore_survives_a_cut_and_a_stall_with_every_message_exactly_once() {
+    for fault in [Fault::CutAfter(4 * 1024), Fault::StallAfter(4 * 1024)] {
+        let target = dovecot().new_user("rtarget");
+        let proxy = Proxy::start(dovecot().imaps_port, fault);
+        let (source, env) = restore_env(&target, &proxy);
+        let start = Instant::now();
+        let out = env
+            .cmd()
+            .args(["restore", "-a", "a", "--to", "b", "--jobs", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{fault:?} took {:?}",
+            start.elapsed()
+        );
+        if !out.status.success() {
+            // A fault may fail the run; it must say so and a rerun completes.
+            assert_eq!(out.status.code(), Some(1), "{fault:?}: {}", stderr(&out));
+            env.cmd()
+                .args(["restore", "-a", "a", "--to", "b"])
+                .assert()
+                .success();
+        }
+        assert_restored_once(&source, &target);
+    }
+}
+
+#[test]
+fn expunge_cut_at_any_point_deletes_only_verified_mail_and_a_rerun_finishes() {
+    // Cut points from the TLS handshake through listing, the metadata FETCH,
+    // STORE and UID EXPUNGE.
+    let mut failures = 0;
+    for cut in [2_500, 4_000, 6_000, 9_000, 14_000] {
+        let user = dovecot().new_user("xcut");
+        let mut imap = user.imap();
+        for n in 0..30 {
+            imap.append(
+                "INBOX",
+                &["\\Seen"],
+                "01-Feb-2020 10:00:00 +0000",
+                &mail::plain(n),
+            );
+        }
+        let proxy = Proxy::start(dovecot().imaps_port, Fault::CutAfter(cut));
+        let env = TestEnv::new();
+        let direct = env.account_toml("a", &user, "timeout = 3");
+        env.write_config(&direct);
+        env.cmd().arg("pull").assert().success();
+        // Old by date, but arrived after the pull: never to be expunged.
+        imap.append(
+            "INBOX",
+            &[],
+            "01-Feb-2020 10:00:00 +0000",
+            &mail::plain(999),
+        );
+        env.write_config(&direct.replace(
+            &format!("port = {}", dovecot().imaps_port),
+            &format!("port = {}", proxy.port),
+        ));
+        let out = env
+            .cmd()
+            .args(["expunge", "--older-than", "1y"])
+            .output()
+            .unwrap();
+        assert!(out.status.signal().is_none() && out.status.code() != Some(101));
+        if !out.status.success() {
+            failures += 1;
+            assert!(stderr(&out).contains("error"), "{}", stderr(&out));
+        }
+        env.cmd()
+            .args(["expunge", "--older-than", "1y"])
+            .assert()
+            .success();
+        let left = user.imap().fetch_all("INBOX");
+        assert_eq!(
+            left.len(),
+            1,
+            "cut at {cut}: only the unarchived message stays"
+        );
+        assert_eq!(left[0].body, mail::plain(999));
+        assert!(left[0].flags.iter().all(|f| f != "\\Deleted"));
+        assert_eq!(support::folder_files(&env.archive("a"), "").len(), 30);
+    }
+    assert!(
+        failures >= 3,
+        "the cuts hardly hit anything ({failures} failures)"
+    );
+}

@@ -198,8 +198,7 @@ pub fn read_folder(archive: &Archive, dir: &str) -> Result<FolderView, ArchiveEr
             }
         }
     }
-    view.files
-        .sort_by(|a, b| (a.name.uidvalidity, a.name.uid).cmp(&(b.name.uidvalidity, b.name.uid)));
+    view.files.sort_by_key(|f| (f.name.uidvalidity, f.name.uid));
     view.strays.sort();
     let (journal, clean) = journal::read(&view.state)?;
     view.journal = journal;

@@ -3,7 +3,6 @@
 //! files that are gone are ignored, files without a record are read and
 //! parsed), and a query matched against the records.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::headers::{self, HeaderRecord};
@@ -204,14 +203,6 @@ pub fn default_threads() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(2, 16)
-}
-
-/// Groups records by mailbox for callers that need it.
-pub fn by_uid(fh: &FolderHeaders) -> HashMap<(u32, u32), &HeaderRecord> {
-    fh.messages
-        .iter()
-        .map(|(m, r)| ((m.uidvalidity, m.uid), r))
-        .collect()
 }
 
 #[cfg(test)]

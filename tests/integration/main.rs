@@ -4,5 +4,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod archive_tools;
 mod harness;
 mod pull;

@@ -14,19 +14,20 @@ use crate::archive::read_message;
 use crate::exit_codes::ExitCode;
 use crate::report::human_bytes;
 
+const LONG_HELP: &str = "\
+     --mbox writes mboxrd: each message after a `From ` line, lines that start \
+     with `From ` (after any number of `>`) quoted with one more `>`, a blank \
+     line after each; the message bytes are otherwise exactly as archived (CRLF \
+     line ends kept). Mail clients (Thunderbird, mutt) and Python's \
+     `mailbox.mbox` read it. --eml writes \
+     DIR/ACCOUNT/MAILBOX/NNNNNN-YYYYMMDD-HHMMSS-UID.eml, numbered in date order \
+     within each mailbox, each file the exact archived bytes with its mtime set \
+     to the arrival time. Messages are ordered by mailbox, then date. Existing \
+     files are never overwritten.";
+
 /// Write archived messages out as an mbox file or as .eml files.
-///
-/// --mbox writes mboxrd: each message after a `From ` line, lines that
-/// start with `From ` (after any number of `>`) quoted with one more `>`,
-/// a blank line after each; the message bytes are otherwise exactly as
-/// archived (CRLF line ends kept). Mail clients (Thunderbird, mutt) and
-/// Python's `mailbox.mbox` read it. --eml writes
-/// DIR/ACCOUNT/MAILBOX/NNNNNN-YYYYMMDD-HHMMSS-UID.eml, numbered in date
-/// order within each mailbox, each file the exact archived bytes with its
-/// mtime set to the arrival time. Messages are ordered by mailbox, then
-/// date. Existing files are never overwritten.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["mbox", "eml"])))]
+#[command(after_long_help = LONG_HELP, group(clap::ArgGroup::new("target").required(true).args(["mbox", "eml"])))]
 pub struct ExportCmd {
     #[command(flatten)]
     accounts: AccountArgs,

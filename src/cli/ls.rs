@@ -14,13 +14,15 @@ use crate::archive::Archive;
 use crate::exit_codes::ExitCode;
 use crate::report::human_bytes;
 
+const LONG_HELP: &str = "\
+     Per mailbox: messages, their size as received (raw) and on disk \
+     (compressed), the ratio, the oldest and newest arrival time, and when it was \
+     last pulled; then the account's totals. Reads the archive only: safe while a \
+     pull runs.";
+
 /// List the archived mailboxes with counts, sizes and dates.
-///
-/// Per mailbox: messages, their size as received (raw) and on disk
-/// (compressed), the ratio, the oldest and newest arrival time, and when
-/// it was last pulled; then the account's totals. Reads the archive
-/// only: safe while a pull runs.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = LONG_HELP)]
 pub struct LsCmd {
     #[command(flatten)]
     accounts: AccountArgs,

@@ -17,16 +17,18 @@ use crate::archive::view::{folder_dirs, read_folder, FolderView};
 use crate::archive::Archive;
 use crate::exit_codes::ExitCode;
 
+const LONG_HELP: &str = "\
+     Prints one line per hit: id, date, mailbox, from, subject (oldest first). \
+     The id (`ACCOUNT/FOLDER/UIDVALIDITY/UID`, e.g. `work/INBOX/1700000000/42`) \
+     never changes and is what `imapbak show` takes. Text filters match the \
+     decoded headers (RFC 2047 encoded words undone) as substrings, in any case; \
+     all filters given must match. Searches the header index kept in the \
+     archive's state/ directory; what the index lacks is read from the message \
+     files and added to it.";
+
 /// Find archived messages by sender, recipient, subject or date.
-///
-/// Prints one line per hit: id, date, mailbox, from, subject (oldest
-/// first). The id (`ACCOUNT/FOLDER/UIDVALIDITY/UID`, e.g.
-/// `work/INBOX/1700000000/42`) never changes and is what `imapbak show`
-/// takes. Text filters match the decoded headers (RFC 2047 encoded words
-/// undone) as substrings, in any case; all filters given must match.
-/// Searches the header index kept in the archive's state/ directory; what
-/// the index lacks is read from the message files and added to it.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = LONG_HELP)]
 pub struct SearchCmd {
     #[command(flatten)]
     pub(crate) accounts: AccountArgs,

@@ -7,13 +7,15 @@ use crate::archive::view::read_folder;
 use crate::archive::{read_message, Archive};
 use crate::exit_codes::ExitCode;
 
+const LONG_HELP: &str = "\
+     ID is what `imapbak search` prints: ACCOUNT/FOLDER/UIDVALIDITY/UID, e.g. \
+     `work/INBOX/1700000000/42` or `work/.Archive.2024/1700000000/7` (FOLDER is \
+     the Maildir++ folder under the archive's mail/, INBOX for the root). Quote \
+     it when the folder holds spaces.";
+
 /// Print one archived message, exactly as the server sent it, to stdout.
-///
-/// ID is what `imapbak search` prints: ACCOUNT/FOLDER/UIDVALIDITY/UID,
-/// e.g. `work/INBOX/1700000000/42` or `work/.Archive.2024/1700000000/7`
-/// (FOLDER is the Maildir++ folder under the archive's mail/, INBOX for
-/// the root). Quote it when the folder holds spaces.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = LONG_HELP)]
 pub struct ShowCmd {
     /// The message id, as `imapbak search` prints it
     #[arg(value_name = "ID")]

@@ -24,22 +24,21 @@ use crate::sync::plan::choose_mailboxes;
 use crate::sync::pull::connect_error;
 use crate::sync::remote::Remote;
 
+const LONG_HELP: &str = "\
+     Reads every message file: it must be one whole zstd frame that decompresses \
+     to exactly the size in its name and to the SHA-256 recorded at pull time. \
+     Also checks that the journal and the tree agree (files without a journal \
+     entry, entries without a file) and that nothing foreign sits in cur/ or \
+     new/. Prints each problem as `PATH: what is wrong`, then a summary; exits 1 \
+     when anything is wrong. Reads only: takes no lock, changes nothing.\n\n\
+     With --server, also lists each mailbox's UIDs and sizes on the server (no \
+     message is downloaded) and reports every message the server holds that the \
+     archive does not (exit 1), sizes that differ (exit 1), and, for information \
+     only, how many archived messages the server no longer has.";
+
 /// Check that every archived message is whole (optionally against the server).
-///
-/// Reads every message file: it must be one whole zstd frame that
-/// decompresses to exactly the size in its name and to the SHA-256
-/// recorded at pull time. Also checks that the journal and the tree agree
-/// (files without a journal entry, entries without a file) and that
-/// nothing foreign sits in cur/ or new/. Prints each problem as
-/// `PATH: what is wrong`, then a summary; exits 1 when anything is wrong.
-/// Reads only: takes no lock, changes nothing.
-///
-/// With --server, also lists each mailbox's UIDs and sizes on the server
-/// (no message is downloaded) and reports every message the server holds
-/// that the archive does not (exit 1), sizes that differ (exit 1), and,
-/// for information only, how many archived messages the server no longer
-/// has.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = LONG_HELP)]
 pub struct VerifyCmd {
     #[command(flatten)]
     accounts: AccountArgs,

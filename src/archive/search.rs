@@ -3,6 +3,7 @@
 //! files that are gone are ignored, files without a record are read and
 //! parsed), and a query matched against the records.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::headers::{self, HeaderRecord};
@@ -85,23 +86,52 @@ pub struct FolderHeaders {
 /// The records of every message of `view`: from the index where it has a
 /// current one, else parsed from the file (in parallel on `threads`). A
 /// damaged file still gets a record with what its name says.
+///
+/// The journal is not read: a message is a file in the tree (under the
+/// UIDVALIDITY and UID of its name), plus any index record that names an
+/// existing file under another (UIDVALIDITY, UID), which is how pull
+/// records a message that a UIDVALIDITY change brought back.
 pub fn folder_headers(view: &FolderView, threads: usize) -> Result<FolderHeaders, ArchiveError> {
     let loaded = headers::load(&view.state)?;
-    let msgs = view.messages();
     let mut out = FolderHeaders {
         unclean: !loaded.clean,
         ..Default::default()
     };
-    let mut slots: Vec<Option<HeaderRecord>> = Vec::with_capacity(msgs.len());
+    let by_base: HashMap<&str, usize> = view
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.base.as_str(), i))
+        .collect();
+    let mut covered = vec![false; view.files.len()];
+    let mut found: Vec<(ArchivedMessage, HeaderRecord)> = Vec::with_capacity(view.files.len());
+    for ((uidvalidity, uid), r) in loaded.records {
+        let Some(&i) = by_base.get(r.base.as_str()) else {
+            continue;
+        };
+        let name = &view.files[i].name;
+        if (name.uidvalidity, name.uid) == (uidvalidity, uid) {
+            covered[i] = true;
+        }
+        let m = ArchivedMessage {
+            uidvalidity,
+            uid,
+            file: i,
+            sha256: None,
+        };
+        found.push((m, r));
+    }
+    let mut msgs: Vec<ArchivedMessage> = Vec::new();
     let mut todo = Vec::new();
-    for (i, m) in msgs.iter().enumerate() {
-        let file = &view.files[m.file];
-        match loaded.records.get(&(m.uidvalidity, m.uid)) {
-            Some(r) if r.base == file.name.base() => slots.push(Some(r.clone())),
-            _ => {
-                slots.push(None);
-                todo.push(i);
-            }
+    for (i, f) in view.files.iter().enumerate() {
+        if !covered[i] && by_base.get(f.base.as_str()).is_none_or(|&j| j == i) {
+            todo.push(msgs.len());
+            msgs.push(ArchivedMessage {
+                uidvalidity: f.name.uidvalidity,
+                uid: f.name.uid,
+                file: i,
+                sha256: None,
+            });
         }
     }
     let results = parallel_map(&todo, threads, |&i| {
@@ -112,13 +142,8 @@ pub fn folder_headers(view: &FolderView, threads: usize) -> Result<FolderHeaders
             Ok(h) => (h, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
-        let mut r = HeaderRecord::from_message(
-            m.uidvalidity,
-            m.uid,
-            file.name.secs,
-            &file.name.base(),
-            &head,
-        );
+        let mut r =
+            HeaderRecord::from_message(m.uidvalidity, m.uid, file.name.secs, &file.base, &head);
         r.size = file.name.size;
         (i, r, err)
     });
@@ -128,13 +153,10 @@ pub fn folder_headers(view: &FolderView, threads: usize) -> Result<FolderHeaders
             // Only what was read is worth keeping in the index.
             None => out.rebuilt.push(r.clone()),
         }
-        slots[i] = Some(r);
+        found.push((msgs[i].clone(), r));
     }
-    out.messages = msgs
-        .into_iter()
-        .zip(slots)
-        .map(|(m, r)| (m, r.expect("every slot is filled")))
-        .collect();
+    found.sort_unstable_by_key(|(m, _)| (m.uidvalidity, m.uid));
+    out.messages = found;
     Ok(out)
 }
 
@@ -208,7 +230,7 @@ pub fn default_threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::view::read_folder;
+    use crate::archive::view::{read_folder, read_tree};
 
     fn rec(from: &str, subject: &str, date: Option<i64>) -> HeaderRecord {
         HeaderRecord {
@@ -276,6 +298,29 @@ mod tests {
         let fh = folder_headers(&view, 2).unwrap();
         assert!(fh.rebuilt.is_empty());
         assert_eq!(fh.messages[4].1.internaldate, 1005);
+    }
+
+    #[test]
+    fn an_alias_record_from_a_new_uidvalidity_is_a_message_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::at(dir.path());
+        archive.create().unwrap();
+        let folder = archive.folder("");
+        folder.create().unwrap();
+        let w = folder
+            .write_message(1, 7, 5, "", b"Subject: s\r\n\r\nb", 3)
+            .unwrap();
+        // As pull records a message a UIDVALIDITY change brought back.
+        let alias = HeaderRecord::from_message(2, 1, 5, &w.entry.base, b"Subject: s\r\n\r\n");
+        headers::append(folder.state_dir(), &[alias]).unwrap();
+        let fh = folder_headers(&read_tree(&archive, "").unwrap(), 2).unwrap();
+        let keys: Vec<(u32, u32)> = fh
+            .messages
+            .iter()
+            .map(|(m, _)| (m.uidvalidity, m.uid))
+            .collect();
+        assert_eq!(keys, [(1, 7), (2, 1)]);
+        assert_eq!(fh.rebuilt.len(), 1);
     }
 
     #[test]

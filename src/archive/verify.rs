@@ -65,7 +65,7 @@ pub fn plan_folder(view: &FolderView) -> (Vec<Problem>, Vec<FileCheck>) {
     let mut bases: HashSet<String> = HashSet::new();
     let mut checks = Vec::new();
     for f in &view.files {
-        let base = f.name.base();
+        let base = f.base.clone();
         if !bases.insert(base.clone()) {
             problems.push(Problem {
                 path: f.path.clone(),

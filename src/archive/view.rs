@@ -18,6 +18,8 @@ use crate::imap::mutf7;
 #[derive(Debug, Clone)]
 pub struct TreeFile {
     pub name: FileName,
+    /// `name.base()`, computed once: every reader keys on it.
+    pub base: String,
     /// `cur` or `new`.
     pub subdir: &'static str,
     pub path: PathBuf,
@@ -70,16 +72,16 @@ impl FolderView {
 
     /// The archived messages, sorted by (UIDVALIDITY, UID).
     pub fn messages(&self) -> Vec<ArchivedMessage> {
-        let by_base: HashMap<String, usize> = self
+        let by_base: HashMap<&str, usize> = self
             .files
             .iter()
             .enumerate()
-            .map(|(i, f)| (f.name.base(), i))
+            .map(|(i, f)| (f.base.as_str(), i))
             .collect();
         let mut seen: HashMap<(u32, u32), ArchivedMessage> = HashMap::new();
         let mut named: HashSet<usize> = HashSet::new();
         for e in &self.journal {
-            if let Some(&i) = by_base.get(&e.base) {
+            if let Some(&i) = by_base.get(e.base.as_str()) {
                 named.insert(i);
                 seen.insert(
                     (e.uidvalidity, e.uid),
@@ -160,6 +162,16 @@ pub fn folder_dirs(archive: &Archive) -> Result<Vec<String>, ArchiveError> {
 
 /// Reads one folder without changing anything.
 pub fn read_folder(archive: &Archive, dir: &str) -> Result<FolderView, ArchiveError> {
+    let mut view = read_tree(archive, dir)?;
+    let (journal, clean) = journal::read(&view.state)?;
+    view.journal = journal;
+    view.journal_clean = clean;
+    Ok(view)
+}
+
+/// Like [`read_folder`] without the journal (left empty): what search
+/// needs, at half the cost.
+pub fn read_tree(archive: &Archive, dir: &str) -> Result<FolderView, ArchiveError> {
     let folder = archive.folder(dir);
     let path = folder.path().to_path_buf();
     let state = folder.state_dir().to_path_buf();
@@ -190,6 +202,7 @@ pub fn read_folder(archive: &Archive, dir: &str) -> Result<FolderView, ArchiveEr
             let is_file = ent.file_type().map(|t| t.is_file()).unwrap_or(false);
             match parsed {
                 Some(name) if is_file => view.files.push(TreeFile {
+                    base: name.base(),
                     name,
                     subdir,
                     path: ent.path(),
@@ -200,9 +213,7 @@ pub fn read_folder(archive: &Archive, dir: &str) -> Result<FolderView, ArchiveEr
     }
     view.files.sort_by_key(|f| (f.name.uidvalidity, f.name.uid));
     view.strays.sort();
-    let (journal, clean) = journal::read(&view.state)?;
-    view.journal = journal;
-    view.journal_clean = clean;
+    view.journal_clean = true;
     view.status = journal::load_status(&view.state)?;
     view.mailbox = mailbox_name(dir, &view.status.mailbox);
     Ok(view)

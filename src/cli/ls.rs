@@ -70,7 +70,7 @@ fn row(view: &FolderView) -> Row {
     };
     let mut seen = std::collections::HashSet::new();
     for f in &view.files {
-        if !seen.insert(f.name.base()) {
+        if !seen.insert(f.base.as_str()) {
             continue;
         }
         r.bytes += f.name.size;

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::{load_accounts, AccountArgs};
 use crate::archive::headers::clean;
-use crate::archive::search::{default_threads, folder_headers, persist, Query};
-use crate::archive::view::{folder_dirs, read_folder, FolderView};
+use crate::archive::search::{default_threads, folder_headers, parallel_map, persist, Query};
+use crate::archive::view::{folder_dirs, read_tree, FolderView};
 use crate::archive::Archive;
 use crate::exit_codes::ExitCode;
 
@@ -165,6 +165,8 @@ pub(crate) fn select(
         warnings: Vec::new(),
         failed: false,
     };
+    // Every (account, folder) to read; the folders are then read in parallel.
+    let mut work: Vec<(Arc<str>, Archive, String)> = Vec::new();
     for account in accounts {
         let archive = Archive::at(&account.archive);
         if !archive.mail_dir().is_dir() {
@@ -175,39 +177,38 @@ pub(crate) fn select(
             ));
             continue;
         }
-        let dirs = match folder_dirs(&archive) {
-            Ok(d) => d,
+        match folder_dirs(&archive) {
+            Ok(dirs) => {
+                let name: Arc<str> = Arc::from(account.name.as_str());
+                work.extend(dirs.into_iter().map(|d| (name.clone(), archive.clone(), d)));
+            }
             Err(e) => {
                 sel.warnings
                     .push(format!("account `{}`: {e}", account.name));
                 sel.failed = true;
-                continue;
             }
-        };
-        let name: Arc<str> = Arc::from(account.name.as_str());
-        for dir in dirs {
-            let view = match read_folder(&archive, &dir) {
-                Ok(v) => v,
-                Err(e) => {
-                    sel.warnings
-                        .push(format!("account `{}`: {e}", account.name));
-                    sel.failed = true;
-                    continue;
+        }
+    }
+    let results = parallel_map(&work, threads, |(account, archive, dir)| {
+        let r = read_tree(archive, dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|view| {
+                if glob.as_ref().is_some_and(|g| !g.is_match(&view.mailbox)) {
+                    return Ok((Vec::new(), Vec::new()));
                 }
-            };
-            if glob.as_ref().is_some_and(|g| !g.is_match(&view.mailbox)) {
-                continue;
+                folder_hits(archive, &view, account, &query, threads)
+            });
+        (account.clone(), r)
+    });
+    for (account, r) in results {
+        match r {
+            Ok((hits, warnings)) => {
+                sel.hits.extend(hits);
+                sel.warnings.extend(warnings);
             }
-            match folder_hits(&archive, &view, &name, &query, threads) {
-                Ok((hits, warnings)) => {
-                    sel.hits.extend(hits);
-                    sel.warnings.extend(warnings);
-                }
-                Err(e) => {
-                    sel.warnings
-                        .push(format!("account `{}`: {e}", account.name));
-                    sel.failed = true;
-                }
+            Err(e) => {
+                sel.warnings.push(format!("account `{account}`: {e:#}"));
+                sel.failed = true;
             }
         }
     }

@@ -237,6 +237,11 @@ fn ids(out: &str) -> Vec<String> {
 fn search_finds_by_encoded_subject_sender_and_dates_and_show_prints_the_servers_bytes() {
     let (user, env) = pulled();
     let server = user.imap().fetch_all("INBOX");
+    // pull wrote the header index: a version line and one record per message.
+    let index = env.archive("a").join("state/mailboxes/INBOX/headers");
+    let text = fs::read_to_string(&index).unwrap();
+    assert_eq!(text.lines().count(), 1 + server.len(), "{text}");
+    assert!(text.contains("Grüße aus Köln – Übersicht"), "{text}");
 
     // A non-ASCII subject sent as RFC 2047 encoded words, searched in other case.
     for needle in ["grüße aus köln", "ÜBERSICHT"] {

@@ -142,9 +142,23 @@ pub fn check_file(c: &FileCheck) -> Option<Problem> {
             detail,
         })
     };
-    let (size, sha) = match decode(&c.path) {
+    let mut result = decode(&c.path);
+    if let Err(Unreadable::Gone) = result {
+        // A pull running meanwhile may have renamed it for a flag change.
+        result = match renamed(&c.path) {
+            Some(p) => decode(&p),
+            None => Err(Unreadable::Gone),
+        };
+    }
+    let (size, sha) = match result {
         Ok(v) => v,
-        Err(reason) => return problem("damaged", reason),
+        Err(Unreadable::Gone) => {
+            return problem(
+                "missing",
+                "the file disappeared while verify ran".to_string(),
+            )
+        }
+        Err(Unreadable::Damaged(reason)) => return problem("damaged", reason),
     };
     if size != c.size {
         return problem(
@@ -164,10 +178,51 @@ pub fn check_file(c: &FileCheck) -> Option<Problem> {
     None
 }
 
+/// Why a file could not be checked.
+enum Unreadable {
+    /// It is not there (any more).
+    Gone,
+    Damaged(String),
+}
+
+impl From<String> for Unreadable {
+    fn from(s: String) -> Unreadable {
+        Unreadable::Damaged(s)
+    }
+}
+
+impl From<&str> for Unreadable {
+    fn from(s: &str) -> Unreadable {
+        Unreadable::Damaged(s.to_string())
+    }
+}
+
+/// The current path of a message file that was renamed (same base name,
+/// other flags, `cur/` or `new/`).
+fn renamed(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let prefix = format!("{}:2,", name.rsplit_once(":2,")?.0);
+    let folder = path.parent()?.parent()?;
+    ["cur", "new"].iter().find_map(|sub| {
+        std::fs::read_dir(folder.join(sub))
+            .ok()?
+            .flatten()
+            .find(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .map(|e| e.path())
+    })
+}
+
 /// Decompresses a file that must be exactly one zstd frame; its size and
 /// SHA-256, or what is wrong.
-fn decode(path: &Path) -> Result<(u64, String), String> {
-    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+fn decode(path: &Path) -> Result<(u64, String), Unreadable> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Unreadable::Gone,
+        _ => Unreadable::Damaged(format!("cannot open: {e}")),
+    })?;
     let mut reader = BufReader::with_capacity(128 * 1024, file);
     let mut magic = [0u8; 4];
     let mut got = 0;
@@ -175,7 +230,7 @@ fn decode(path: &Path) -> Result<(u64, String), String> {
         match reader.read(&mut magic[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
-            Err(e) => return Err(format!("cannot read: {e}")),
+            Err(e) => return Err(format!("cannot read: {e}").into()),
         }
     }
     if got < 4 || magic != ZSTD_MAGIC {
@@ -187,7 +242,7 @@ fn decode(path: &Path) -> Result<(u64, String), String> {
     }
     let reader = std::io::Read::chain(&magic[..], reader);
     let mut dec = zstd::stream::read::Decoder::with_buffer(reader)
-        .map_err(|e| format!("cannot start decompressing: {e}"))?
+        .map_err(|e| Unreadable::Damaged(format!("cannot start decompressing: {e}")))?
         .single_frame();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -199,7 +254,7 @@ fn decode(path: &Path) -> Result<(u64, String), String> {
                 size += n as u64;
                 hasher.update(&buf[..n]);
             }
-            Err(e) => return Err(format!("does not decompress: {e}")),
+            Err(e) => return Err(format!("does not decompress: {e}").into()),
         }
     }
     let mut rest = dec.finish();
@@ -207,7 +262,7 @@ fn decode(path: &Path) -> Result<(u64, String), String> {
     match rest.read(&mut one) {
         Ok(0) => Ok((size, hex::encode(hasher.finalize()))),
         Ok(_) => Err("more data after the zstd frame (not a single frame)".into()),
-        Err(e) => Err(format!("cannot read: {e}")),
+        Err(e) => Err(format!("cannot read: {e}").into()),
     }
 }
 
@@ -348,6 +403,19 @@ mod tests {
         assert_eq!(kind_of(3), Some("damaged"), "{found:?}");
         assert!(found.contains(&("notes.txt".into(), "stray")), "{found:?}");
         assert_eq!(found.len(), 5, "{found:?}");
+    }
+
+    #[test]
+    fn a_file_renamed_for_a_flag_change_while_verify_runs_is_still_checked() {
+        let (_d, archive) = setup();
+        let view = read_folder(&archive, "").unwrap();
+        let (_, checks) = plan_folder(&view);
+        let old = &view.files[0].path;
+        let new = old.with_file_name(format!("{}:2,FS", view.files[0].base));
+        fs::rename(old, &new).unwrap();
+        assert_eq!(check_file(&checks[0]), None);
+        fs::remove_file(&new).unwrap();
+        assert_eq!(check_file(&checks[0]).unwrap().kind, "missing");
     }
 
     #[test]

@@ -189,7 +189,8 @@ fn verify_archive(account: &Account, progress: &dyn Progress) -> AccountVerify {
     av.bytes = checks.iter().map(|c| c.size).sum();
     let label = format!("verify {}", account.name);
     progress.mailbox_started(&label, av.files, av.bytes);
-    let threads = crate::archive::search::default_threads();
+    // At least four readers, so the disk is kept busy while a core hashes.
+    let threads = crate::archive::search::default_threads().max(4);
     av.problems.extend(check_files(&checks, threads, &|size| {
         progress.message_written(&label, size)
     }));

@@ -7,6 +7,9 @@ pub mod headers;
 pub mod journal;
 mod maildir;
 pub mod names;
+pub mod search;
+pub mod verify;
+pub mod view;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

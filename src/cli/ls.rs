@@ -1,18 +1,223 @@
-//! `imapbak ls`. STUB: to be implemented.
+//! `imapbak ls`: what the archive holds, per mailbox and per account, read
+//! from the tree without taking the lock or changing anything.
 
-use anyhow::{bail, Result};
+use std::fmt::Write as _;
 
-use super::AccountArgs;
+use anyhow::Result;
+use serde::Serialize;
+
+use super::search::{local_time, rfc3339};
+use super::{load_accounts, AccountArgs};
+use crate::archive::headers::clean;
+use crate::archive::view::{folder_dirs, read_folder, FolderView};
+use crate::archive::Archive;
 use crate::exit_codes::ExitCode;
+use crate::report::human_bytes;
 
-/// Not implemented yet.
+const LONG_HELP: &str = "\
+     Per mailbox: messages, their size as received (raw) and on disk \
+     (compressed), the ratio, the oldest and newest arrival time, and when it was \
+     last pulled; then the account's totals. Reads the archive only: safe while a \
+     pull runs.";
+
+/// List the archived mailboxes with counts, sizes and dates.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = LONG_HELP)]
 pub struct LsCmd {
     #[command(flatten)]
     accounts: AccountArgs,
+
+    /// Print the listing as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+/// One mailbox (or an account's total) in `ls --json`.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Row {
+    mailbox: String,
+    /// The Maildir++ folder under mail/ (`""` for INBOX).
+    folder: String,
+    messages: u64,
+    /// Uncompressed bytes (the `S=` sizes).
+    bytes: u64,
+    bytes_on_disk: u64,
+    /// bytes / bytes_on_disk (0 when nothing is stored).
+    ratio: f64,
+    /// Oldest and newest INTERNALDATE (RFC 3339, UTC).
+    oldest: Option<String>,
+    newest: Option<String>,
+    last_pull: Option<String>,
+    #[serde(skip)]
+    times: (Option<i64>, Option<i64>, Option<i64>),
+}
+
+#[derive(Debug, Serialize)]
+struct AccountListing {
+    account: String,
+    archive: String,
+    error: Option<String>,
+    mailboxes: Vec<Row>,
+    total: Row,
+}
+
+fn row(view: &FolderView) -> Row {
+    let mut r = Row {
+        mailbox: view.mailbox.clone(),
+        folder: view.dir.clone(),
+        messages: view.messages().len() as u64,
+        ..Default::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for f in &view.files {
+        if !seen.insert(f.base.as_str()) {
+            continue;
+        }
+        r.bytes += f.name.size;
+        r.bytes_on_disk += std::fs::symlink_metadata(&f.path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let s = f.name.secs;
+        r.times.0 = Some(r.times.0.map_or(s, |o: i64| o.min(s)));
+        r.times.1 = Some(r.times.1.map_or(s, |n: i64| n.max(s)));
+    }
+    if view.status.last_pull > 0 {
+        r.times.2 = Some(view.status.last_pull);
+    }
+    finish(&mut r);
+    r
+}
+
+fn finish(r: &mut Row) {
+    r.ratio = if r.bytes_on_disk > 0 {
+        ((r.bytes as f64 / r.bytes_on_disk as f64) * 100.0).round() / 100.0
+    } else {
+        0.0
+    };
+    r.oldest = r.times.0.map(rfc3339);
+    r.newest = r.times.1.map(rfc3339);
+    r.last_pull = r.times.2.map(rfc3339);
+}
+
+fn total(rows: &[Row]) -> Row {
+    let mut t = Row {
+        mailbox: "(total)".into(),
+        ..Default::default()
+    };
+    let pick = |a: Option<i64>, b: Option<i64>, f: fn(i64, i64) -> i64| match (a, b) {
+        (Some(a), Some(b)) => Some(f(a, b)),
+        (a, b) => a.or(b),
+    };
+    for r in rows {
+        t.messages += r.messages;
+        t.bytes += r.bytes;
+        t.bytes_on_disk += r.bytes_on_disk;
+        t.times.0 = pick(t.times.0, r.times.0, i64::min);
+        t.times.1 = pick(t.times.1, r.times.1, i64::max);
+        t.times.2 = pick(t.times.2, r.times.2, i64::max);
+    }
+    finish(&mut t);
+    t
 }
 
 pub fn run(cmd: LsCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let _ = (cmd, config);
-    bail!("`imapbak ls` is not implemented yet")
+    let accounts = load_accounts(config, &cmd.accounts)?;
+    let mut listings = Vec::new();
+    let mut code = ExitCode::Success;
+    for account in accounts {
+        let archive = Archive::at(&account.archive);
+        let mut l = AccountListing {
+            account: account.name.clone(),
+            archive: account.archive.display().to_string(),
+            error: None,
+            mailboxes: Vec::new(),
+            total: Row::default(),
+        };
+        if !archive.mail_dir().is_dir() {
+            l.error = Some(format!(
+                "no archive at `{}`\nhint: run `imapbak pull` first",
+                account.archive.display()
+            ));
+        } else {
+            match folder_dirs(&archive) {
+                Ok(dirs) => {
+                    for dir in dirs {
+                        match read_folder(&archive, &dir) {
+                            Ok(v) => l.mailboxes.push(row(&v)),
+                            Err(e) => {
+                                eprintln!("error: account `{}`: {e}", account.name);
+                                code = ExitCode::Partial;
+                            }
+                        }
+                    }
+                }
+                Err(e) => l.error = Some(e.to_string()),
+            }
+        }
+        if let Some(e) = &l.error {
+            eprintln!("error: account `{}`: {e}", account.name);
+            code = ExitCode::Partial;
+        }
+        l.mailboxes.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
+        l.total = total(&l.mailboxes);
+        listings.push(l);
+    }
+    if cmd.json {
+        println!("{}", serde_json::to_string_pretty(&listings)?);
+    } else {
+        print!("{}", table(&listings));
+    }
+    Ok(code)
+}
+
+fn table(listings: &[AccountListing]) -> String {
+    let head = [
+        "ACCOUNT",
+        "MAILBOX",
+        "MESSAGES",
+        "RAW",
+        "ON DISK",
+        "RATIO",
+        "OLDEST",
+        "NEWEST",
+        "LAST PULL",
+    ];
+    let day = |t: Option<i64>| {
+        t.map(|s| local_time(s)[..10].to_string())
+            .unwrap_or("-".into())
+    };
+    let mut rows: Vec<[String; 9]> = vec![head.map(String::from)];
+    for l in listings {
+        for r in l.mailboxes.iter().chain(std::iter::once(&l.total)) {
+            rows.push([
+                clean(&l.account),
+                clean(&r.mailbox),
+                r.messages.to_string(),
+                human_bytes(r.bytes),
+                human_bytes(r.bytes_on_disk),
+                format!("{:.2}", r.ratio),
+                day(r.times.0),
+                day(r.times.1),
+                r.times.2.map(local_time).unwrap_or("never".into()),
+            ]);
+        }
+    }
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..9).map(width).collect();
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            // Numbers right-aligned, text left-aligned.
+            if (2..=5).contains(&i) {
+                let _ = write!(line, "{}{cell}  ", " ".repeat(pad));
+            } else {
+                let _ = write!(line, "{cell}{}  ", " ".repeat(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod archive_tools;
 mod expunge;
 mod fakes;
 mod faults;

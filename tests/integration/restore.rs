@@ -465,7 +465,7 @@ fn a_target_with_dot_delimiter_gets_the_same_hierarchy() {
         .args(["restore", "-a", "a", "--to", "b"])
         .assert()
         .failure()
-        .code(6);
+        .code(1);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(
         err.contains("`v1.2`") && err.contains("delimiter `.`"),

@@ -73,26 +73,18 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+/// Each subcommand's help comes from the doc comment of its `XxxCmd`
+/// struct (first line: the summary; the rest: the long help).
 pub enum Command {
-    /// Connect, log in, and list capabilities and mailboxes (nothing is written)
     Check(check::CheckCmd),
-    /// Back up every mailbox: download only what is new, mirror flag changes
     Pull(pull::PullCmd),
-    /// Put an archive back on an IMAP server, exactly once, with flags and dates
     Restore(restore::RestoreCmd),
-    /// Delete old mail from the server, only what is verified in the archive
     Expunge(expunge::ExpungeCmd),
-    /// Show the server's quota usage and limits
     Quota(quota::QuotaCmd),
-    /// Check that every archived message is whole (optionally against the server)
     Verify(verify::VerifyCmd),
-    /// List the archived mailboxes with counts, sizes and dates
     Ls(ls::LsCmd),
-    /// Find archived messages by sender, recipient, subject or date
     Search(search::SearchCmd),
-    /// Print one archived message (by the id search prints) to stdout
     Show(show::ShowCmd),
-    /// Write archived messages out as mbox or .eml files
     Export(export::ExportCmd),
     /// Print the man page (roff) of imapbak or of one subcommand
     #[command(hide = true)]

@@ -523,34 +523,47 @@ impl Remote for Connection {
             })?
             .map_err(async_to_imap)?;
         loop {
-            let step = self
-                .next(|r| match r {
-                    Response::Done {
-                        tag: t,
-                        status,
-                        outcome,
-                    } if *t == tag => Step::Done(done_status(&command, status, outcome)),
-                    Response::Data {
-                        status: Status::Bye,
-                        outcome,
-                    } => Step::Done(Err(ImapError::Bye(
-                        outcome.information.as_deref().unwrap_or("").to_string(),
-                    ))),
-                    Response::Fetch(_, attrs) => match message_of(attrs, max_size) {
-                        Some(m) => Step::Untagged(m),
-                        None => Step::Other,
-                    },
-                    _ => Step::Other,
-                })
-                .await?;
+            let resp = timeout(self.timeout, self.session.read_response())
+                .await
+                .map_err(|_| ImapError::Timeout {
+                    what: "a server response".into(),
+                    secs: self.timeout.as_secs(),
+                })??
+                .ok_or(ImapError::ConnectionLost)?;
+            let step = match resp.parsed() {
+                Response::Done {
+                    tag: t,
+                    status,
+                    outcome,
+                } if *t == tag => Step::Done(done_status(&command, status, outcome)),
+                Response::Data {
+                    status: Status::Bye,
+                    outcome,
+                } => Step::Done(Err(ImapError::Bye(
+                    outcome.information.as_deref().unwrap_or("").to_string(),
+                ))),
+                Response::Fetch(_, attrs) => match message_of(attrs, max_size) {
+                    Some(Ok((msg, body))) => {
+                        let place = place_in(resp.borrow_owner(), body);
+                        Step::Untagged(Ok((msg, place)))
+                    }
+                    Some(Err(e)) => Step::Untagged(Err(e)),
+                    None => Step::Other,
+                },
+                _ => Step::Other,
+            };
             match step {
                 Step::Done(result) => {
                     result?;
                     return Ok(delivered);
                 }
                 Step::Untagged(Err(e)) => return Err(e),
-                Step::Untagged(Ok(msg)) => {
+                Step::Untagged(Ok((mut msg, place))) => {
                     if wanted.contains(&msg.uid) && !delivered.contains(&msg.uid) {
+                        msg.body = match place {
+                            Place::At(range) => take_body(resp.into_owner(), range),
+                            Place::Copied(body) => body,
+                        };
                         delivered.push(msg.uid);
                         sink.send(msg).await?;
                     }
@@ -565,12 +578,13 @@ impl Remote for Connection {
     }
 }
 
-/// Turns a FETCH response into a message if it carries a body; unsolicited
-/// flag updates carry none and yield `None`.
-fn message_of(
-    attrs: &[AttributeValue<'_>],
+/// Turns a FETCH response into a message (body still empty) and the body's
+/// bytes in the response buffer, if it carries a body; unsolicited flag
+/// updates carry none and yield `None`.
+fn message_of<'a>(
+    attrs: &'a [AttributeValue<'_>],
     max_size: u64,
-) -> Option<Result<FetchedMessage, ImapError>> {
+) -> Option<Result<(FetchedMessage, &'a [u8]), ImapError>> {
     let mut uid = None;
     let mut size = None;
     let mut flags = Vec::new();
@@ -621,13 +635,46 @@ fn message_of(
             "missing or unreadable INTERNALDATE for UID {uid}"
         ))));
     };
-    Some(Ok(FetchedMessage {
-        uid,
-        flags,
-        internaldate,
-        size: size.unwrap_or(body.len() as u32),
-        body: body.to_vec(),
-    }))
+    Some(Ok((
+        FetchedMessage {
+            uid,
+            flags,
+            internaldate,
+            size: size.unwrap_or(body.len() as u32),
+            body: Vec::new(),
+        },
+        body,
+    )))
+}
+
+/// Where a body is: inside the response buffer, or (if the parser ever
+/// hands back an owned copy) a copy of its own.
+enum Place {
+    At(std::ops::Range<usize>),
+    Copied(Vec<u8>),
+}
+
+fn place_in(buf: &[u8], body: &[u8]) -> Place {
+    let start = (body.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match start.checked_add(body.len()) {
+        Some(end) if start <= buf.len() && end <= buf.len() => Place::At(start..end),
+        _ => Place::Copied(body.to_vec()),
+    }
+}
+
+/// The body at `range` of a response buffer, as a `Vec`. A large body moves
+/// to the front of the buffer it arrived in (no second allocation, so peak
+/// memory stays at one copy of the largest message); a small one is copied,
+/// so a buffer that holds many small messages is not kept alive by one.
+fn take_body(mut buf: bytes::BytesMut, range: std::ops::Range<usize>) -> Vec<u8> {
+    if range.len() < buf.capacity() / 2 {
+        return buf[range].to_vec();
+    }
+    buf.truncate(range.end);
+    let body = buf.split_off(range.start);
+    drop(buf);
+    // Unique owner: `From<BytesMut>` reuses the allocation (memmove, no copy out).
+    Vec::from(body)
 }
 
 #[cfg(test)]

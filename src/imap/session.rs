@@ -14,7 +14,6 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::{mutf7, quote, uid_set, ImapError};
@@ -22,7 +21,14 @@ use crate::sync::remote::{
     FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Remote, RemoteFlags, Selected,
 };
 
-type Stream = TlsStream<TcpStream>;
+/// The byte stream under the IMAP session: TLS, optionally wrapped in
+/// COMPRESS=DEFLATE (boxed, so both are one session type).
+pub(crate) trait Io:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
+type Stream = Box<dyn Io>;
 
 /// What is needed to open a session.
 pub struct ConnectParams<'a> {
@@ -91,6 +97,7 @@ impl Connection {
             reason: e.to_string(),
         })?;
 
+        let tls: Stream = Box::new(tls);
         let mut client = async_imap::Client::new(tls);
         if !p.starttls {
             let greeting = timeout(p.timeout, client.read_response())
@@ -153,6 +160,32 @@ impl Connection {
         .await?;
         conn.caps = caps;
         Ok(conn)
+    }
+
+    /// Turns on COMPRESS=DEFLATE (RFC 4978) when the server offers it; a
+    /// no-op otherwise. Pays on slow links; on a fast one the server's
+    /// deflate is the bottleneck (scripts/bench.sh, README Performance).
+    pub async fn compress(self) -> Result<Connection, ImapError> {
+        if !self.has_capability("COMPRESS=DEFLATE") {
+            return Ok(self);
+        }
+        let Connection {
+            session,
+            caps,
+            timeout: t,
+        } = self;
+        let session = timeout(t, session.compress(|s| Box::new(s) as Stream))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what: "COMPRESS".into(),
+                secs: t.as_secs(),
+            })?
+            .map_err(async_to_imap)?;
+        Ok(Connection {
+            session,
+            caps,
+            timeout: t,
+        })
     }
 
     /// The capabilities announced after login, sorted.

@@ -189,7 +189,10 @@ where
 /// default glibc raises its mmap threshold to the largest block freed so
 /// far (up to 32 MiB), after which every message buffer comes from heap
 /// arenas that fragment and hold on to the memory: measured on the bench
-/// corpus, peak RSS 136-144 MB with the default, 75-86 MB with this.
+/// corpus, peak RSS 136-144 MB with the default, 75-86 MB with this. Buffers
+/// are allocated on the network threads and freed on the writer threads;
+/// one arena keeps that from spreading over several (twice the corpus:
+/// 88-97 MB with the default arenas, 66 MB with one; same CPU time).
 fn bound_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -199,6 +202,7 @@ fn bound_allocator() {
             // the worker threads start.
             unsafe {
                 libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+                libc::mallopt(libc::M_ARENA_MAX, 1);
             }
         });
     }

@@ -50,6 +50,7 @@ struct AccountFile {
     compression_level: Option<i32>,
     timeout: Option<u64>,
     max_message_size: Option<u64>,
+    compress: Option<bool>,
 }
 
 /// Where the password comes from; the password itself is only read when a
@@ -88,6 +89,8 @@ pub struct Account {
     pub compression_level: i32,
     pub timeout: Duration,
     pub max_message_size: u64,
+    /// Ask for COMPRESS=DEFLATE (RFC 4978) when the server offers it.
+    pub compress: bool,
 }
 
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
@@ -235,6 +238,9 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
         compression_level: level,
         timeout: Duration::from_secs(a.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS).max(1)),
         max_message_size: a.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
+        // Off by default: measured on loopback, the server's deflate costs
+        // more than it saves; on a 20 Mbit/s link it saves about a quarter.
+        compress: a.compress.unwrap_or(false),
     })
 }
 
@@ -334,6 +340,9 @@ mod tests {
         assert_eq!((a.port, a.tls), (993, TlsMode::Implicit));
         assert!(a.wants("Archive/2024") && a.wants("INBOX"));
         assert_eq!(a.compression_level, DEFAULT_COMPRESSION_LEVEL);
+        assert!(!a.compress);
+        let (_d, p) = write(&format!("{MINIMAL}compress = true\n"), 0o644);
+        assert!(Config::load(&p).unwrap().accounts[0].compress);
     }
 
     #[test]

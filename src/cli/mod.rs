@@ -41,6 +41,7 @@ Configuration (TOML; --config, else $IMAPBAK_CONFIG, else $XDG_CONFIG_HOME/imapb
   # compression-level = 3          # zstd level, 1..19
   # timeout = 60                   # seconds to wait for the server
   # max-message-size = 536870912   # larger messages are refused (bytes)
+  # compress = false               # COMPRESS=DEFLATE if offered: for slow links
 
 The archive is a Maildir++ tree (ARCHIVE/mail) that a stock Dovecot serves
 as it is: mail_location = maildir:ARCHIVE/mail, mail_plugins = zlib.
@@ -214,7 +215,7 @@ impl Connector {
 
     pub(crate) async fn connect(&self) -> Result<Connection, ImapError> {
         let a = &self.account;
-        Connection::connect(&ConnectParams {
+        let conn = Connection::connect(&ConnectParams {
             host: &a.host,
             port: a.port,
             starttls: a.tls == TlsMode::Starttls,
@@ -224,7 +225,12 @@ impl Connector {
             timeout: a.timeout,
             max_literal: a.max_message_size,
         })
-        .await
+        .await?;
+        if a.compress {
+            conn.compress().await
+        } else {
+            Ok(conn)
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -133,13 +133,16 @@ impl Framing {
 pub struct Guarded<S> {
     inner: S,
     framing: Framing,
+    /// Off when the bytes below are no longer IMAP (COMPRESS turned on).
+    scanning: Arc<AtomicBool>,
 }
 
 impl<S> Guarded<S> {
-    pub fn new(inner: S, limit: Arc<AtomicU64>) -> Guarded<S> {
+    pub fn new(inner: S, limit: Arc<AtomicU64>, scanning: Arc<AtomicBool>) -> Guarded<S> {
         Guarded {
             inner,
             framing: Framing::new(limit),
+            scanning,
         }
     }
 }
@@ -154,7 +157,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                this.framing.scan(&buf.filled()[before..])?;
+                if this.scanning.load(Ordering::Relaxed) {
+                    this.framing.scan(&buf.filled()[before..])?;
+                }
                 Poll::Ready(Ok(()))
             }
             other => other,

@@ -1,7 +1,7 @@
 //! One authenticated IMAP connection, implementing [`Remote`].
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,6 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::guard::Guarded;
@@ -24,7 +23,14 @@ use crate::sync::remote::{
     FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Remote, RemoteFlags, Selected,
 };
 
-type Stream = Guarded<TlsStream<TcpStream>>;
+/// The byte stream under the IMAP session: TLS, optionally wrapped in
+/// COMPRESS=DEFLATE (boxed, so both are one session type).
+pub(crate) trait Io:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
+type Stream = Box<dyn Io>;
 
 /// What is needed to open a session.
 pub struct ConnectParams<'a> {
@@ -47,6 +53,9 @@ pub struct Connection {
     /// The largest literal the server may announce right now (see guard.rs).
     pub(crate) literal_limit: Arc<AtomicU64>,
     pub(crate) max_literal: u64,
+    /// Whether the guard on the raw stream reads IMAP framing (off once
+    /// COMPRESS is on; a second guard then sits above the decompressor).
+    pub(crate) scanning: Arc<AtomicBool>,
 }
 
 /// One response, reduced to what a caller needs once the raw buffer is gone.
@@ -99,7 +108,9 @@ impl Connection {
         })?;
 
         let literal_limit = Arc::new(AtomicU64::new(p.max_literal));
-        let mut client = async_imap::Client::new(Guarded::new(tls, literal_limit.clone()));
+        let scanning = Arc::new(AtomicBool::new(true));
+        let guarded: Stream = Box::new(Guarded::new(tls, literal_limit.clone(), scanning.clone()));
+        let mut client = async_imap::Client::new(guarded);
         if !p.starttls {
             let greeting = timeout(p.timeout, client.read_response())
                 .await
@@ -151,6 +162,7 @@ impl Connection {
             timeout: p.timeout,
             literal_limit,
             max_literal: p.max_literal,
+            scanning,
         };
         let mut caps = HashSet::new();
         conn.run("CAPABILITY", |r| {
@@ -163,6 +175,47 @@ impl Connection {
         .await?;
         conn.caps = caps;
         Ok(conn)
+    }
+
+    /// Turns on COMPRESS=DEFLATE (RFC 4978) when the server offers it; a
+    /// no-op otherwise. Pays on slow links; on a fast one the server's
+    /// deflate is the bottleneck (scripts/bench.sh, README Performance).
+    pub async fn compress(self) -> Result<Connection, ImapError> {
+        if !self.has_capability("COMPRESS=DEFLATE") {
+            return Ok(self);
+        }
+        let Connection {
+            session,
+            caps,
+            timeout: t,
+            literal_limit,
+            max_literal,
+            scanning,
+        } = self;
+        // From here on the wire carries deflate, not IMAP framing: the guard
+        // moves above the decompressor.
+        scanning.store(false, Ordering::Relaxed);
+        let limit = literal_limit.clone();
+        let on = Arc::new(AtomicBool::new(true));
+        let on2 = on.clone();
+        let session = timeout(
+            t,
+            session.compress(move |s| Box::new(Guarded::new(s, limit, on2)) as Stream),
+        )
+        .await
+        .map_err(|_| ImapError::Timeout {
+            what: "COMPRESS".into(),
+            secs: t.as_secs(),
+        })?
+        .map_err(async_to_imap)?;
+        Ok(Connection {
+            session,
+            caps,
+            timeout: t,
+            literal_limit,
+            max_literal,
+            scanning: on,
+        })
     }
 
     /// The capabilities announced after login, sorted.
@@ -584,26 +637,41 @@ impl Connection {
         let mut ignored = 0usize;
         let ignore_limit = 10_000 + 2 * wanted.len();
         loop {
-            let step = self
-                .next(|r| match (completion(r, &tag, command), r) {
-                    (Some(result), _) => Step::Done(result),
-                    (None, Response::Fetch(_, attrs)) => match message_of(attrs, max_size) {
-                        Some(m) => Step::Untagged(m),
-                        None => Step::Other,
-                    },
-                    (None, _) => Step::Other,
-                })
-                .await?;
+            // Read here, not through `next`: the response buffer is needed
+            // whole to move a body out of it without a copy.
+            let resp = timeout(self.timeout, self.session.read_response())
+                .await
+                .map_err(|_| ImapError::Timeout {
+                    what: "a server response".into(),
+                    secs: self.timeout.as_secs(),
+                })??
+                .ok_or(ImapError::ConnectionLost)?;
+            let step = match (completion(resp.parsed(), &tag, command), resp.parsed()) {
+                (Some(result), _) => Step::Done(result),
+                (None, Response::Fetch(_, attrs)) => match message_of(attrs, max_size) {
+                    Some(Ok((msg, body))) => {
+                        let place = place_in(resp.borrow_owner(), body);
+                        Step::Untagged(Ok((msg, place)))
+                    }
+                    Some(Err(e)) => Step::Untagged(Err(e)),
+                    None => Step::Other,
+                },
+                (None, _) => Step::Other,
+            };
             match step {
                 Step::Done(result) => return result,
                 Step::Untagged(Err(e)) => return Err(e),
-                Step::Untagged(Ok(msg))
+                Step::Untagged(Ok((mut msg, place)))
                     if wanted.contains(&msg.uid) && !delivered.contains(&msg.uid) =>
                 {
+                    msg.body = match place {
+                        Place::At(range) => take_body(resp.into_owner(), range),
+                        Place::Copied(body) => body,
+                    };
                     delivered.push(msg.uid);
                     sink.send(msg).await?;
                 }
-                Step::Untagged(Ok(msg)) => {
+                Step::Untagged(Ok((msg, _))) => {
                     log::warn!(
                         "ignoring a message the server sent unasked (UID {})",
                         msg.uid
@@ -621,12 +689,13 @@ impl Connection {
     }
 }
 
-/// Turns a FETCH response into a message if it carries a body; unsolicited
-/// flag updates carry none and yield `None`.
-fn message_of(
-    attrs: &[AttributeValue<'_>],
+/// Turns a FETCH response into a message (body still empty) and the body's
+/// bytes in the response buffer, if it carries a body; unsolicited flag
+/// updates carry none and yield `None`.
+fn message_of<'a>(
+    attrs: &'a [AttributeValue<'_>],
     max_size: u64,
-) -> Option<Result<FetchedMessage, ImapError>> {
+) -> Option<Result<(FetchedMessage, &'a [u8]), ImapError>> {
     let mut uid = None;
     let mut size = None;
     let mut flags = Vec::new();
@@ -677,13 +746,46 @@ fn message_of(
             "missing or unreadable INTERNALDATE for UID {uid}"
         ))));
     };
-    Some(Ok(FetchedMessage {
-        uid,
-        flags,
-        internaldate,
-        size: size.unwrap_or(body.len() as u32),
-        body: body.to_vec(),
-    }))
+    Some(Ok((
+        FetchedMessage {
+            uid,
+            flags,
+            internaldate,
+            size: size.unwrap_or(body.len() as u32),
+            body: Vec::new(),
+        },
+        body,
+    )))
+}
+
+/// Where a body is: inside the response buffer, or (if the parser ever
+/// hands back an owned copy) a copy of its own.
+enum Place {
+    At(std::ops::Range<usize>),
+    Copied(Vec<u8>),
+}
+
+fn place_in(buf: &[u8], body: &[u8]) -> Place {
+    let start = (body.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match start.checked_add(body.len()) {
+        Some(end) if start <= buf.len() && end <= buf.len() => Place::At(start..end),
+        _ => Place::Copied(body.to_vec()),
+    }
+}
+
+/// The body at `range` of a response buffer, as a `Vec`. A large body moves
+/// to the front of the buffer it arrived in (no second allocation, so peak
+/// memory stays at one copy of the largest message); a small one is copied,
+/// so a buffer that holds many small messages is not kept alive by one.
+fn take_body(mut buf: bytes::BytesMut, range: std::ops::Range<usize>) -> Vec<u8> {
+    if range.len() < buf.capacity() / 2 {
+        return buf[range].to_vec();
+    }
+    buf.truncate(range.end);
+    let body = buf.split_off(range.start);
+    drop(buf);
+    // Unique owner: `From<BytesMut>` reuses the allocation (memmove, no copy out).
+    Vec::from(body)
 }
 
 #[cfg(test)]

@@ -9,5 +9,6 @@ mod expunge;
 mod fakes;
 mod faults;
 mod harness;
+mod perf;
 mod pull;
 mod restore;

@@ -1,6 +1,6 @@
 //! One authenticated IMAP connection, implementing [`Remote`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -500,10 +500,19 @@ impl Remote for Connection {
         for name in bad_names {
             log::warn!("mailbox `{name}` is not valid modified UTF-7; using its name as sent");
         }
-        for (raw, st) in statuses {
-            if let Some(m) = listed.iter_mut().find(|m| m.raw == raw) {
-                m.status = Some(st);
-            }
+        if !self.has_capability("LIST-STATUS") && condstore {
+            // Without LIST-STATUS, STATUS still lets an unchanged mailbox be
+            // skipped: all of them sent at once, one round trip in all.
+            let raws: Vec<String> = listed
+                .iter()
+                .filter(|m| m.selectable)
+                .map(|m| m.raw.clone())
+                .collect();
+            statuses = self.status_pipelined(&raws).await?;
+        }
+        let mut by_raw: HashMap<String, MailboxStatus> = statuses.into_iter().collect();
+        for m in &mut listed {
+            m.status = by_raw.remove(&m.raw);
         }
         Ok(listed)
     }
@@ -623,6 +632,58 @@ impl Remote for Connection {
 }
 
 impl Connection {
+    /// STATUS (with HIGHESTMODSEQ) of every mailbox in `raws`, the commands
+    /// pipelined. A mailbox the server refuses STATUS for gets none.
+    async fn status_pipelined(
+        &mut self,
+        raws: &[String],
+    ) -> Result<Vec<(String, MailboxStatus)>, ImapError> {
+        let mut pending = HashSet::new();
+        for raw in raws {
+            let command = format!(
+                "STATUS {} (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)",
+                quote(raw)?
+            );
+            pending.insert(self.send(&command).await?.0);
+        }
+        let mut out = Vec::new();
+        let mut responses = 0usize;
+        while !pending.is_empty() {
+            responses += 1;
+            if responses > MAX_UNTAGGED {
+                return Err(ImapError::Protocol(format!(
+                    "server sent more than {MAX_UNTAGGED} responses to STATUS"
+                )));
+            }
+            let step = self
+                .next(|r| match r {
+                    Response::Done { tag, status, .. } => {
+                        Some(Ok((tag.0.clone(), matches!(status, Status::Ok))))
+                    }
+                    Response::Data {
+                        status: Status::Bye,
+                        outcome,
+                    } => Some(Err(ImapError::Bye(
+                        outcome.information.as_deref().unwrap_or("").to_string(),
+                    ))),
+                    Response::MailboxData(MailboxDatum::Status { mailbox, status }) => {
+                        out.push((mailbox.to_string(), status_of(status)));
+                        None
+                    }
+                    _ => None,
+                })
+                .await?;
+            match step {
+                Some(Ok((tag, ok))) if pending.remove(&tag) && !ok => {
+                    log::debug!("STATUS refused; that mailbox is opened instead");
+                }
+                Some(Err(e)) => return Err(e),
+                Some(Ok(_)) | None => {}
+            }
+        }
+        Ok(out)
+    }
+
     async fn fetch_loop<S: MessageSink + Sync>(
         &mut self,
         command: &str,

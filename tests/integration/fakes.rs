@@ -380,14 +380,23 @@ fn serve(n: usize, s: &mut Session, mailboxes: &[FakeMailbox], hook: &HookFn) {
             r.extend_from_slice(format!("{tag} OK listed\r\n").as_bytes());
             r
         } else if upper.starts_with("EXAMINE ") {
-            let arg = cmd[8..]
+            let (arg, condstore) = match cmd[8..].strip_suffix(" (CONDSTORE)") {
+                Some(a) => (a, true),
+                None => (&cmd[8..], false),
+            };
+            let arg = arg
                 .trim_matches('"')
                 .replace("\\\"", "\"")
                 .replace("\\\\", "\\");
             selected = mailboxes.iter().position(|m| m.name == arg);
+            let modseq = if condstore {
+                "* OK [HIGHESTMODSEQ 5] ok\r\n"
+            } else {
+                ""
+            };
             match selected {
                 Some(i) => format!(
-                    "* {} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT {}] ok\r\n{tag} OK [READ-ONLY] examined\r\n",
+                    "* {} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT {}] ok\r\n{modseq}{tag} OK [READ-ONLY] examined\r\n",
                     mailboxes[i].messages.len(),
                     mailboxes[i].messages.len() + 1
                 )

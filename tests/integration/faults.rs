@@ -934,3 +934,44 @@ fn expunge_cut_at_any_point_deletes_only_verified_mail_and_a_rerun_finishes() {
         "the cuts hardly hit anything ({failures} failures)"
     );
 }
+
+#[test]
+fn without_list_status_pipelined_status_lets_unchanged_mailboxes_be_skipped() {
+    let names = ["INBOX", "A", "B", "C"];
+    let boxes: Vec<FakeMailbox> = names.iter().map(|n| mailbox(n, 2)).collect();
+    let server = FakeServer::start(
+        Greeting::Tls(certs().valid.clone()),
+        boxes,
+        |_, tag, cmd, s| {
+            let upper = cmd.to_ascii_uppercase();
+            let reply = if upper == "CAPABILITY" {
+                format!("* CAPABILITY IMAP4rev1 UIDPLUS CONDSTORE\r\n{tag} OK done\r\n")
+            } else if let Some(rest) = cmd.strip_prefix("STATUS ") {
+                let name = rest.split('"').nth(1).unwrap_or("");
+                format!(
+                "* STATUS \"{name}\" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 7 HIGHESTMODSEQ 5)\r\n{tag} OK done\r\n"
+            )
+            } else {
+                return Hook::Pass;
+            };
+            let _ = s.send(reply.as_bytes());
+            Hook::Done
+        },
+    );
+    let env = TestEnv::new();
+    fake_config(&env, server.port, "implicit", "");
+    let out = run(&env, &["pull"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(support::folder_files(&env.archive("a"), ".A").len(), 2);
+    let first = server.commands().len();
+    let out = run(&env, &["pull", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second: Vec<String> = server.commands()[first..].to_vec();
+    let count = |verb: &str| second.iter().filter(|c| c.contains(verb)).count();
+    assert_eq!(count(" STATUS "), names.len(), "{second:?}");
+    assert_eq!(
+        count(" EXAMINE "),
+        0,
+        "an unchanged mailbox was opened: {second:?}"
+    );
+}

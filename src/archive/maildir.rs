@@ -87,7 +87,8 @@ impl FileName {
     }
 }
 
-fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+/// A decimal number as we write it: digits only, no leading zero.
+pub(super) fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
     {
         return None;

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::maildir::digits;
 use super::{write_atomic, ArchiveError};
 
 /// One archived message. Several entries may share a `base` when a
@@ -25,7 +26,8 @@ pub struct JournalEntry {
 }
 
 impl JournalEntry {
-    fn line(&self) -> String {
+    /// The entry as a journal line, newline included.
+    pub fn line(&self) -> String {
         format!(
             "{}\t{}\t{}\t{}\t{}\n",
             self.uidvalidity, self.uid, self.size, self.sha256, self.base
@@ -34,10 +36,12 @@ impl JournalEntry {
 
     fn parse(line: &str) -> Option<JournalEntry> {
         let mut f = line.split('\t');
+        // Numbers as `line` writes them (no sign, no leading zero), so an
+        // entry is read back only from its own line.
         let e = JournalEntry {
-            uidvalidity: f.next()?.parse().ok()?,
-            uid: f.next()?.parse().ok()?,
-            size: f.next()?.parse().ok()?,
+            uidvalidity: digits(f.next()?)?,
+            uid: digits(f.next()?)?,
+            size: digits(f.next()?)?,
             sha256: f.next()?.to_string(),
             base: f.next()?.to_string(),
         };
@@ -79,9 +83,20 @@ pub fn read(state: &Path) -> Result<(Vec<JournalEntry>, bool), ArchiveError> {
             })
         }
     };
+    let (entries, clean) = parse(&text);
+    if !clean {
+        log::warn!("skipping a torn or damaged line in `{}`", path.display());
+    }
+    Ok((entries, clean))
+}
+
+/// Parses a journal's bytes: the entries of its intact lines, and whether
+/// every line was intact (false for a torn last line or a damaged line,
+/// which are skipped). Pure, so it can be fuzzed.
+pub fn parse(text: &[u8]) -> (Vec<JournalEntry>, bool) {
     let mut clean = true;
     let mut entries = Vec::new();
-    let mut rest: &[u8] = &text;
+    let mut rest: &[u8] = text;
     while !rest.is_empty() {
         let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
             // A torn last line: the write it belonged to never completed.
@@ -92,13 +107,10 @@ pub fn read(state: &Path) -> Result<(Vec<JournalEntry>, bool), ArchiveError> {
         rest = &rest[nl + 1..];
         match std::str::from_utf8(line).ok().and_then(JournalEntry::parse) {
             Some(e) => entries.push(e),
-            None => {
-                log::warn!("skipping a damaged line in `{}`", path.display());
-                clean = false;
-            }
+            None => clean = false,
         }
     }
-    Ok((entries, clean))
+    (entries, clean)
 }
 
 /// Appends entries and fsyncs the journal.
@@ -182,6 +194,29 @@ mod tests {
         let mut e = entry(1);
         e.base = "../../x".into();
         assert_eq!(JournalEntry::parse(e.line().trim_end()), None);
+    }
+
+    #[test]
+    fn journal_numbers_with_a_sign_or_leading_zero_are_damaged() {
+        // Found by fuzzing: `+5` and `05` were read as 5, so the entry wrote
+        // back as a different line than the one it came from.
+        let line = entry(1).line();
+        assert_eq!(parse(line.as_bytes()), (vec![entry(1)], true));
+        for bad in [
+            format!("+{line}"),
+            format!("0{line}"),
+            line.replace("\t1\t", "\t+1\t"),
+            line.replace("\t10\t", "\t010\t"),
+        ] {
+            assert_eq!(parse(bad.as_bytes()), (vec![], false), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn journal_parse_keeps_intact_lines_around_damaged_ones() {
+        let text = format!("{}garbage\n{}5\t3", entry(1).line(), entry(2).line());
+        assert_eq!(parse(text.as_bytes()), (vec![entry(1), entry(2)], false));
+        assert_eq!(parse(b""), (vec![], true));
     }
 
     #[test]

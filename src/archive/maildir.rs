@@ -87,7 +87,8 @@ impl FileName {
     }
 }
 
-fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+/// A decimal number as we write it: digits only, no leading zero.
+pub(super) fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
     {
         return None;
@@ -97,8 +98,9 @@ fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
 
 /// Maildir letters for IMAP flags, in ASCII order (Dovecot's rule): system
 /// flags as D F R S T, keywords as their `dovecot-keywords` letters. `\Recent`
-/// is session state and is never stored. Keywords beyond 26 are returned as
-/// the second value.
+/// is session state and is never stored. Keywords beyond 26, and keywords
+/// `dovecot-keywords` cannot hold (see [`Keywords::letter_for`]), are
+/// returned as the second value.
 pub fn flags_to_letters(flags: &[String], keywords: &mut Keywords) -> (String, Vec<String>) {
     let mut letters = Vec::new();
     let mut dropped = Vec::new();
@@ -152,7 +154,9 @@ pub struct Keywords {
 }
 
 impl Keywords {
-    fn parse(text: &str) -> Keywords {
+    /// Reads a `dovecot-keywords` file (`<index> <name>` lines); lines it
+    /// cannot use are ignored, as Dovecot does.
+    pub fn parse(text: &str) -> Keywords {
         let mut names: Vec<Option<String>> = Vec::new();
         for line in text.lines() {
             let Some((idx, name)) = line.split_once(' ') else {
@@ -174,7 +178,8 @@ impl Keywords {
         }
     }
 
-    fn render(&self) -> String {
+    /// The `dovecot-keywords` file for these keywords.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         for (i, n) in self.names.iter().enumerate() {
             if let Some(n) = n {
@@ -184,8 +189,16 @@ impl Keywords {
         out
     }
 
-    /// The letter of `keyword`, assigning the next free one if needed.
+    /// The letter of `keyword`, assigning the next free one if needed;
+    /// `None` when all 26 are taken or `keyword` cannot be stored.
     pub fn letter_for(&mut self, keyword: &str) -> Option<char> {
+        // `dovecot-keywords` holds one `<index> <name>` per line: an empty
+        // name or a line break would not read back as itself. Spaces and
+        // control characters are never in an IMAP keyword (an atom), so one
+        // holding them could not be restored either.
+        if keyword.is_empty() || keyword.chars().any(|c| c == ' ' || c.is_control()) {
+            return None;
+        }
         if let Some(i) = self
             .names
             .iter()
@@ -207,7 +220,10 @@ impl Keywords {
     }
 
     pub fn name_of(&self, letter: char) -> Option<&str> {
-        let i = (letter as u8).checked_sub(b'a')? as usize;
+        if !letter.is_ascii_lowercase() {
+            return None;
+        }
+        let i = usize::from(letter as u8 - b'a');
         self.names.get(i)?.as_deref()
     }
 }
@@ -683,6 +699,35 @@ mod tests {
         let (letters, dropped) = flags_to_letters(&flags, &mut kw);
         assert_eq!(letters.len(), 26);
         assert_eq!(dropped.len(), 4);
+    }
+
+    #[test]
+    fn keywords_that_would_not_read_back_are_reported_not_stored() {
+        // Found by fuzzing: an empty keyword got letter `a` and was written
+        // as `0 `, which reads back as nothing, so the flag vanished; a
+        // newline in a keyword would have forged a second line.
+        let mut kw = Keywords::default();
+        let flags: Vec<String> = ["", "a b", "x\n25 forged", "y\r", "ok"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (letters, dropped) = flags_to_letters(&flags, &mut kw);
+        assert_eq!(letters, "a");
+        assert_eq!(dropped, &flags[..4]);
+        let reread = Keywords::parse(&kw.render());
+        assert_eq!(letters_to_flags(&letters, &reread), ["ok"]);
+        assert_eq!(reread.name_of('z'), None);
+    }
+
+    #[test]
+    fn only_lowercase_ascii_letters_name_keywords() {
+        // Found by fuzzing: `name_of` cut the char to a byte, so U+0161 `š`
+        // (0x161) answered for `a` (0x61).
+        let kw = Keywords::parse("0 $Forwarded\n");
+        assert_eq!(kw.name_of('a'), Some("$Forwarded"));
+        for c in ['\u{161}', '\u{141}', 'A', '{', '`'] {
+            assert_eq!(kw.name_of(c), None, "{c:?}");
+        }
     }
 
     #[test]

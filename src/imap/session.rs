@@ -112,12 +112,12 @@ impl Connection {
         let guarded: Stream = Box::new(Guarded::new(tls, literal_limit.clone(), scanning.clone()));
         let mut client = async_imap::Client::new(guarded);
         if !p.starttls {
-            let greeting = timeout(p.timeout, client.read_response())
+            let greeting = timeout(p.timeout, unwinding(client.read_response()))
                 .await
                 .map_err(|_| ImapError::Timeout {
                     what: "server greeting".into(),
                     secs,
-                })??
+                })???
                 .ok_or(ImapError::ConnectionLost)?;
             match greeting.parsed() {
                 Response::Data {
@@ -134,15 +134,16 @@ impl Connection {
                 }
             }
         }
-        let session = match timeout(p.timeout, client.login(p.user, p.password)).await {
+        let session = match timeout(p.timeout, unwinding(client.login(p.user, p.password))).await {
             Err(_) => {
                 return Err(ImapError::Timeout {
                     what: "login".into(),
                     secs,
                 })
             }
-            Ok(Ok(session)) => session,
-            Ok(Err((e, _))) => {
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Ok(session))) => session,
+            Ok(Ok(Err((e, _)))) => {
                 return Err(match e {
                     async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
                         ImapError::Auth {
@@ -200,13 +201,13 @@ impl Connection {
         let on2 = on.clone();
         let session = timeout(
             t,
-            session.compress(move |s| Box::new(Guarded::new(s, limit, on2)) as Stream),
+            unwinding(session.compress(move |s| Box::new(Guarded::new(s, limit, on2)) as Stream)),
         )
         .await
         .map_err(|_| ImapError::Timeout {
             what: "COMPRESS".into(),
             secs: t.as_secs(),
-        })?
+        })??
         .map_err(async_to_imap)?;
         Ok(Connection {
             session,
@@ -230,12 +231,12 @@ impl Connection {
         &mut self,
         f: impl FnOnce(&Response<'_>) -> T,
     ) -> Result<T, ImapError> {
-        let resp = timeout(self.timeout, self.session.read_response())
+        let resp = timeout(self.timeout, unwinding(self.session.read_response()))
             .await
             .map_err(|_| ImapError::Timeout {
                 what: "a server response".into(),
                 secs: self.timeout.as_secs(),
-            })??
+            })???
             .ok_or(ImapError::ConnectionLost)?;
         Ok(f(resp.parsed()))
     }
@@ -284,6 +285,20 @@ impl Connection {
             }
         }
     }
+}
+
+/// Runs a read of async-imap. Its parser (imap-proto) panics on a few
+/// malformed inputs (found by fuzzing, e.g. `* 1 FETCH (INTERNALDATE NIL)`);
+/// such a panic becomes an error of this connection, which is then dropped,
+/// instead of ending the process.
+async fn unwinding<F: std::future::Future>(f: F) -> Result<F::Output, ImapError> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .await
+        .map_err(|_| {
+            ImapError::Protocol("the server sent a response the IMAP parser cannot read".into())
+        })
 }
 
 /// Responses one command may bring before we call the server hostile.
@@ -700,12 +715,12 @@ impl Connection {
         loop {
             // Read here, not through `next`: the response buffer is needed
             // whole to move a body out of it without a copy.
-            let resp = timeout(self.timeout, self.session.read_response())
+            let resp = timeout(self.timeout, unwinding(self.session.read_response()))
                 .await
                 .map_err(|_| ImapError::Timeout {
                     what: "a server response".into(),
                     secs: self.timeout.as_secs(),
-                })??
+                })???
                 .ok_or(ImapError::ConnectionLost)?;
             let step = match (completion(resp.parsed(), &tag, command), resp.parsed()) {
                 (Some(result), _) => Step::Done(result),

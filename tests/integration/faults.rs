@@ -975,3 +975,32 @@ fn without_list_status_pipelined_status_lets_unchanged_mailboxes_be_skipped() {
         "an unchanged mailbox was opened: {second:?}"
     );
 }
+
+#[test]
+fn a_response_that_panics_the_imap_parser_fails_only_that_connection() {
+    // imap-proto 0.17 panics on this (found by fuzzing): it must cost one
+    // connection, not the process.
+    let selected = std::sync::Mutex::new(String::new());
+    let server = FakeServer::start(
+        Greeting::Tls(certs().valid.clone()),
+        vec![mailbox("Bad", 2), mailbox("INBOX", 2)],
+        move |_, _, cmd, s| {
+            if let Some(name) = cmd.strip_prefix("EXAMINE ") {
+                *selected.lock().unwrap() = name.trim_matches('"').to_string();
+                return Hook::Pass;
+            }
+            if cmd.contains("BODY.PEEK[]") && *selected.lock().unwrap() == "Bad" {
+                let _ = s.send(b"* 1 FETCH (INTERNALDATE NIL)\r\n");
+                return Hook::Close;
+            }
+            Hook::Pass
+        },
+    );
+    let env = TestEnv::new();
+    fake_config(&env, server.port, "implicit", "");
+    let out = run(&env, &["pull", "--jobs", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`Bad`"), "{}", stderr(&out));
+    assert_eq!(support::folder_files(&env.archive("a"), "").len(), 2);
+}

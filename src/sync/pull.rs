@@ -515,7 +515,7 @@ fn letters(flags: &[String], keywords: &mut Keywords, mailbox: &str) -> String {
     let (letters, dropped) = flags_to_letters(flags, keywords);
     if !dropped.is_empty() {
         log::warn!(
-            "`{mailbox}`: more than 26 keywords; not stored in file names: {}",
+            "`{mailbox}`: keywords not stored in file names (more than 26, or not valid keywords): {}",
             dropped.join(" ")
         );
     }

@@ -7,6 +7,25 @@ use serde::Serialize;
 
 use crate::exit_codes::ExitCode;
 
+/// A run's summary as every subcommand prints it: problems to stderr, then
+/// JSON (`--json`) or one human line to stdout (none with `--quiet`).
+pub trait Summary: fmt::Display + Serialize {
+    /// One `error:` (or `warning:`) line per problem, for stderr.
+    fn problems(&self) -> Vec<String>;
+
+    fn print(&self, json: bool, quiet: bool) -> serde_json::Result<()> {
+        for line in self.problems() {
+            eprintln!("{line}");
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(self)?);
+        } else if !quiet {
+            println!("{self}");
+        }
+        Ok(())
+    }
+}
+
 /// What happened to one mailbox.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MailboxReport {
@@ -113,9 +132,8 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-impl PullReport {
-    /// One `error:` line per failed account or mailbox, for stderr.
-    pub fn problems(&self) -> Vec<String> {
+impl Summary for PullReport {
+    fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         for a in &self.accounts {
             if let Some(e) = &a.error {

@@ -11,6 +11,7 @@ use super::{load_accounts, runtime, AccountArgs, Connector};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::{Bars, Progress};
+use crate::report::Summary;
 use crate::sync::expunge::{
     expunge_account, parse_age, parse_percent, AccountExpunge, ExpungeOptions, ExpungeReport,
 };
@@ -145,19 +146,6 @@ pub(crate) fn expunge_one(
     })
 }
 
-/// Prints the report (stderr for problems, stdout for the summary).
-pub(crate) fn print(report: &ExpungeReport, json: bool, quiet: bool) -> Result<()> {
-    for line in report.problems() {
-        eprintln!("{line}");
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-    } else if !quiet {
-        println!("{report}");
-    }
-    Ok(())
-}
-
 pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let opts = options(&cmd)?;
     let accounts = load_accounts(config, &cmd.accounts)?;
@@ -179,6 +167,6 @@ pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode
     drop(progress);
     report.seconds = start.elapsed().as_secs_f64();
     let code = report.finish();
-    print(&report, cmd.json, cmd.quiet)?;
+    report.print(cmd.json, cmd.quiet)?;
     Ok(code)
 }

@@ -9,7 +9,7 @@ use super::expunge::{cut_for, expunge_one};
 use super::{load_accounts, runtime, AccountArgs, Connector};
 use crate::exit_codes::ExitCode;
 use crate::progress::Bars;
-use crate::report::{AccountReport, PullReport};
+use crate::report::{AccountReport, PullReport, Summary};
 use crate::sync::expunge::{parse_age, AccountExpunge, ExpungeOptions, ExpungeReport};
 use crate::sync::pull::{pull_account, PullOptions};
 
@@ -153,17 +153,10 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
             if !cmd.quiet {
                 println!("{report}");
             }
-            super::expunge::print(&expunge_report, false, cmd.quiet)?;
+            expunge_report.print(false, cmd.quiet)?;
         }
         return Ok(code);
     }
-    for line in report.problems() {
-        eprintln!("{line}");
-    }
-    if cmd.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if !cmd.quiet {
-        println!("{report}");
-    }
+    report.print(cmd.json, cmd.quiet)?;
     Ok(code)
 }

@@ -11,6 +11,7 @@ use crate::archive::Archive;
 use crate::config::Config;
 use crate::exit_codes::ExitCode;
 use crate::progress::Bars;
+use crate::report::Summary;
 use crate::sync::restore::{read_archive, restore_account, RestoreOptions, RestoreState};
 
 /// Put an archive back on an IMAP server, exactly once, with flags and dates.
@@ -185,13 +186,6 @@ pub fn run(cmd: RestoreCmd, config: Option<&std::path::Path>) -> Result<ExitCode
     drop(progress);
     report.seconds = start.elapsed().as_secs_f64();
     let code = report.finish();
-    for line in report.problems() {
-        eprintln!("{line}");
-    }
-    if cmd.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if !cmd.quiet {
-        println!("{report}");
-    }
+    report.print(cmd.json, cmd.quiet)?;
     Ok(code)
 }

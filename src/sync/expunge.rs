@@ -646,31 +646,6 @@ impl ExpungeReport {
         self.exit_code = code.code();
         code
     }
-
-    /// `error:` and `warning:` lines for stderr.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for a in &self.accounts {
-            if let Some(e) = &a.error {
-                out.push(format!("error: account `{}`: {e}", a.account));
-            }
-            for m in &a.mailboxes {
-                for w in &m.warnings {
-                    out.push(format!(
-                        "warning: mailbox `{}` of account `{}`: {w}",
-                        m.name, a.account
-                    ));
-                }
-                for e in &m.errors {
-                    out.push(format!(
-                        "error: mailbox `{}` of account `{}`: {e}",
-                        m.name, a.account
-                    ));
-                }
-            }
-        }
-        out
-    }
 }
 
 fn plural(n: u64, word: &str) -> String {
@@ -1358,6 +1333,33 @@ fn verify(c: &Candidate) -> Result<(), (SkipReason, String)> {
             ))
         }
         Err(e) => Err((SkipReason::ArchivedCopyDamaged, e.to_string())),
+    }
+}
+
+impl crate::report::Summary for ExpungeReport {
+    /// `error:` and `warning:` lines for stderr.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in &self.accounts {
+            if let Some(e) = &a.error {
+                out.push(format!("error: account `{}`: {e}", a.account));
+            }
+            for m in &a.mailboxes {
+                for w in &m.warnings {
+                    out.push(format!(
+                        "warning: mailbox `{}` of account `{}`: {w}",
+                        m.name, a.account
+                    ));
+                }
+                for e in &m.errors {
+                    out.push(format!(
+                        "error: mailbox `{}` of account `{}`: {e}",
+                        m.name, a.account
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 

@@ -745,20 +745,6 @@ impl RestoreReport {
         self.exit_code = code.code();
         code
     }
-
-    /// One `error:` line per failure, for stderr.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(e) = &self.error {
-            out.push(format!("error: restore of `{}`: {e}", self.account));
-        }
-        for m in &self.mailboxes {
-            for e in &m.errors {
-                out.push(format!("error: mailbox `{}`: {e}", m.source));
-            }
-        }
-        out
-    }
 }
 
 impl fmt::Display for RestoreMailboxReport {
@@ -1303,6 +1289,22 @@ async fn append_all<R: RestoreTarget>(
     drop(rx);
     let _ = tokio::task::block_in_place(|| reader.join());
     outcome
+}
+
+impl crate::report::Summary for RestoreReport {
+    /// One `error:` line per failure, for stderr.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(e) = &self.error {
+            out.push(format!("error: restore of `{}`: {e}", self.account));
+        }
+        for m in &self.mailboxes {
+            for e in &m.errors {
+                out.push(format!("error: mailbox `{}`: {e}", m.source));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

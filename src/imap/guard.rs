@@ -34,11 +34,18 @@ enum Brace {
     Cr(u64),
 }
 
+/// How much of a response's first line decides whether it may carry literals.
+const PREFIX: usize = 64;
+
 /// Scans server bytes and enforces the limits; pure, so it is unit-tested.
 #[derive(Debug)]
 pub struct Framing {
     state: State,
     limit: Arc<AtomicU64>,
+    /// The start of the current response's first line.
+    prefix: Vec<u8>,
+    /// True after a literal, while the same response goes on.
+    continued: bool,
 }
 
 impl Framing {
@@ -49,7 +56,35 @@ impl Framing {
                 brace: Brace::None,
             },
             limit,
+            prefix: Vec::with_capacity(PREFIX),
+            continued: false,
         }
+    }
+
+    /// Whether the current response may carry a literal. Status responses
+    /// (`* OK ...`, `A1 NO ...`, `* BYE ...`) and continuations (`+ ...`)
+    /// end with free text, where `{N}` is just text: the parser reads no
+    /// literal there, so neither may we, or the two would disagree about
+    /// where the next response starts.
+    fn literal_allowed(&self) -> bool {
+        if self.continued {
+            return true;
+        }
+        if self.prefix.first() == Some(&b'+') {
+            return false;
+        }
+        let second = self.prefix.split(|b| *b == b' ').nth(1);
+        let status = |w: &[u8]| {
+            [&b"OK"[..], b"NO", b"BAD", b"BYE", b"PREAUTH"]
+                .iter()
+                .any(|s| w.eq_ignore_ascii_case(s))
+        };
+        !matches!(second, Some(w) if status(w))
+    }
+
+    fn end_of_response(&mut self) {
+        self.prefix.clear();
+        self.continued = false;
     }
 
     /// Checks `bytes`, the next bytes the server sent.
@@ -77,14 +112,18 @@ impl Framing {
                             "server sent a line longer than {MAX_LINE} bytes"
                         )));
                     }
+                    if !self.continued && self.prefix.len() < PREFIX && b != b'\r' && b != b'\n' {
+                        self.prefix.push(b);
+                    }
                     let brace = match (brace, b) {
-                        (Brace::Cr(n), b'\n') => {
+                        (Brace::Cr(n), b'\n') if self.literal_allowed() => {
                             let limit = self.limit.load(Ordering::Relaxed);
                             if n > limit {
                                 return Err(io::Error::other(format!(
                                     "server announced a literal of {n} bytes, over the limit of {limit}"
                                 )));
                             }
+                            self.continued = true;
                             self.state = if n == 0 {
                                 State::Line {
                                     len: 0,
@@ -96,6 +135,7 @@ impl Framing {
                             continue;
                         }
                         (_, b'\n') => {
+                            self.end_of_response();
                             self.state = State::Line {
                                 len: 0,
                                 brace: Brace::None,
@@ -239,6 +279,29 @@ mod tests {
             }
         }
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn a_brace_at_the_end_of_status_text_is_not_a_literal() {
+        // Found in review: `* OK text {20}` is plain text to the parser; had
+        // the guard skipped 20 bytes as a literal, the next announcement
+        // would have slipped through.
+        let mut f = framing(1000);
+        f.scan(b"* OK hello {20}\r\n").unwrap();
+        assert!(f.scan(b"* 1 FETCH (BODY[] {4000000000}\r\n").is_err());
+        let mut f = framing(1000);
+        f.scan(b"A7 NO [ALERT] try {99}\r\n+ go on {5}\r\n")
+            .unwrap();
+        assert!(f.scan(b"* 2 FETCH (BODY[] {5000}\r\n").is_err());
+    }
+
+    #[test]
+    fn a_response_with_two_literals_is_followed_through() {
+        let mut f = framing(100);
+        f.scan(b"* 1 FETCH (BODY[HEADER] {3}\r\nabc BODY[] {4}\r\nwxyz)\r\n")
+            .unwrap();
+        assert!(!f.continued && f.prefix.is_empty());
+        assert!(f.scan(b"* 2 FETCH (BODY[] {101}\r\n").is_err());
     }
 
     #[test]

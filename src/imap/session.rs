@@ -641,6 +641,25 @@ impl Remote for Connection {
         result.map(|()| delivered)
     }
 
+    async fn still_there(&mut self, uids: &[u32]) -> Result<Vec<u32>, ImapError> {
+        let mut present = Vec::new();
+        let command = format!("UID FETCH {} (UID)", uid_set(uids));
+        self.run(&command, |r| {
+            if let Response::Fetch(_, attrs) = r {
+                for a in attrs {
+                    if let AttributeValue::Uid(u) = a {
+                        present.push(*u);
+                    }
+                }
+            }
+        })
+        .await?;
+        present.retain(|u| uids.contains(u));
+        present.sort_unstable();
+        present.dedup();
+        Ok(present)
+    }
+
     async fn logout(mut self) {
         let _ = timeout(Duration::from_secs(2), self.session.logout()).await;
     }

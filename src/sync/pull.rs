@@ -443,6 +443,7 @@ async fn pull_mailbox_inner<R: Remote>(
             tx,
             reserved: AsyncMutex::new(None),
         };
+        let mut not_sent: Vec<u32> = Vec::new();
         for batch in &batches {
             // Reserve what the batch will bring before asking for it.
             let kib = batch
@@ -458,9 +459,29 @@ async fn pull_mailbox_inner<R: Remote>(
             let result = conn.fetch(batch, limit, &sink).await;
             // What the batch did not use (messages gone from the server) goes back.
             sink.reserved.lock().await.take();
-            if let Err(e) = result {
-                first_error = Some(e.into());
-                break;
+            let delivered: HashSet<u32> = match result {
+                Ok(d) => d.into_iter().collect(),
+                Err(e) => {
+                    first_error = Some(e.into());
+                    break;
+                }
+            };
+            // A server may answer OK and still leave messages out (some
+            // cannot convert every item). Gone is fine; still there is not:
+            // those stay below the floor and are asked for again.
+            let left_out: Vec<u32> = batch
+                .iter()
+                .copied()
+                .filter(|u| !delivered.contains(u))
+                .collect();
+            if !left_out.is_empty() {
+                match conn.still_there(&left_out).await {
+                    Ok(present) => not_sent.extend(present),
+                    Err(e) => {
+                        first_error = Some(e.into());
+                        break;
+                    }
+                }
             }
         }
         drop(sink);
@@ -487,6 +508,14 @@ async fn pull_mailbox_inner<R: Remote>(
                 .copied()
                 .filter(|u| !stored.contains(u))
                 .collect();
+        }
+        if !not_sent.is_empty() {
+            let list: Vec<String> = not_sent.iter().map(u32::to_string).collect();
+            rep.errors.push(format!(
+                "the server left UID {} out of its answer although it still holds it; it is asked for again on the next run",
+                list.join(", ")
+            ));
+            failed.extend(&not_sent);
         }
     }
     let status = Status {

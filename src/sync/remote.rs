@@ -105,6 +105,17 @@ pub trait Remote: Send {
         sink: &S,
     ) -> impl Future<Output = Result<Vec<u32>, ImapError>> + Send;
 
+    /// Which of `uids` the selected mailbox still holds (asked after a
+    /// FETCH left some out). The default claims all of them, which keeps
+    /// them due for the next run.
+    fn still_there(
+        &mut self,
+        uids: &[u32],
+    ) -> impl Future<Output = Result<Vec<u32>, ImapError>> + Send {
+        let all = uids.to_vec();
+        async move { Ok(all) }
+    }
+
     /// Ends the session politely; errors are ignored.
     fn logout(self) -> impl Future<Output = ()> + Send;
 }

@@ -1004,3 +1004,62 @@ fn a_response_that_panics_the_imap_parser_fails_only_that_connection() {
     assert!(stderr(&out).contains("`Bad`"), "{}", stderr(&out));
     assert_eq!(support::folder_files(&env.archive("a"), "").len(), 2);
 }
+
+#[test]
+fn a_message_left_out_of_a_successful_fetch_is_asked_for_again() {
+    // First connection: the FETCH answer silently skips UID 2 (as servers
+    // do with items they cannot convert); later connections behave.
+    let server = FakeServer::start(
+        Greeting::Tls(certs().valid.clone()),
+        vec![mailbox("INBOX", 3)],
+        |n, tag, cmd, s| {
+            if n == 0 && cmd.contains("BODY.PEEK[]") {
+                let mut r = fetch_response(1, &mail::plain(0));
+                r.extend(fetch_response(3, &mail::plain(2)));
+                r.extend(format!("{tag} OK done\r\n").into_bytes());
+                let _ = s.send(&r);
+                return Hook::Done;
+            }
+            Hook::Pass
+        },
+    );
+    let env = TestEnv::new();
+    fake_config(&env, server.port, "implicit", "");
+    let out = run(&env, &["pull", "--jobs", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("UID 2"), "{}", stderr(&out));
+    assert_eq!(support::folder_files(&env.archive("a"), "").len(), 2);
+    let out = run(&env, &["pull"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = support::folder_messages(&env.archive("a"), "");
+    assert_eq!(got.len(), 3);
+    assert!(got.contains(&mail::plain(1)));
+}
+
+#[test]
+fn a_message_expunged_between_listing_and_fetch_is_not_an_error() {
+    let server = FakeServer::start(
+        Greeting::Tls(certs().valid.clone()),
+        vec![mailbox("INBOX", 3)],
+        |_, tag, cmd, s| {
+            if cmd.contains("BODY.PEEK[]") {
+                let mut r = fetch_response(1, &mail::plain(0));
+                r.extend(fetch_response(3, &mail::plain(2)));
+                r.extend(format!("{tag} OK done\r\n").into_bytes());
+                let _ = s.send(&r);
+                return Hook::Done;
+            }
+            if cmd.ends_with("(UID)") {
+                // UID 2 is gone now.
+                let _ = s.send(format!("{tag} OK done\r\n").as_bytes());
+                return Hook::Done;
+            }
+            Hook::Pass
+        },
+    );
+    let env = TestEnv::new();
+    fake_config(&env, server.port, "implicit", "");
+    let out = run(&env, &["pull"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(support::folder_files(&env.archive("a"), "").len(), 2);
+}

@@ -443,6 +443,21 @@ impl Folder {
             recovered.push(e.clone());
             index.entries.insert((e.uidvalidity, e.uid), e);
         }
+        if !index.missing.is_empty() {
+            // Before the journal forgets them: the next pull must list these
+            // UIDs again, whichever command noticed they were gone.
+            let mut status = journal::load_status(&self.state)?;
+            let lowest = index
+                .missing
+                .iter()
+                .filter(|(uv, _)| *uv == status.uidvalidity)
+                .map(|(_, uid)| *uid)
+                .min();
+            if let Some(uid) = lowest.filter(|uid| *uid < status.floor) {
+                status.floor = uid;
+                journal::save_status(&self.state, &status)?;
+            }
+        }
         if rewrite {
             let mut all: Vec<JournalEntry> = index.entries.values().cloned().collect();
             all.sort_by_key(|e| (e.uidvalidity, e.uid));

@@ -362,6 +362,31 @@ fn a_message_file_deleted_from_the_archive_is_downloaded_again() {
 }
 
 #[test]
+fn a_lost_file_noticed_by_another_command_is_still_downloaded_again() {
+    let user = dovecot().new_user("refetch2");
+    let mut imap = user.imap();
+    for n in 0..3 {
+        imap.append("INBOX", &[], "01-Feb-2022 10:00:00 +0000", &mail::plain(n));
+    }
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    env.cmd().arg("pull").assert().success();
+    let files = support::folder_files(&env.archive("a"), "");
+    fs::remove_file(&files[1]).unwrap();
+    // expunge reads the folder first (and forgets the lost entry); nothing is
+    // old enough to go.
+    env.cmd()
+        .args(["expunge", "--older-than", "100y"])
+        .assert()
+        .success();
+    // Nothing new on the server, yet the lost message comes back.
+    let out = env.cmd().args(["pull", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(total(&json(&out), "fetched"), 1);
+    assert_mailbox_matches(&env.archive("a"), &user, "INBOX");
+}
+
+#[test]
 fn uidvalidity_change_keeps_every_archived_message_and_stores_no_second_copy() {
     let user = dovecot().new_user("uidvalidity");
     let mut imap = user.imap();

@@ -10,7 +10,7 @@
 //! killed at any point leaves each message either on the server or not, and
 //! the next run sees which. What we remember (APPENDUID, in a state
 //! directory outside the archive) only saves reading archived headers again
-//! for messages whose recorded UID still holds the same size and date.
+//! for messages whose recorded UID still holds the same date.
 //!
 //! Planning is pure ([`plan_mailboxes`], [`target_uids_to_hash`],
 //! [`missing_messages`]); [`restore_account`] runs the plan on `jobs`
@@ -452,7 +452,7 @@ pub fn target_uids_to_hash(source: &[SourceMessage], target: &[TargetMessage]) -
 
 /// Indices of `source` messages that the target does not hold, matching one
 /// archived message to at most one target message: first by a recorded
-/// APPENDUID whose UID still has the same size and date, then by size +
+/// APPENDUID whose UID still has the same date, then by size +
 /// date + Message-ID, or size + date + SHA-256 for messages without one.
 /// `message_id` and `hash` read the archived message and are only called
 /// for messages whose size and date match something on the target.
@@ -471,8 +471,12 @@ pub fn missing_messages<E>(
         let Some(&j) = recorded.get(&m.base).and_then(|u| by_uid.get(u)) else {
             continue;
         };
+        // A recorded UID under the same UIDVALIDITY is the message we
+        // appended (UIDs are never reused). Its INTERNALDATE is ours too; its
+        // size is not compared, since servers that rewrite MIME on APPEND
+        // report another size, and a rerun would append it again.
         let t = &target[j];
-        if !used[j] && t.size == m.size && t.secs == m.secs {
+        if !used[j] && t.secs == m.secs {
             used[j] = true;
             present[i] = true;
         }
@@ -1439,9 +1443,26 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_uid_whose_size_the_server_changed_is_still_present() {
+        let source = vec![src("a", 10, 1)];
+        let target = vec![tgt(7, 12, 1, Some("<a>"))];
+        let recorded: HashMap<String, u32> = [("a".to_string(), 7)].into();
+        let mut reads = Vec::new();
+        let missing = run_missing(
+            &source,
+            &target,
+            &recorded,
+            &HashMap::new(),
+            &Ids::new(),
+            &mut reads,
+        );
+        assert!(missing.is_empty());
+    }
+
+    #[test]
     fn a_record_whose_uid_now_holds_something_else_is_not_trusted() {
         let source = vec![src("a", 10, 1)];
-        let target = vec![tgt(7, 99, 1, Some("<other>"))];
+        let target = vec![tgt(7, 99, 5, Some("<other>"))];
         let recorded: HashMap<String, u32> = [("a".to_string(), 7)].into();
         let mut reads = Vec::new();
         let missing = run_missing(

@@ -200,12 +200,15 @@ pub enum SkipReason {
     KeptFlagged,
     /// `--keep-unseen`.
     KeptUnseen,
-    /// Not in the archive: it arrived after the last pull.
+    /// Not in the archive: it arrived after the last pull, or its archived
+    /// copy was lost and the next pull fetches it again.
     NotArchived,
     /// Pulled once, but its archived file is gone.
     ArchivedCopyMissing,
     /// The server's size is not the archived size.
     SizeDiffers,
+    /// The server's INTERNALDATE is not the archived one: not the same message.
+    DateDiffers,
     /// The archived file does not decompress to the recorded size and hash.
     ArchivedCopyDamaged,
 }
@@ -217,9 +220,10 @@ impl SkipReason {
             SkipReason::DeletedByAnotherClient => "marked \\Deleted by another client",
             SkipReason::KeptFlagged => "flagged (--keep-flagged)",
             SkipReason::KeptUnseen => "unseen (--keep-unseen)",
-            SkipReason::NotArchived => "not archived yet (arrived after the last pull)",
+            SkipReason::NotArchived => "not in the archive yet (the next pull fetches it)",
             SkipReason::ArchivedCopyMissing => "archived copy missing",
             SkipReason::SizeDiffers => "server size differs from the archived copy",
+            SkipReason::DateDiffers => "server INTERNALDATE differs from the archived copy",
             SkipReason::ArchivedCopyDamaged => "archived copy damaged",
         }
     }
@@ -230,6 +234,7 @@ impl SkipReason {
             self,
             SkipReason::ArchivedCopyMissing
                 | SkipReason::SizeDiffers
+                | SkipReason::DateDiffers
                 | SkipReason::ArchivedCopyDamaged
         )
     }
@@ -245,6 +250,9 @@ impl fmt::Display for SkipReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchivedCopy {
     pub size: u64,
+    /// INTERNALDATE from the archived file's name, where known: with UID and
+    /// size it ties the server's message to this copy.
+    pub internaldate: Option<i64>,
     pub sha256: String,
     pub path: PathBuf,
 }
@@ -343,6 +351,9 @@ pub fn plan_mailbox(facts: &MailboxFacts<'_>, sel: &Selection, mailbox: usize) -
             None if m.uid < facts.floor => Some(SkipReason::ArchivedCopyMissing),
             None => Some(SkipReason::NotArchived),
             Some(c) if c.size != m.size as u64 => Some(SkipReason::SizeDiffers),
+            Some(c) if c.internaldate.is_some_and(|d| d != m.internaldate) => {
+                Some(SkipReason::DateDiffers)
+            }
             Some(_) => None,
         };
         if let Some(reason) = reason {
@@ -1036,6 +1047,7 @@ impl Run<'_> {
                     e.uid,
                     ArchivedCopy {
                         size: e.size,
+                        internaldate: Some(f.name.secs),
                         sha256: e.sha256.clone(),
                         path: folder.path().join(f.subdir).join(f.name.full()),
                     },
@@ -1381,6 +1393,7 @@ mod tests {
     fn copy(size: u64) -> ArchivedCopy {
         ArchivedCopy {
             size,
+            internaldate: None,
             sha256: "ab".repeat(32),
             path: PathBuf::from("/x"),
         }
@@ -1487,6 +1500,20 @@ mod tests {
         let p = fx.plan(&sel(1));
         assert!(p.candidates.is_empty());
         assert_eq!(p.skipped[&SkipReason::SizeDiffers], 1);
+    }
+
+    #[test]
+    fn same_uid_and_size_but_another_internaldate_is_not_this_message() {
+        let mut fx = Fx::new(vec![meta(1, 400, 10, &[]), meta(2, 400, 10, &[])]);
+        let mut other = copy(10);
+        other.internaldate = Some(meta(1, 400, 10, &[]).internaldate + 1);
+        fx.archived.insert(1, other);
+        let mut same = copy(10);
+        same.internaldate = Some(meta(2, 400, 10, &[]).internaldate);
+        fx.archived.insert(2, same);
+        let p = fx.plan(&sel(1));
+        assert_eq!(uids(&p), [2]);
+        assert_eq!(p.skipped[&SkipReason::DateDiffers], 1);
     }
 
     #[test]

@@ -952,6 +952,10 @@ impl Run<'_> {
         order_candidates(&mut candidates);
 
         // Pass 2: verify oldest first until the limits are met, then delete.
+        // A server whose usage figure lags must not make every round free a
+        // whole `need` again: all rounds together free at most the first
+        // `need` plus a tenth (room for the server counting in its own units).
+        let ceiling = need.map(|n| n + n / 10);
         let mut cursor = 0usize;
         let mut rounds = 0;
         loop {
@@ -975,8 +979,12 @@ impl Run<'_> {
             }
             // Quota is counted by the server in its own units: ask again.
             let now = self.quota(conn).await?;
-            need = match (self.opts.free_to, now) {
-                (Some(p), Some(q)) => bytes_to_free(q.usage_bytes / 1024, q.limit_bytes / 1024, p),
+            let freed: u64 = self.report.messages.iter().map(|m| m.size).sum();
+            need = match (self.opts.free_to, now, ceiling) {
+                (Some(p), Some(q), Some(c)) => {
+                    bytes_to_free(q.usage_bytes / 1024, q.limit_bytes / 1024, p)
+                        .map(|n| n.min(c.saturating_sub(freed)))
+                }
                 _ => None,
             };
             if need.is_none_or(|n| n == 0)
@@ -1692,6 +1700,8 @@ mod tests {
         /// The next UID EXPUNGE loses the connection (after the STORE).
         drop_on_expunge: bool,
         commands: Vec<String>,
+        /// STORAGE (usage, limit) in KiB, never updated: a lagging server.
+        quota: Option<(u64, u64)>,
     }
 
     struct Fake {
@@ -1761,7 +1771,18 @@ mod tests {
             Ok(())
         }
         async fn quota_roots(&mut self, _: &str) -> Result<Vec<QuotaRoot>, ImapError> {
-            Ok(Vec::new())
+            let s = self.server.lock().unwrap();
+            Ok(s.quota
+                .map(|(usage, limit)| QuotaRoot {
+                    root: String::new(),
+                    resources: vec![QuotaResource {
+                        name: "STORAGE".into(),
+                        usage,
+                        limit,
+                    }],
+                })
+                .into_iter()
+                .collect())
         }
         async fn logout(self) {}
     }
@@ -1842,6 +1863,31 @@ mod tests {
             fake,
         )
         .await
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn free_to_against_a_lagging_quota_stops_near_the_first_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acc, server) = pulled(dir.path(), 200, &[]);
+        // 10 of 10 KiB used, aim at 90%: 2 KiB to free; the usage figure
+        // never moves, as on a server that updates it late.
+        server.lock().unwrap().quota = Some((10, 10));
+        let fake = Fake {
+            caps: vec!["UIDPLUS", "QUOTA"],
+            server: server.clone(),
+        };
+        let opts = ExpungeOptions {
+            free_to: Some(90.0),
+            ..Default::default()
+        };
+        let r = expunge_account(&acc, &opts, Arc::new(crate::progress::Silent), fake).await;
+        let freed: u64 = r.messages.iter().map(|m| m.size).sum();
+        assert!(freed >= 2048, "freed {freed}");
+        assert!(
+            freed <= 2048 + 204 + 64,
+            "freed {freed}, far past what was asked"
+        );
+        assert!(server.lock().unwrap().messages.len() > 100);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -34,7 +34,7 @@ fn main() {
             if is_broken_pipe(&e) {
                 ExitCode::Success
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", imapbak::report::error_text(&e));
                 ExitCode::Usage
             }
         }

@@ -116,6 +116,29 @@ impl PullReport {
     }
 }
 
+/// An error chain as one `cause: cause: ...` line, with any `hint:` lines
+/// (which context messages may carry) moved after it, so the hint is the
+/// last thing the user reads.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut causes = Vec::new();
+    let mut hints = Vec::new();
+    for layer in e.chain() {
+        for line in layer.to_string().lines() {
+            if line.starts_with("hint:") {
+                hints.push(line.to_string());
+            } else if !line.trim().is_empty() {
+                causes.push(line.to_string());
+            }
+        }
+    }
+    let mut out = causes.join(": ");
+    for h in hints {
+        out.push('\n');
+        out.push_str(&h);
+    }
+    out
+}
+
 /// Bytes in human units (base 1000, as `ls -h --si`).
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
@@ -223,6 +246,16 @@ mod tests {
         };
         assert_eq!(r.finish(), ExitCode::Partial);
         assert!(r.problems()[0].contains("`Box`"));
+    }
+
+    #[test]
+    fn hints_come_after_the_whole_cause_chain() {
+        let e = anyhow::anyhow!("no such file")
+            .context("cannot read `x.toml`\nhint: pass --config PATH");
+        assert_eq!(
+            error_text(&e),
+            "cannot read `x.toml`: no such file\nhint: pass --config PATH"
+        );
     }
 
     #[test]

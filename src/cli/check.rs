@@ -39,7 +39,11 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
         let (listed, caps) = match result {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("error: account `{}`: {e:#}", account.name);
+                eprintln!(
+                    "error: account `{}`: {}",
+                    account.name,
+                    crate::report::error_text(&e)
+                );
                 worst = worst.max(ExitCode::Connection);
                 continue;
             }

@@ -160,7 +160,9 @@ pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode
         let account = Arc::new(account);
         let r = match Connector::new(account.clone()) {
             Ok(c) => expunge_one(&rt, &account, &c, &opts, progress.clone()),
-            Err(e) => AccountExpunge::new(&account).fail(ExitCode::Usage, format!("{e:#}")),
+            Err(e) => {
+                AccountExpunge::new(&account).fail(ExitCode::Usage, crate::report::error_text(&e))
+            }
         };
         report.accounts.push(r);
     }

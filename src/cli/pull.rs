@@ -100,7 +100,7 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
                 report.accounts.push(AccountReport {
                     account: account.name.clone(),
                     archive: account.archive.display().to_string(),
-                    error: Some(format!("{e:#}")),
+                    error: Some(crate::report::error_text(&e)),
                     code: Some(ExitCode::Usage),
                     ..Default::default()
                 });

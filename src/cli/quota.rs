@@ -153,7 +153,7 @@ pub fn run(cmd: QuotaCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
         let connector = match Connector::new(account.clone()) {
             Ok(c) => c,
             Err(e) => {
-                q.error = Some(format!("{e:#}"));
+                q.error = Some(crate::report::error_text(&e));
                 q.code = ExitCode::Usage;
                 report.accounts.push(q);
                 continue;

@@ -207,7 +207,10 @@ pub(crate) fn select(
                 sel.warnings.extend(warnings);
             }
             Err(e) => {
-                sel.warnings.push(format!("account `{account}`: {e:#}"));
+                sel.warnings.push(format!(
+                    "account `{account}`: {}",
+                    crate::report::error_text(&e)
+                ));
                 sel.failed = true;
             }
         }

@@ -204,7 +204,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
     let connector = match Connector::new(Arc::new(account.clone())) {
         Ok(c) => c,
         Err(e) => {
-            av.error = Some(format!("{e:#}"));
+            av.error = Some(crate::report::error_text(&e));
             av.code = Some(ExitCode::Usage);
             return;
         }
@@ -212,7 +212,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            av.error = Some(format!("{e:#}"));
+            av.error = Some(crate::report::error_text(&e));
             av.code = Some(ExitCode::Internal);
             return;
         }

@@ -4,6 +4,7 @@
 
 pub mod expunge;
 pub mod plan;
+pub mod pool;
 pub mod pull;
 pub mod remote;
 pub mod restore;

@@ -949,17 +949,13 @@ where
     });
     let queue = Arc::new(Mutex::new(VecDeque::from(ready)));
     let connect = Arc::new(connect);
-    let mut workers = Vec::new();
-    let mut first = Some(first);
-    for _ in 0..jobs {
-        let conn = first.take();
+    let results = super::pool::run(jobs, first, |conn| {
         let (ctx, queue, connect) = (ctx.clone(), queue.clone(), connect.clone());
-        workers.push(tokio::spawn(async move {
-            worker(conn, &ctx, &queue, &*connect).await
-        }));
-    }
-    for w in workers {
-        match w.await {
+        async move { worker(conn, &ctx, &queue, &*connect).await }
+    })
+    .await;
+    for w in results {
+        match w {
             Ok(reports) => report.mailboxes.extend(reports),
             Err(e) => report.error = Some(format!("internal error: {e}")),
         }

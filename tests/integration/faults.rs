@@ -159,26 +159,37 @@ fn a_symlink_planted_in_the_archive_is_not_followed() {
     assert_eq!(support::folder_files(&env.archive("a"), "").len(), 1);
 }
 
+/// A hook that answers the body FETCH of mailbox `name` with `answer`
+/// (given the command's tag) and passes everything else on.
+fn on_body_fetch_in(
+    name: &'static str,
+    answer: impl Fn(&str, &mut crate::fakes::Session) -> Hook + Send + Sync + 'static,
+) -> impl Fn(usize, &str, &str, &mut crate::fakes::Session) -> Hook + Send + Sync + 'static {
+    let selected = std::sync::Mutex::new(String::new());
+    move |_, tag, cmd, s| {
+        if let Some(examined) = cmd.strip_prefix("EXAMINE ") {
+            *selected.lock().unwrap() = examined.trim_matches('"').to_string();
+            return Hook::Pass;
+        }
+        if cmd.contains("BODY.PEEK[]") && *selected.lock().unwrap() == name {
+            return answer(tag, s);
+        }
+        Hook::Pass
+    }
+}
+
 #[test]
 fn malformed_fetch_fails_that_mailbox_only() {
-    let selected = std::sync::Mutex::new(String::new());
     let server = FakeServer::start(
         Greeting::Tls(certs().valid.clone()),
         vec![mailbox("Bad", 2), mailbox("INBOX", 2)],
-        move |_, tag, cmd, s| {
-            if let Some(name) = cmd.strip_prefix("EXAMINE ") {
-                *selected.lock().unwrap() = name.trim_matches('"').to_string();
-                return Hook::Pass;
-            }
-            if cmd.contains("BODY.PEEK[]") && *selected.lock().unwrap() == "Bad" {
-                let _ = s.send(
-                    format!("* 1 FETCH (UID 1 BODY[] NIL INTERNALDATE)))\r\n{tag} OK done\r\n")
-                        .as_bytes(),
-                );
-                return Hook::Done;
-            }
-            Hook::Pass
-        },
+        on_body_fetch_in("Bad", |tag, s| {
+            let _ = s.send(
+                format!("* 1 FETCH (UID 1 BODY[] NIL INTERNALDATE)))\r\n{tag} OK done\r\n")
+                    .as_bytes(),
+            );
+            Hook::Done
+        }),
     );
     let env = TestEnv::new();
     fake_config(&env, server.port, "implicit", "");
@@ -980,21 +991,13 @@ fn without_list_status_pipelined_status_lets_unchanged_mailboxes_be_skipped() {
 fn a_response_that_panics_the_imap_parser_fails_only_that_connection() {
     // imap-proto 0.17 panics on this (found by fuzzing): it must cost one
     // connection, not the process.
-    let selected = std::sync::Mutex::new(String::new());
     let server = FakeServer::start(
         Greeting::Tls(certs().valid.clone()),
         vec![mailbox("Bad", 2), mailbox("INBOX", 2)],
-        move |_, _, cmd, s| {
-            if let Some(name) = cmd.strip_prefix("EXAMINE ") {
-                *selected.lock().unwrap() = name.trim_matches('"').to_string();
-                return Hook::Pass;
-            }
-            if cmd.contains("BODY.PEEK[]") && *selected.lock().unwrap() == "Bad" {
-                let _ = s.send(b"* 1 FETCH (INTERNALDATE NIL)\r\n");
-                return Hook::Close;
-            }
-            Hook::Pass
-        },
+        on_body_fetch_in("Bad", |_, s| {
+            let _ = s.send(b"* 1 FETCH (INTERNALDATE NIL)\r\n");
+            Hook::Close
+        }),
     );
     let env = TestEnv::new();
     fake_config(&env, server.port, "implicit", "");

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod exit_codes;
 pub mod imap;
+pub mod mutf7;
 pub mod progress;
 pub mod report;
 pub mod sync;

@@ -2,7 +2,7 @@
 //! encoder's output always decodes back to its input.
 #![no_main]
 
-use imapbak::imap::mutf7::{decode, encode};
+use imapbak::mutf7::{decode, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

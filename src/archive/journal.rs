@@ -11,8 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::maildir::digits;
-use super::{write_atomic, ArchiveError};
+use super::{digits, write_atomic, ArchiveError};
 
 /// One archived message. Several entries may share a `base` when a
 /// UIDVALIDITY change brought back bytes that were already archived.

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use super::journal::{self, JournalEntry, Status};
-use super::{make_dir, sync_dir, write_atomic, ArchiveError};
+use super::{digits, make_dir, sync_dir, write_atomic, ArchiveError};
 
 /// The parsed name of one of our message files:
 /// `<secs>.V<uidvalidity>U<uid>.imapbak,S=<size>,W=<size>:2,<flags>`.
@@ -85,15 +85,6 @@ impl FileName {
         // Only canonical names are ours, so one message has one name.
         (parsed.full() == name).then_some(parsed)
     }
-}
-
-/// A decimal number as we write it: digits only, no leading zero.
-pub(super) fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
-    {
-        return None;
-    }
-    s.parse().ok()
 }
 
 /// Maildir letters for IMAP flags, in ASCII order (Dovecot's rule): system
@@ -236,6 +227,25 @@ pub struct ArchivedFile {
     pub subdir: &'static str,
 }
 
+/// One of our message files as found in `cur/` or `new/`.
+#[derive(Debug, Clone)]
+pub struct TreeFile {
+    pub name: FileName,
+    /// `name.base()`, computed once: every reader keys on it.
+    pub base: String,
+    /// `cur` or `new`.
+    pub subdir: &'static str,
+    pub path: PathBuf,
+}
+
+/// What a folder's `cur/` and `new/` hold, in directory order: our message
+/// files, and every other entry (foreign names, non-files), left alone.
+#[derive(Debug, Clone, Default)]
+pub struct FolderFiles {
+    pub files: Vec<TreeFile>,
+    pub strays: Vec<PathBuf>,
+}
+
 /// What a folder holds, keyed by (UIDVALIDITY, UID).
 #[derive(Debug, Default)]
 pub struct FolderIndex {
@@ -362,14 +372,10 @@ impl Folder {
         journal::save_status(&self.state, status)
     }
 
-    /// Reads the tree and the journal and reconciles them: files without a
-    /// journal entry (a crash after the rename, or a deleted `state/`) are
-    /// hashed and journaled; entries without a file are dropped.
-    pub fn scan(&self) -> Result<FolderIndex, ArchiveError> {
-        let mut index = FolderIndex::default();
-        if !self.exists() {
-            return Ok(index);
-        }
+    /// The one walk of a folder's message files: `cur/` then `new/`, each
+    /// entry parsed once. A missing `cur/` or `new/` is empty, not an error.
+    pub fn files(&self) -> Result<FolderFiles, ArchiveError> {
+        let mut out = FolderFiles::default();
         for subdir in ["cur", "new"] {
             let dir = self.path.join(subdir);
             let rd = match fs::read_dir(&dir) {
@@ -387,15 +393,37 @@ impl Folder {
                 let ent = ent.map_err(ArchiveError::io("cannot read directory", &dir))?;
                 let name = ent.file_name();
                 let parsed = name.to_str().and_then(FileName::parse);
+                let is_file = ent.file_type().map(|t| t.is_file()).unwrap_or(false);
                 match parsed {
-                    Some(p) if ent.file_type().map(|t| t.is_file()).unwrap_or(false) => {
-                        index
-                            .files
-                            .insert(p.base(), ArchivedFile { name: p, subdir });
-                    }
-                    _ => index.foreign += 1,
+                    Some(name) if is_file => out.files.push(TreeFile {
+                        base: name.base(),
+                        name,
+                        subdir,
+                        path: ent.path(),
+                    }),
+                    _ => out.strays.push(ent.path()),
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// Reads the tree and the journal and reconciles them: files without a
+    /// journal entry (a crash after the rename, or a deleted `state/`) are
+    /// hashed and journaled; entries without a file are dropped.
+    pub fn scan(&self) -> Result<FolderIndex, ArchiveError> {
+        let mut index = FolderIndex::default();
+        if !self.exists() {
+            return Ok(index);
+        }
+        let found = self.files()?;
+        index.foreign = found.strays.len();
+        for f in found.files {
+            let file = ArchivedFile {
+                name: f.name,
+                subdir: f.subdir,
+            };
+            index.files.insert(f.base, file);
         }
         let (entries, clean) = journal::read(&self.state)?;
         let mut rewrite = !clean;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub use journal::{JournalEntry, Status};
 pub use maildir::{
     flags_to_letters, hash_file, letters_to_flags, read_message, sha256_hex, ArchivedFile,
-    FileName, Folder, FolderIndex, Keywords, Written,
+    FileName, Folder, FolderFiles, FolderIndex, Keywords, TreeFile, Written,
 };
 
 /// A failure in the archive, always naming the path involved.
@@ -128,6 +128,15 @@ impl Archive {
             !dir.is_empty(),
         )
     }
+}
+
+/// A decimal number as we write it: digits only, no leading zero.
+pub(crate) fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Creates a directory with mode 0700 if it does not exist.

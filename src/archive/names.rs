@@ -18,7 +18,7 @@
 //! characters are escaped too. Dovecot unescapes any `\xx`, so it still shows
 //! these folders under the server's names.
 
-use crate::imap::mutf7;
+use crate::mutf7;
 
 /// The longest directory name most filesystems accept (NAME_MAX).
 const MAX_DIR_LEN: usize = 255;

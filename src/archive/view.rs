@@ -10,20 +10,10 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::journal::{self, JournalEntry, Status};
-use super::maildir::FileName;
 use super::{names, Archive, ArchiveError};
-use crate::imap::mutf7;
+use crate::mutf7;
 
-/// One of our message files as found in the tree.
-#[derive(Debug, Clone)]
-pub struct TreeFile {
-    pub name: FileName,
-    /// `name.base()`, computed once: every reader keys on it.
-    pub base: String,
-    /// `cur` or `new`.
-    pub subdir: &'static str,
-    pub path: PathBuf,
-}
+pub use super::maildir::TreeFile;
 
 /// One folder as it is on disk, nothing repaired.
 #[derive(Debug, Clone, Default)]
@@ -182,35 +172,9 @@ pub fn read_tree(archive: &Archive, dir: &str) -> Result<FolderView, ArchiveErro
         state,
         ..Default::default()
     };
-    for subdir in ["cur", "new"] {
-        let d = view.path.join(subdir);
-        let rd = match fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(ArchiveError::Io {
-                    what: "cannot read directory",
-                    path: d,
-                    source: e,
-                })
-            }
-        };
-        for ent in rd {
-            let ent = ent.map_err(ArchiveError::io("cannot read directory", &d))?;
-            let name = ent.file_name();
-            let parsed = name.to_str().and_then(FileName::parse);
-            let is_file = ent.file_type().map(|t| t.is_file()).unwrap_or(false);
-            match parsed {
-                Some(name) if is_file => view.files.push(TreeFile {
-                    base: name.base(),
-                    name,
-                    subdir,
-                    path: ent.path(),
-                }),
-                _ => view.strays.push(ent.path()),
-            }
-        }
-    }
+    let found = folder.files()?;
+    view.files = found.files;
+    view.strays = found.strays;
     view.files.sort_by_key(|f| (f.name.uidvalidity, f.name.uid));
     view.strays.sort();
     view.journal_clean = true;

@@ -22,31 +22,25 @@ use crate::config::{Account, Config, TlsMode};
 use crate::exit_codes::ExitCode;
 use crate::imap::{tls, ConnectParams, Connection, ImapError};
 
+/// The one configuration example: README.md shows it verbatim and a test
+/// keeps both in step (`config_example_is_the_readmes_and_loads`).
+pub const CONFIG_EXAMPLE: &str = include_str!("../../config.example.toml");
+
 const AFTER_HELP: &str = "\
-Configuration (TOML; --config, else $IMAPBAK_CONFIG, else $XDG_CONFIG_HOME/imapbak/config.toml):
-
-  [accounts.work]
-  host = \"imap.example.com\"
-  port = 993                      # default: 993 (implicit TLS), 143 (starttls)
-  tls = \"implicit\"                # or \"starttls\"; plain IMAP is never used
-  user = \"alice@example.com\"
-  password-command = \"pass show mail/work\"   # first line of its stdout (sh -c)
-  # password-env = \"WORK_PASSWORD\"           # or an environment variable
-  # password = \"...\"                         # only in a file not readable by others
-  # ca-file = \"/etc/ssl/my-ca.pem\"           # extra trust roots (PEM)
-  # cert-fingerprint = \"sha256:AB:CD:...\"    # pin the server certificate instead
-  archive = \"~/mail-archive/work\"  # default: $XDG_DATA_HOME/imapbak/<account>
-  include = [\"*\"]                  # globs on the decoded mailbox name
-  exclude = [\"Junk\"]               # default: nothing excluded
-  # compression-level = 3          # zstd level, 1..19
-  # timeout = 60                   # seconds to wait for the server
-  # max-message-size = 536870912   # larger messages are refused (bytes)
-  # compress = false               # COMPRESS=DEFLATE if offered: for slow links
-
 The archive is a Maildir++ tree (ARCHIVE/mail) that a stock Dovecot serves
 as it is: mail_location = maildir:ARCHIVE/mail, mail_plugins = zlib.
 Each message is one zstd frame (`zstd -dc FILE` reads it).
 ";
+
+/// The long help after the options: the configuration example, indented,
+/// then the archive note.
+fn after_help() -> String {
+    let example: String = CONFIG_EXAMPLE.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "Configuration (TOML; --config, else $IMAPBAK_CONFIG, else $XDG_CONFIG_HOME/imapbak/config.toml):\n\n{example}\n{AFTER_HELP}\n{}",
+        ExitCode::TABLE
+    )
+}
 
 /// Back up every mailbox of an IMAP account into a compressed local Maildir.
 #[derive(Debug, Parser)]
@@ -57,7 +51,7 @@ Each message is one zstd frame (`zstd -dc FILE` reads it).
     long_about = "Back up every mailbox of an IMAP account into a compressed, \
                   Dovecot-servable local Maildir, incrementally by UID. Run \
                   `imapbak check` once, then `imapbak pull` from cron.",
-    after_long_help = format!("{AFTER_HELP}\n{}", ExitCode::TABLE),
+    after_long_help = after_help(),
     propagate_version = true
 )]
 pub struct Cli {
@@ -240,4 +234,28 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+#[cfg(test)]
+mod config_example_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn config_example_is_the_readmes_and_loads() {
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(&format!("```toml\n{CONFIG_EXAMPLE}```\n")),
+            "README.md's configuration example differs from config.example.toml"
+        );
+        assert!(after_help().contains("  password-command = \"pass show mail/work\""));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, CONFIG_EXAMPLE).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.accounts[0].host, "imap.example.com");
+        assert!(!config.accounts[0].wants("Junk"));
+    }
 }

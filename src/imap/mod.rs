@@ -9,13 +9,15 @@
 mod append;
 mod expunge;
 mod guard;
-pub mod mutf7;
 mod session;
 pub mod tls;
 
 use std::path::PathBuf;
 
 pub use session::{ConnectParams, Connection};
+
+// Transitional: restore still names the old path until it moves to sync::restore/.
+pub use crate::mutf7;
 
 /// A failure on the IMAP side. `is_connection_level` tells the executor
 /// whether the connection is still usable for the next mailbox.

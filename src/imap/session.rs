@@ -18,7 +18,8 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use super::guard::Guarded;
-use super::{mutf7, quote, uid_set, ImapError};
+use super::{quote, uid_set, ImapError};
+use crate::mutf7;
 use crate::sync::remote::{
     FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Remote, RemoteFlags, Selected,
 };

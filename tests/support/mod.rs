@@ -27,7 +27,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use imapbak::imap::mutf7;
+use imapbak::mutf7;
 
 /// The hierarchy separator of the test server's INBOX namespace.
 pub const SEP: char = '/';

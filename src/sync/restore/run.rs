@@ -30,13 +30,13 @@ use std::time::Duration;
 use globset::GlobSet;
 use serde::Serialize;
 
-use super::remote::{ListedMailbox, Remote};
 use crate::archive::names::levels_for;
 use crate::archive::{hash_file, letters_to_flags, read_message, Archive, FileName, Keywords};
 use crate::exit_codes::ExitCode;
 use crate::imap::{mutf7, ImapError};
 use crate::progress::Progress;
 use crate::report::human_bytes;
+use crate::sync::remote::{ListedMailbox, Remote};
 
 // ---------------------------------------------------------------------------
 // What restore needs from a server
@@ -949,7 +949,7 @@ where
     });
     let queue = Arc::new(Mutex::new(VecDeque::from(ready)));
     let connect = Arc::new(connect);
-    let results = super::pool::run(jobs, first, |conn| {
+    let results = crate::sync::pool::run(jobs, first, |conn| {
         let (ctx, queue, connect) = (ctx.clone(), queue.clone(), connect.clone());
         async move { worker(conn, &ctx, &queue, &*connect).await }
     })

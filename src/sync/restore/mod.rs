@@ -1,0 +1,97 @@
+//! Restore: put an archive back on an IMAP server, exactly once, with flags
+//! and INTERNALDATE. The archive is only read (never locked, scanned with
+//! repair or written): message files are listed from `cur/` and `new/`.
+//!
+//! Exactly once rests on what the target holds, not on what we remember:
+//! before appending into a mailbox we fingerprint its messages (size +
+//! INTERNALDATE + Message-ID, or + SHA-256 of the bytes when there is no
+//! Message-ID) and append only archive messages without a match, matching
+//! one to one so that true duplicates in the archive stay duplicates. A run
+//! killed at any point leaves each message either on the server or not, and
+//! the next run sees which. What we remember (APPENDUID, in a state
+//! directory outside the archive) only saves reading archived headers again
+//! for messages whose recorded UID still holds the same date.
+//!
+//! This file holds what restore needs from a server ([`RestoreTarget`] and
+//! its plain types). Planning is pure, in `plan.rs` ([`plan_mailboxes`],
+//! [`target_uids_to_hash`], [`missing_messages`]); `run.rs` reads the
+//! archive ([`read_archive`]) and [`restore_account`] runs the plan on
+//! `jobs` connections through [`RestoreTarget`]; `report.rs` says what
+//! happened and `state.rs` keeps the APPENDUID record ([`RestoreState`]).
+
+use std::future::Future;
+
+use crate::imap::ImapError;
+use crate::sync::remote::Remote;
+
+mod plan;
+mod report;
+mod run;
+mod state;
+
+pub use plan::{
+    is_quota, is_throttle, message_id_of, missing_messages, plan_mailboxes, target_uids_to_hash,
+    upload_batches, upload_flags, MailboxPlan, Refused, RestoreOptions, SourceMailbox,
+    SourceMessage,
+};
+pub use report::{RestoreMailboxReport, RestoreReport};
+pub use run::{read_archive, restore_account};
+pub use state::RestoreState;
+
+/// One message already on the target, as cheaply as it can be told apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetMessage {
+    pub uid: u32,
+    pub size: u64,
+    /// INTERNALDATE, seconds since the epoch.
+    pub secs: i64,
+    /// The Message-ID header's value, unfolded and trimmed.
+    pub message_id: Option<String>,
+}
+
+/// One message to append.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// IMAP flags and keywords; never `\Deleted` or `\Recent`.
+    pub flags: Vec<String>,
+    /// INTERNALDATE, seconds since the epoch.
+    pub internaldate: i64,
+    pub body: Vec<u8>,
+}
+
+/// The operations restore needs beyond [`Remote`]. Errors for which
+/// `ImapError::is_connection_level` is false leave the connection usable.
+pub trait RestoreTarget: Remote {
+    /// The hierarchy delimiter of the personal namespace (`LIST "" ""`);
+    /// `None` for a flat server.
+    fn delimiter(&mut self) -> impl Future<Output = Result<Option<char>, ImapError>> + Send;
+
+    /// Creates `raw` (modified UTF-7); an existing mailbox is not an error.
+    fn create(&mut self, raw: &str) -> impl Future<Output = Result<(), ImapError>> + Send;
+
+    /// EXAMINEs `raw` and returns its UIDVALIDITY and every message's
+    /// fingerprint, without marking anything seen.
+    fn fingerprints(
+        &mut self,
+        raw: &str,
+    ) -> impl Future<Output = Result<(u32, Vec<TargetMessage>), ImapError>> + Send;
+
+    /// SHA-256 (hex) of the bytes of `uids` (sorted) of the selected mailbox.
+    fn body_hashes(
+        &mut self,
+        uids: &[u32],
+    ) -> impl Future<Output = Result<Vec<(u32, String)>, ImapError>> + Send;
+
+    /// Appends `messages` to `raw` in order, pipelined. `on_result(i, r)`
+    /// is called once per message as the server answers, with APPENDUID's
+    /// (UIDVALIDITY, UID) when given; the call returns `Err` only when the
+    /// connection is lost (messages without a result are then unknown).
+    fn append<F>(
+        &mut self,
+        raw: &str,
+        messages: &[Upload],
+        on_result: F,
+    ) -> impl Future<Output = Result<(), ImapError>> + Send
+    where
+        F: FnMut(usize, Result<Option<(u32, u32)>, ImapError>) + Send;
+}

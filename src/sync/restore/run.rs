@@ -1,0 +1,618 @@
+//! Restore's executor: reads the archive, then applies the plan through
+//! [`RestoreTarget`] on `jobs` connections, retrying and stopping by scope.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::plan::{
+    is_quota, is_throttle, message_id_of, missing_messages, plan_mailboxes, target_uids_to_hash,
+    upload_batches, upload_flags, MailboxPlan, RestoreOptions, SourceMailbox, SourceMessage,
+};
+use super::report::{RestoreMailboxReport, RestoreReport};
+use super::state::RestoreState;
+use super::{RestoreTarget, Upload};
+use crate::archive::names::levels_for;
+use crate::archive::{hash_file, read_message, Archive, FileName};
+use crate::exit_codes::ExitCode;
+use crate::imap::ImapError;
+use crate::progress::Progress;
+
+/// Lists every archived mailbox and its messages, reading nothing but
+/// directory entries and `dovecot-keywords`. Folders whose name is not one
+/// imapbak writes are skipped with a warning.
+pub fn read_archive(archive: &Archive) -> Result<Vec<SourceMailbox>, crate::archive::ArchiveError> {
+    use crate::archive::ArchiveError;
+    let mail = archive.mail_dir();
+    let mut dirs = vec![String::new()];
+    let rd = fs::read_dir(&mail).map_err(ArchiveError::io("cannot read directory", &mail))?;
+    for e in rd {
+        let e = e.map_err(ArchiveError::io("cannot read directory", &mail))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && e.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs.push(name);
+        }
+    }
+    dirs.sort();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Some(levels) = levels_for(&dir) else {
+            log::warn!(
+                "folder `{}` is not one imapbak writes; not restored",
+                mail.join(&dir).display()
+            );
+            continue;
+        };
+        let folder = archive.folder(&dir);
+        if !folder.exists() {
+            continue;
+        }
+        let mut messages = Vec::new();
+        let mut foreign = 0usize;
+        for sub in ["cur", "new"] {
+            let d = folder.path().join(sub);
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(ArchiveError::Io {
+                        what: "cannot read directory",
+                        path: d,
+                        source: e,
+                    })
+                }
+            };
+            for e in rd {
+                let e = e.map_err(ArchiveError::io("cannot read directory", &d))?;
+                let parsed = e.file_name().to_str().and_then(FileName::parse);
+                match parsed {
+                    Some(n) if e.file_type().is_ok_and(|t| t.is_file()) => {
+                        messages.push(SourceMessage {
+                            path: e.path(),
+                            base: n.base(),
+                            secs: n.secs,
+                            size: n.size,
+                            letters: n.flags,
+                        })
+                    }
+                    _ => foreign += 1,
+                }
+            }
+        }
+        if foreign > 0 {
+            log::warn!(
+                "{foreign} file(s) in `{}` are not imapbak's; not restored",
+                folder.path().display()
+            );
+        }
+        // Dovecot assigns UIDs in append order: oldest first keeps the order.
+        messages.sort_by(|a, b| (a.secs, &a.base).cmp(&(b.secs, &b.base)));
+        messages.dedup_by(|a, b| a.base == b.base);
+        out.push(SourceMailbox {
+            keywords: folder.load_keywords()?,
+            dir,
+            levels,
+            messages,
+        });
+    }
+    Ok(out)
+}
+
+/// The first header block of an archived message (at most 256 KiB are
+/// decompressed).
+fn read_header(path: &Path) -> Result<Vec<u8>, crate::archive::ArchiveError> {
+    use crate::archive::ArchiveError;
+    let file = File::open(path).map_err(ArchiveError::io("cannot open", path))?;
+    let mut dec =
+        zstd::stream::Decoder::new(file).map_err(ArchiveError::io("cannot open", path))?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = dec.read(&mut buf).map_err(|e| ArchiveError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("does not decompress: {e}"),
+        })?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if let Some(end) = header_end(&out) {
+            out.truncate(end);
+            break;
+        }
+        if out.len() > 256 * 1024 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn header_end(b: &[u8]) -> Option<usize> {
+    let crlf = b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    let lf = b.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Attempts per mailbox when the connection drops or the server throttles.
+const ATTEMPTS: u32 = 5;
+/// Upper bounds of one APPEND batch (one MULTIAPPEND command where the
+/// server offers it). Memory per job: about three batches.
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+const BATCH_COUNT: usize = 256;
+
+/// Why a mailbox attempt stopped.
+#[derive(Debug)]
+enum Stop {
+    /// Connection lost or throttled: reconnect, back off, retry.
+    Retry(String),
+    /// The target is full: the whole run stops.
+    Quota(String),
+    /// This mailbox failed; go on with the next.
+    Failed(String),
+}
+
+struct Ctx {
+    opts: RestoreOptions,
+    progress: Arc<dyn Progress>,
+    state: Option<RestoreState>,
+    /// Set when the target is over quota: every worker stops.
+    stop: AtomicBool,
+    quota: Mutex<Option<String>>,
+    target_name: String,
+    /// The previous run was killed: let the server finish what it had
+    /// received before fingerprinting.
+    settle_first: bool,
+}
+
+/// Restores the archive of `source_name` (already read into `sources`)
+/// into the server `connect` reaches. Never panics on server input; every
+/// failure ends up in the report with its scope.
+pub async fn restore_account<R, F, Fut>(
+    source_name: &str,
+    target_name: &str,
+    sources: Vec<SourceMailbox>,
+    state: Option<RestoreState>,
+    opts: RestoreOptions,
+    progress: Arc<dyn Progress>,
+    connect: F,
+) -> RestoreReport
+where
+    R: RestoreTarget + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, ImapError>> + Send,
+{
+    let mut report = RestoreReport {
+        account: source_name.to_string(),
+        target: target_name.to_string(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let mut first = match connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            report.code = Some(ExitCode::Connection);
+            report.error = Some(format!("cannot connect to `{target_name}`: {e}"));
+            return report;
+        }
+    };
+    let listing = async {
+        let listed = first.list().await?;
+        let delim = first.delimiter().await?;
+        Ok::<_, ImapError>((listed, delim))
+    };
+    let (listed, delimiter) = match listing.await {
+        Ok(x) => x,
+        Err(e) => {
+            report.code = Some(ExitCode::Connection);
+            report.error = Some(format!("cannot list the mailboxes of `{target_name}`: {e}"));
+            return report;
+        }
+    };
+    let (plans, refused) = plan_mailboxes(&sources, &listed, delimiter, &opts);
+    for r in refused {
+        report.mailboxes.push(RestoreMailboxReport {
+            source: r.source,
+            outcome: "skipped",
+            errors: vec![format!("not restored: {}", r.reason)],
+            ..Default::default()
+        });
+    }
+
+    // Mailboxes are created one by one, parents first, before any append.
+    let mut ready = Vec::new();
+    for p in plans {
+        if p.create && !opts.dry_run {
+            if let Err(e) = first.create(&p.raw).await {
+                let lost = e.is_connection_level();
+                report.mailboxes.push(RestoreMailboxReport {
+                    source: p.source.clone(),
+                    target: p.target.clone(),
+                    outcome: "failed",
+                    errors: vec![format!(
+                        "the target refused to create `{}`: {e}\nhint: pick another name with --prefix",
+                        p.target
+                    )],
+                    ..Default::default()
+                });
+                if lost {
+                    report.code = Some(ExitCode::Connection);
+                    report.error = Some(format!("connection to `{target_name}` lost: {e}"));
+                    return report;
+                }
+                continue;
+            }
+        }
+        ready.push(p);
+    }
+    ready.sort_by_key(|p| std::cmp::Reverse(p.messages.len()));
+
+    let jobs = opts.jobs.clamp(1, ready.len().max(1));
+    let settle_first = match &state {
+        Some(s) if !opts.dry_run => s.begin_run(),
+        _ => false,
+    };
+    if settle_first {
+        log::warn!(
+            "the previous restore into `{target_name}` did not finish; waiting for the server to settle before checking what it holds"
+        );
+    }
+    let ctx = Arc::new(Ctx {
+        settle_first,
+        opts,
+        progress,
+        state,
+        stop: AtomicBool::new(false),
+        quota: Mutex::new(None),
+        target_name: target_name.to_string(),
+    });
+    let queue = Arc::new(Mutex::new(VecDeque::from(ready)));
+    let connect = Arc::new(connect);
+    let results = crate::sync::pool::run(jobs, first, |conn| {
+        let (ctx, queue, connect) = (ctx.clone(), queue.clone(), connect.clone());
+        async move { worker(conn, &ctx, &queue, &*connect).await }
+    })
+    .await;
+    for w in results {
+        match w {
+            Ok(reports) => report.mailboxes.extend(reports),
+            Err(e) => report.error = Some(format!("internal error: {e}")),
+        }
+    }
+    if let Some(s) = &ctx.state {
+        if !ctx.opts.dry_run {
+            s.end_run();
+        }
+    }
+    let quota = ctx.quota.lock().expect("quota lock").clone();
+    for p in queue.lock().expect("queue lock").drain(..) {
+        let why = if quota.is_some() {
+            "not restored: the target is over quota"
+        } else {
+            "not restored: no connection to the server"
+        };
+        report.mailboxes.push(RestoreMailboxReport {
+            source: p.source,
+            target: p.target,
+            created: p.create,
+            outcome: "skipped",
+            errors: vec![why.into()],
+            ..Default::default()
+        });
+    }
+    if let Some(text) = quota {
+        report.code = Some(ExitCode::QuotaFull);
+        report.error = Some(format!(
+            "the target `{target_name}` is over quota; restore stopped: {text}\n\
+             hint: free space or raise the quota on the target, then run the same command again \
+             (messages already restored are skipped)"
+        ));
+    }
+    report.mailboxes.sort_by(|a, b| a.source.cmp(&b.source));
+    report
+}
+
+async fn worker<R, F, Fut>(
+    mut conn: Option<R>,
+    ctx: &Ctx,
+    queue: &Mutex<VecDeque<MailboxPlan>>,
+    connect: &F,
+) -> Vec<RestoreMailboxReport>
+where
+    R: RestoreTarget,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<R, ImapError>>,
+{
+    let mut reports = Vec::new();
+    'plans: loop {
+        if ctx.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Some(plan) = queue.lock().expect("queue lock").pop_front() else {
+            break;
+        };
+        let mut rep = RestoreMailboxReport {
+            source: plan.source.clone(),
+            target: plan.target.clone(),
+            created: plan.create,
+            ..Default::default()
+        };
+        let mut attempt = 0;
+        let mut settle = ctx.settle_first;
+        loop {
+            attempt += 1;
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match connect().await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) if attempt < ATTEMPTS => {
+                        log::warn!("cannot reconnect to `{}`: {e}; retrying", ctx.target_name);
+                        backoff(attempt).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        rep.outcome = "failed";
+                        rep.errors
+                            .push(format!("not restored: cannot connect to the server: {e}"));
+                        reports.push(rep);
+                        continue 'plans;
+                    }
+                },
+            };
+            rep.errors.clear();
+            match restore_mailbox(c, &plan, ctx, &mut rep, settle).await {
+                Ok(()) => break,
+                Err(Stop::Retry(why)) if attempt < ATTEMPTS => {
+                    // Appends sent on the lost connection may still land.
+                    settle = true;
+                    log::warn!(
+                        "`{}`: {why}; retrying (attempt {} of {ATTEMPTS})",
+                        plan.target,
+                        attempt + 1
+                    );
+                    conn = None;
+                    backoff(attempt).await;
+                }
+                Err(Stop::Retry(why)) => {
+                    rep.outcome = "failed";
+                    rep.errors
+                        .push(format!("gave up after {ATTEMPTS} attempts: {why}"));
+                    conn = None;
+                    break;
+                }
+                Err(Stop::Quota(text)) => {
+                    rep.outcome = "failed";
+                    ctx.stop.store(true, Ordering::SeqCst);
+                    ctx.quota
+                        .lock()
+                        .expect("quota lock")
+                        .get_or_insert(text.clone());
+                    rep.errors.push(format!("over quota: {text}"));
+                    break;
+                }
+                Err(Stop::Failed(why)) => {
+                    rep.outcome = "failed";
+                    rep.errors.push(why);
+                    break;
+                }
+            }
+        }
+        reports.push(rep);
+    }
+    if let Some(c) = conn {
+        c.logout().await;
+    }
+    reports
+}
+
+async fn backoff(attempt: u32) {
+    let secs = 1u64 << attempt.min(5).saturating_sub(1);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+}
+
+fn classify(e: ImapError) -> Stop {
+    match e {
+        ImapError::No { ref text, .. } if is_quota(text) => Stop::Quota(text.clone()),
+        ImapError::No { ref text, .. } | ImapError::Bye(ref text) if is_throttle(text) => {
+            Stop::Retry(e.to_string())
+        }
+        e if e.is_connection_level() => Stop::Retry(e.to_string()),
+        e => Stop::Failed(e.to_string()),
+    }
+}
+
+/// One attempt at one mailbox; what was appended before a failure stays in
+/// `rep` (and on the server, where the next attempt finds it).
+async fn restore_mailbox<R: RestoreTarget>(
+    conn: &mut R,
+    plan: &MailboxPlan,
+    ctx: &Ctx,
+    rep: &mut RestoreMailboxReport,
+    settle: bool,
+) -> Result<(), Stop> {
+    let dry = ctx.opts.dry_run;
+    if settle && !(plan.create && dry) {
+        settle_mailbox(conn, &plan.raw).await.map_err(classify)?;
+    }
+    let (uv, target) = if plan.create && dry {
+        (0, Vec::new())
+    } else {
+        conn.fingerprints(&plan.raw).await.map_err(classify)?
+    };
+    let recorded = match &ctx.state {
+        Some(s) if uv != 0 => s.load(&plan.raw, uv),
+        _ => HashMap::new(),
+    };
+    let to_hash = target_uids_to_hash(&plan.messages, &target);
+    let hashes: HashMap<u32, String> = conn
+        .body_hashes(&to_hash)
+        .await
+        .map_err(classify)?
+        .into_iter()
+        .collect();
+    let missing = tokio::task::block_in_place(|| {
+        missing_messages(
+            &plan.messages,
+            &target,
+            &recorded,
+            &hashes,
+            |m| read_header(&m.path).map(|h| message_id_of(&h)),
+            |m| hash_file(&m.path).map(|(_, h)| h),
+        )
+    })
+    .map_err(|e| Stop::Failed(e.to_string()))?;
+    let todo: Vec<&SourceMessage> = missing.iter().map(|&i| &plan.messages[i]).collect();
+    // Messages appended by an earlier attempt of this run are on the target now.
+    rep.present = ((plan.messages.len() - todo.len()) as u64).saturating_sub(rep.appended);
+    if dry {
+        rep.outcome = "planned";
+        rep.appended = todo.len() as u64;
+        rep.bytes = todo.iter().map(|m| m.size).sum();
+        return Ok(());
+    }
+    if todo.is_empty() {
+        if rep.outcome.is_empty() {
+            rep.outcome = if rep.appended > 0 || plan.create {
+                "restored"
+            } else {
+                "unchanged"
+            };
+        }
+        return Ok(());
+    }
+    rep.outcome = "restored";
+    let total: u64 = todo.iter().map(|m| m.size).sum();
+    ctx.progress
+        .mailbox_started(&plan.target, todo.len() as u64, total);
+    let result = append_all(conn, plan, &todo, ctx, rep).await;
+    ctx.progress.mailbox_finished(&plan.target);
+    if !rep.errors.is_empty() && result.is_ok() {
+        rep.outcome = "failed";
+    }
+    result
+}
+
+/// How long the mailbox must stay unchanged, and the most we wait.
+const SETTLE_QUIET: Duration = Duration::from_secs(1);
+const SETTLE_MAX: Duration = Duration::from_secs(60);
+
+/// Waits until `raw` stops growing. A server keeps executing the APPENDs a
+/// killed or disconnected client had fully sent; fingerprinting before they
+/// land would append those messages a second time.
+async fn settle_mailbox<R: RestoreTarget>(conn: &mut R, raw: &str) -> Result<(), ImapError> {
+    let start = std::time::Instant::now();
+    let mut last = conn.examine(raw).await?;
+    loop {
+        tokio::time::sleep(SETTLE_QUIET).await;
+        let now = conn.examine(raw).await?;
+        if (now.uidnext, now.exists) == (last.uidnext, last.exists) {
+            return Ok(());
+        }
+        if start.elapsed() > SETTLE_MAX {
+            log::warn!("`{raw}` is still changing after {SETTLE_MAX:?}; going on");
+            return Ok(());
+        }
+        last = now;
+    }
+}
+
+/// Reads messages on a thread (bounded: one batch ahead) and appends them
+/// batch by batch, recording each APPENDUID.
+async fn append_all<R: RestoreTarget>(
+    conn: &mut R,
+    plan: &MailboxPlan,
+    todo: &[&SourceMessage],
+    ctx: &Ctx,
+    rep: &mut RestoreMailboxReport,
+) -> Result<(), Stop> {
+    let sizes: Vec<u64> = todo.iter().map(|m| m.size).collect();
+    let batches = upload_batches(&sizes, BATCH_BYTES, BATCH_COUNT);
+    type Batch = Vec<(SourceMessage, Result<Upload, String>)>;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(1);
+    let owned: Vec<SourceMessage> = todo.iter().map(|m| (*m).clone()).collect();
+    let keywords = plan.keywords.clone();
+    let reader = std::thread::spawn(move || {
+        for (a, b) in batches {
+            let batch: Batch = owned[a..b]
+                .iter()
+                .map(|m| {
+                    let up = read_message(&m.path)
+                        .map(|body| Upload {
+                            flags: upload_flags(&m.letters, &keywords),
+                            internaldate: m.secs,
+                            body,
+                        })
+                        .map_err(|e| e.to_string());
+                    (m.clone(), up)
+                })
+                .collect();
+            if tx.blocking_send(batch).is_err() {
+                return;
+            }
+        }
+    });
+    let mut outcome = Ok(());
+    while let Some(batch) = rx.recv().await {
+        let mut uploads = Vec::with_capacity(batch.len());
+        let mut sources = Vec::with_capacity(batch.len());
+        for (m, up) in batch {
+            match up {
+                Ok(u) => {
+                    uploads.push(u);
+                    sources.push(m);
+                }
+                Err(e) => rep
+                    .errors
+                    .push(format!("cannot read archived message: {e}")),
+            }
+        }
+        let mut records = Vec::new();
+        let mut stop: Option<Stop> = None;
+        let r = conn
+            .append(&plan.raw, &uploads, |i, result| match result {
+                Ok(uid) => {
+                    let m = &sources[i];
+                    rep.appended += 1;
+                    rep.bytes += m.size;
+                    ctx.progress.message_written(&plan.target, m.size);
+                    if let Some((uv, uid)) = uid {
+                        records.push((uv, uid, m.base.clone()));
+                    }
+                }
+                Err(e) => match classify(e) {
+                    Stop::Failed(text) => rep.errors.push(format!(
+                        "the server rejected `{}`: {text}",
+                        sources[i].path.display()
+                    )),
+                    s => {
+                        stop.get_or_insert(s);
+                    }
+                },
+            })
+            .await;
+        if let Some(state) = &ctx.state {
+            state.record(&plan.raw, &records);
+        }
+        if let Err(e) = r {
+            outcome = Err(classify(e));
+            break;
+        }
+        if let Some(s) = stop {
+            outcome = Err(s);
+            break;
+        }
+        if ctx.stop.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    drop(rx);
+    let _ = tokio::task::block_in_place(|| reader.join());
+    outcome
+}

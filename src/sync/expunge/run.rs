@@ -25,14 +25,14 @@ use std::sync::Arc;
 use globset::GlobSet;
 use serde::{Deserialize, Serialize};
 
-use super::plan::choose_mailboxes;
-use super::remote::{ListedMailbox, Selected};
 use crate::archive::{hash_file, Archive, ArchiveError, Folder};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::imap::ImapError;
 use crate::progress::Progress;
 use crate::report::human_bytes;
+use crate::sync::plan::choose_mailboxes;
+use crate::sync::remote::{ListedMailbox, Selected};
 
 // ---------------------------------------------------------------------------
 // What expunge needs from a server

@@ -1,0 +1,6 @@
+//! Expunge, moved into a folder; the next commit splits `run.rs` into
+//! plan/run/report/state.
+
+mod run;
+
+pub use run::*;

@@ -1,0 +1,121 @@
+//! Expunge: delete from the server only what the archive provably holds.
+//!
+//! A message is a candidate only when its mailbox has the UIDVALIDITY of
+//! the last pull, its UID is journaled, the server's RFC822.SIZE equals the
+//! archived size, and (re-hashed now, never trusted from a cache) the
+//! archived file decompresses to the size and SHA-256 recorded at pull time.
+//! Nothing is downloaded. Messages another client marked `\Deleted` are
+//! left alone, deletion is `UID STORE +FLAGS.SILENT (\Deleted)` then
+//! `UID EXPUNGE` of the same UIDs (never `EXPUNGE` or `CLOSE`), and the UIDs
+//! about to be marked are written to `expunge-pending.json` in the
+//! mailbox's state directory first, so an interrupted run is finished (or
+//! its marks taken back) by the next one.
+//!
+//! This file holds what expunge needs from a server: [`ExpungeRemote`] and
+//! its plain types. `plan.rs` holds the pure, unit-tested parts (the options
+//! and their parsers, `plan_mailbox`, `bytes_to_free`, `Limits`, the plan's
+//! [`ExpungeAction`]); `state.rs` the `expunge-pending.json` record;
+//! `run.rs` the executor, `expunge_account`, which runs the planner against
+//! an [`ExpungeRemote`] and the archive; `report.rs` what a run reports.
+
+use std::future::Future;
+
+use serde::Serialize;
+
+use super::remote::{ListedMailbox, Selected};
+use crate::imap::ImapError;
+
+mod plan;
+mod report;
+mod run;
+mod state;
+
+pub use plan::{
+    bytes_to_free, order_candidates, parse_age, parse_percent, percent, plan_mailbox, ArchivedCopy,
+    Candidate, ExpungeAction, ExpungeOptions, Limits, MailboxFacts, MailboxPlan, Selection,
+    SkipReason,
+};
+pub use report::{AccountExpunge, ExpungeReport, MailboxExpunge, QuotaUsage};
+pub use run::expunge_account;
+pub use state::{load_pending, Pending};
+
+/// Metadata of one message, as `UID FETCH (UID FLAGS INTERNALDATE
+/// RFC822.SIZE)` reports it. Never the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerMeta {
+    pub uid: u32,
+    /// INTERNALDATE, seconds since the epoch.
+    pub internaldate: i64,
+    pub size: u32,
+    pub flags: Vec<String>,
+}
+
+impl ServerMeta {
+    fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
+    }
+}
+
+/// One quota root and its resources (GETQUOTAROOT, RFC 2087 / 9208).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaRoot {
+    pub root: String,
+    pub resources: Vec<QuotaResource>,
+}
+
+/// One resource of a quota root. `STORAGE` is counted in KiB (1024 bytes),
+/// `MESSAGE` in messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaResource {
+    pub name: String,
+    pub usage: u64,
+    pub limit: u64,
+}
+
+/// The operations expunge and quota need from a server; each either
+/// completes or returns an error (`ImapError::is_connection_level` says
+/// whether the connection survives it).
+pub trait ExpungeRemote: Send {
+    /// True if the server announced `cap` (upper case).
+    fn has_capability(&self, cap: &str) -> bool;
+
+    /// Every mailbox (statuses are not needed).
+    fn list_mailboxes(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<ListedMailbox>, ImapError>> + Send;
+
+    /// Opens `raw` read-only.
+    fn examine(&mut self, raw: &str) -> impl Future<Output = Result<Selected, ImapError>> + Send;
+
+    /// Opens `raw` read-write. Selecting another mailbox later deselects
+    /// this one without expunging anything (RFC 3501 6.3.1).
+    fn select(&mut self, raw: &str) -> impl Future<Output = Result<Selected, ImapError>> + Send;
+
+    /// Metadata of the selected mailbox's messages: all of them (`None`) or
+    /// only `uids` (sorted). UIDs that no longer exist are simply absent.
+    fn metadata(
+        &mut self,
+        uids: Option<&[u32]>,
+    ) -> impl Future<Output = Result<Vec<ServerMeta>, ImapError>> + Send;
+
+    /// `UID STORE <uids> +FLAGS.SILENT (\Deleted)` (`mark == true`) or
+    /// `-FLAGS.SILENT (\Deleted)` on the selected mailbox.
+    fn set_deleted(
+        &mut self,
+        uids: &[u32],
+        mark: bool,
+    ) -> impl Future<Output = Result<(), ImapError>> + Send;
+
+    /// `UID EXPUNGE <uids>` (UIDPLUS / IMAP4rev2): removes only those of
+    /// `uids` that carry `\Deleted`, never anything else.
+    fn uid_expunge(&mut self, uids: &[u32]) -> impl Future<Output = Result<(), ImapError>> + Send;
+
+    /// The quota roots of `mailbox` with their resources (GETQUOTAROOT).
+    fn quota_roots(
+        &mut self,
+        mailbox: &str,
+    ) -> impl Future<Output = Result<Vec<QuotaRoot>, ImapError>> + Send;
+
+    /// Ends the session politely; errors are ignored.
+    fn logout(self) -> impl Future<Output = ()> + Send;
+}

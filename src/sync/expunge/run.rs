@@ -1,0 +1,891 @@
+//! The executor: applies the expunge plan to one account through an
+//! [`ExpungeRemote`] and the archive, recording pending UIDs before each STORE.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::Arc;
+
+use super::plan::{
+    bytes_to_free, order_candidates, plan_mailbox, ArchivedCopy, Candidate, Chosen, ExpungeAction,
+    ExpungeOptions, Limits, MailboxFacts, Pick, Selection, SkipReason,
+};
+use super::report::{AccountExpunge, MailboxExpunge, QuotaUsage};
+use super::state::{load_pending, save_pending, Pending};
+use super::{ExpungeRemote, ServerMeta};
+use crate::archive::{hash_file, Archive, ArchiveError, Folder};
+use crate::config::Account;
+use crate::exit_codes::ExitCode;
+use crate::imap::ImapError;
+use crate::progress::Progress;
+use crate::sync::plan::choose_mailboxes;
+use crate::sync::remote::ListedMailbox;
+
+/// A failure in one mailbox.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Imap(#[from] ImapError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+impl Failure {
+    fn connection_lost(&self) -> bool {
+        matches!(self, Failure::Imap(e) if e.is_connection_level())
+    }
+}
+
+/// One mailbox of the run, as gathered in the first pass.
+struct Box_ {
+    name: String,
+    raw: String,
+    folder: Folder,
+    uidvalidity: u32,
+    pending: Pending,
+}
+
+/// UIDs per command, so a command line stays far below server limits.
+const CHUNK: usize = 500;
+
+/// Expunges one account over `conn`. Never panics on server input; every
+/// failure ends up in the report with its scope.
+pub async fn expunge_account<R: ExpungeRemote>(
+    account: &Account,
+    opts: &ExpungeOptions,
+    progress: Arc<dyn Progress>,
+    mut conn: R,
+) -> AccountExpunge {
+    let report = AccountExpunge::new(account);
+    let archive = Archive::at(&account.archive);
+    if !archive.state_dir().is_dir() {
+        conn.logout().await;
+        return report.fail(
+            ExitCode::Usage,
+            format!(
+                "no archive at `{}`: nothing can be verified, so nothing is expunged\nhint: run `imapbak pull --account {}` first",
+                account.archive.display(),
+                account.name
+            ),
+        );
+    }
+    let _lock = match archive.lock() {
+        Ok(l) => l,
+        Err(e) => {
+            conn.logout().await;
+            let code = match e {
+                ArchiveError::Locked { .. } => ExitCode::Locked,
+                _ => ExitCode::Partial,
+            };
+            return report.fail(
+                code,
+                format!(
+                    "{e}\nhint: wait for the other run to finish; expunge never runs during a pull"
+                ),
+            );
+        }
+    };
+    if !conn.has_capability("UIDPLUS") && !conn.has_capability("IMAP4REV2") {
+        conn.logout().await;
+        return report.fail(
+            ExitCode::Partial,
+            format!(
+                "server `{}` offers neither UIDPLUS nor IMAP4rev2, so it cannot expunge single messages; refusing (a plain EXPUNGE would also remove messages other clients marked \\Deleted)\nhint: nothing was deleted; ask the provider for UIDPLUS, or delete old mail with a mail client",
+                account.host
+            ),
+        );
+    }
+    if opts.free_to.is_some() && !conn.has_capability("QUOTA") {
+        conn.logout().await;
+        return report.fail(
+            ExitCode::Usage,
+            format!(
+                "server `{}` does not offer QUOTA, so `--free-to` has no usage to aim at\nhint: use `--older-than` instead",
+                account.host
+            ),
+        );
+    }
+    let mut run = Run {
+        account,
+        opts,
+        progress,
+        report,
+        boxes: HashMap::new(),
+    };
+    match run.go(&mut conn).await {
+        Ok(()) => {}
+        Err(e) => {
+            let msg = e.to_string();
+            if run.report.error.is_none() {
+                run.report.code = Some(
+                    if matches!(e, Failure::Imap(ref i) if i.is_connection_level()) {
+                        ExitCode::Connection
+                    } else {
+                        ExitCode::Partial
+                    },
+                );
+                run.report.error = Some(msg);
+            }
+        }
+    }
+    conn.logout().await;
+    run.report
+}
+
+struct Run<'a> {
+    account: &'a Account,
+    opts: &'a ExpungeOptions,
+    progress: Arc<dyn Progress>,
+    report: AccountExpunge,
+    boxes: HashMap<usize, Box_>,
+}
+
+impl Run<'_> {
+    async fn quota<R: ExpungeRemote>(&self, conn: &mut R) -> Result<Option<QuotaUsage>, Failure> {
+        if !conn.has_capability("QUOTA") {
+            return Ok(None);
+        }
+        Ok(QuotaUsage::of(&conn.quota_roots("INBOX").await?))
+    }
+
+    async fn go<R: ExpungeRemote>(&mut self, conn: &mut R) -> Result<(), Failure> {
+        let before = self.quota(conn).await?;
+        self.report.quota_before = before.clone();
+        let mut need = match (self.opts.free_to, &before) {
+            (Some(p), Some(q)) => {
+                match bytes_to_free(q.usage_bytes / 1024, q.limit_bytes / 1024, p) {
+                    Some(n) => Some(n),
+                    None => {
+                        self.report.code = Some(ExitCode::Usage);
+                        self.report.error = Some(format!(
+                        "quota root `{}` has no storage limit, so `--free-to` has nothing to aim at\nhint: use `--older-than` instead",
+                        q.root
+                    ));
+                        return Ok(());
+                    }
+                }
+            }
+            (Some(_), None) => {
+                self.report.code = Some(ExitCode::Usage);
+                self.report.error = Some(
+                    "the server reports no STORAGE quota for INBOX, so `--free-to` has nothing to aim at\nhint: use `--older-than` instead".into(),
+                );
+                return Ok(());
+            }
+            _ => None,
+        };
+
+        // Pass 1: read-only. What the server holds, what the archive holds.
+        let listed = conn.list_mailboxes().await?;
+        let globs = self.opts.mailboxes.clone();
+        let (targets, refused) = choose_mailboxes(&listed, |n| {
+            self.account.wants(n) && globs.as_ref().is_none_or(|g| g.is_match(n))
+        });
+        for r in refused {
+            log::info!(
+                "mailbox `{}` is not archived ({}); left alone",
+                r.name,
+                r.reason
+            );
+        }
+        let archive = Archive::at(&self.account.archive);
+        let sel = Selection {
+            cut: self.opts.cut,
+            keep_flagged: self.opts.keep_flagged,
+            keep_unseen: self.opts.keep_unseen,
+        };
+        let mut candidates = Vec::new();
+        let mut unmark: HashMap<usize, Vec<u32>> = HashMap::new();
+        let mut targets = targets;
+        targets.sort_by(|a, b| a.mailbox.name.cmp(&b.mailbox.name));
+        for t in targets {
+            let folder = archive.folder(&t.folder);
+            let idx = self.report.mailboxes.len();
+            self.report.mailboxes.push(MailboxExpunge {
+                name: t.mailbox.name.clone(),
+                folder: t.folder.clone(),
+                ..Default::default()
+            });
+            match self.gather(conn, &t.mailbox, folder, idx, &sel).await {
+                Ok(Some((c, u))) => {
+                    candidates.extend(c);
+                    if !u.is_empty() {
+                        unmark.insert(idx, u);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let lost = e.connection_lost();
+                    self.report.mailboxes[idx].errors.push(e.to_string());
+                    if lost {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        order_candidates(&mut candidates);
+
+        // Pass 2: verify oldest first until the limits are met, then delete.
+        // A server whose usage figure lags must not make every round free a
+        // whole `need` again: all rounds together free at most the first
+        // `need` plus a tenth (room for the server counting in its own units).
+        let ceiling = need.map(|n| n + n / 10);
+        let mut cursor = 0usize;
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let limits = Limits {
+                max: self
+                    .opts
+                    .max
+                    .map(|m| m.saturating_sub(self.report.messages.len() as u64)),
+                bytes: need,
+            };
+            let chosen = self.verify_until(&candidates, &mut cursor, limits, &mut unmark);
+            if self.opts.dry_run {
+                self.record(&chosen);
+                break;
+            }
+            self.apply(conn, chosen).await?;
+            unmark.clear();
+            if need.is_none() || cursor >= candidates.len() || rounds >= 10 {
+                break;
+            }
+            // Quota is counted by the server in its own units: ask again.
+            let now = self.quota(conn).await?;
+            let freed: u64 = self.report.messages.iter().map(|m| m.size).sum();
+            need = match (self.opts.free_to, now, ceiling) {
+                (Some(p), Some(q), Some(c)) => {
+                    bytes_to_free(q.usage_bytes / 1024, q.limit_bytes / 1024, p)
+                        .map(|n| n.min(c.saturating_sub(freed)))
+                }
+                _ => None,
+            };
+            if need.is_none_or(|n| n == 0)
+                || self
+                    .opts
+                    .max
+                    .is_some_and(|m| self.report.messages.len() as u64 >= m)
+            {
+                break;
+            }
+        }
+        self.report.beyond_limit = candidates.len().saturating_sub(cursor) as u64;
+        for m in &self.report.mailboxes {
+            for (r, n) in &m.skipped {
+                *self.report.skipped.entry(*r).or_default() += n;
+            }
+        }
+        self.report.expunged = self.report.messages.len() as u64;
+        self.report.bytes_freed = self.report.messages.iter().map(|m| m.size).sum();
+        if !self.opts.dry_run {
+            self.report.quota_after = self.quota(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Pass 1 for one mailbox: EXAMINE, metadata, scan, plan.
+    async fn gather<R: ExpungeRemote>(
+        &mut self,
+        conn: &mut R,
+        mailbox: &ListedMailbox,
+        folder: Folder,
+        idx: usize,
+        sel: &Selection,
+    ) -> Result<Option<(Vec<Candidate>, Vec<u32>)>, Failure> {
+        let status = folder.load_status()?;
+        if status.uidvalidity == 0 || !folder.exists() {
+            log::info!("mailbox `{}` was never pulled; left alone", mailbox.name);
+            return Ok(None);
+        }
+        let selected = conn.examine(&mailbox.raw).await?;
+        let index = tokio::task::block_in_place(|| folder.scan())?;
+        let messages = if selected.exists == 0 {
+            Vec::new()
+        } else {
+            conn.metadata(None).await?
+        };
+        let mut pending = load_pending(folder.state_dir())?;
+        if pending.uidvalidity != selected.uidvalidity {
+            pending.uids.clear();
+        }
+        // Only UIDs still on the server and still marked are ours to finish.
+        let before = pending.uids.len();
+        pending.uids.retain(|u| {
+            messages
+                .iter()
+                .any(|m| m.uid == *u && m.has_flag("\\Deleted"))
+        });
+        if !self.opts.dry_run && pending.uids.len() != before {
+            save_pending(folder.state_dir(), &pending)?;
+        }
+        let archived: HashMap<u32, ArchivedCopy> = index
+            .entries
+            .values()
+            .filter(|e| e.uidvalidity == selected.uidvalidity)
+            .filter_map(|e| {
+                let f = index.files.get(&e.base)?;
+                Some((
+                    e.uid,
+                    ArchivedCopy {
+                        size: e.size,
+                        internaldate: Some(f.name.secs),
+                        sha256: e.sha256.clone(),
+                        path: folder.path().join(f.subdir).join(f.name.full()),
+                    },
+                ))
+            })
+            .collect();
+        let ours: HashSet<u32> = pending.uids.iter().copied().collect();
+        let facts = MailboxFacts {
+            server_uidvalidity: selected.uidvalidity,
+            archived_uidvalidity: status.uidvalidity,
+            floor: status.floor,
+            messages: &messages,
+            archived: &archived,
+            ours: &ours,
+        };
+        let plan = plan_mailbox(&facts, sel, idx);
+        let rep = &mut self.report.mailboxes[idx];
+        rep.skipped = plan.skipped.clone();
+        for (uid, reason) in &plan.problems {
+            rep.warnings.push(format!(
+                "UID {uid} not expunged: {reason}\nhint: the server copy is kept; `imapbak verify` checks the archive"
+            ));
+        }
+        if selected.uidvalidity != status.uidvalidity {
+            rep.warnings.push(format!(
+                "UIDVALIDITY changed since the pull ({} -> {}): nothing in this mailbox is expunged\nhint: run `imapbak pull` to archive the new generation first",
+                status.uidvalidity, selected.uidvalidity
+            ));
+        }
+        self.boxes.insert(
+            idx,
+            Box_ {
+                name: mailbox.name.clone(),
+                raw: mailbox.raw.clone(),
+                folder,
+                uidvalidity: selected.uidvalidity,
+                pending,
+            },
+        );
+        Ok(Some((plan.candidates, plan.unmark)))
+    }
+
+    /// Re-hashes candidates from `cursor` on until `limits` are met;
+    /// resumed ones are always taken. A candidate that fails is skipped
+    /// (and, if it carries our mark, queued for unmarking).
+    fn verify_until(
+        &mut self,
+        candidates: &[Candidate],
+        cursor: &mut usize,
+        limits: Limits,
+        unmark: &mut HashMap<usize, Vec<u32>>,
+    ) -> HashMap<usize, Chosen> {
+        let mut chosen: HashMap<usize, Chosen> = HashMap::new();
+        for (i, u) in unmark.drain() {
+            chosen.entry(i).or_default().unmark.extend(u);
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let todo: u64 = candidates[*cursor..].iter().map(|c| c.size).sum();
+        self.progress
+            .mailbox_started("verify", (candidates.len() - *cursor) as u64, todo);
+        while *cursor < candidates.len() {
+            let c = &candidates[*cursor];
+            if !c.resumed && limits.reached(count, bytes) {
+                break;
+            }
+            *cursor += 1;
+            let verdict = tokio::task::block_in_place(|| verify(c));
+            self.progress.message_written("verify", c.size);
+            match verdict {
+                Ok(()) => {
+                    count += 1;
+                    bytes += c.size;
+                    chosen.entry(c.mailbox).or_default().uids.push(Pick {
+                        uid: c.uid,
+                        size: c.size,
+                        internaldate: c.internaldate,
+                        resumed: c.resumed,
+                    });
+                }
+                Err((reason, detail)) => {
+                    let rep = &mut self.report.mailboxes[c.mailbox];
+                    *rep.skipped.entry(reason).or_default() += 1;
+                    rep.warnings.push(format!(
+                        "UID {} not expunged: {reason}: {detail}\nhint: the server copy is kept; `imapbak verify` checks the archive",
+                        c.uid
+                    ));
+                    if c.resumed {
+                        chosen.entry(c.mailbox).or_default().unmark.push(c.uid);
+                    }
+                }
+            }
+        }
+        self.progress.mailbox_finished("verify");
+        chosen
+    }
+
+    fn action(
+        &self,
+        mailbox: usize,
+        uid: u32,
+        size: u64,
+        date: i64,
+        resumed: bool,
+    ) -> ExpungeAction {
+        ExpungeAction {
+            mailbox: self.report.mailboxes[mailbox].name.clone(),
+            uid,
+            internaldate: chrono::DateTime::from_timestamp(date, 0)
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_default(),
+            size,
+            resumed,
+        }
+    }
+
+    /// Dry run: records what would go.
+    fn record(&mut self, chosen: &HashMap<usize, Chosen>) {
+        let mut all: Vec<(usize, Pick)> = chosen
+            .iter()
+            .flat_map(|(i, ch)| ch.uids.iter().map(move |u| (*i, *u)))
+            .collect();
+        all.sort_by_key(|(i, u)| (!u.resumed, u.internaldate, *i, u.uid));
+        for (i, p) in all {
+            let a = self.action(i, p.uid, p.size, p.internaldate, p.resumed);
+            self.report.messages.push(a);
+            let m = &mut self.report.mailboxes[i];
+            m.expunged += 1;
+            m.bytes_freed += p.size;
+        }
+    }
+
+    /// Deletes what was chosen, mailbox by mailbox.
+    async fn apply<R: ExpungeRemote>(
+        &mut self,
+        conn: &mut R,
+        chosen: HashMap<usize, Chosen>,
+    ) -> Result<(), Failure> {
+        let mut order: Vec<usize> = chosen.keys().copied().collect();
+        order.sort_unstable();
+        let mut chosen = chosen;
+        for i in order {
+            let ch = chosen.remove(&i).unwrap_or_default();
+            if ch.uids.is_empty() && ch.unmark.is_empty() {
+                continue;
+            }
+            match self.apply_mailbox(conn, i, ch).await {
+                Ok(()) => {}
+                Err(e) => {
+                    let lost = e.connection_lost();
+                    self.report.mailboxes[i].errors.push(e.to_string());
+                    if lost {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_mailbox<R: ExpungeRemote>(
+        &mut self,
+        conn: &mut R,
+        i: usize,
+        ch: Chosen,
+    ) -> Result<(), Failure> {
+        let Some(b) = self.boxes.get(&i) else {
+            return Ok(());
+        };
+        let (raw, state, uv) = (
+            b.raw.clone(),
+            b.folder.state_dir().to_path_buf(),
+            b.uidvalidity,
+        );
+        let mut pending = b.pending.clone();
+        let selected = conn.select(&raw).await?;
+        if selected.uidvalidity != uv {
+            return Err(Failure::Imap(ImapError::Protocol(format!(
+                "UIDVALIDITY of `{}` changed during the run ({uv} -> {}); nothing expunged",
+                b.name, selected.uidvalidity
+            ))));
+        }
+        // Take back our marks on messages that no longer verify.
+        let mut unmark = ch.unmark.clone();
+        unmark.sort_unstable();
+        unmark.dedup();
+        for chunk in unmark.chunks(CHUNK) {
+            conn.set_deleted(chunk, false).await?;
+            pending.uids.retain(|u| !chunk.contains(u));
+            save_pending(&state, &pending)?;
+            self.report.mailboxes[i].unmarked += chunk.len() as u64;
+        }
+        let mut uids = ch.uids.clone();
+        uids.sort_unstable_by_key(|u| u.uid);
+        for chunk in uids.chunks(CHUNK) {
+            let set: Vec<u32> = chunk.iter().map(|u| u.uid).collect();
+            // The world may have moved since pass 1: drop anything another
+            // client marked meanwhile, anything gone, anything resized.
+            let now: HashMap<u32, ServerMeta> = conn
+                .metadata(Some(&set))
+                .await?
+                .into_iter()
+                .map(|m| (m.uid, m))
+                .collect();
+            let ours: HashSet<u32> = pending.uids.iter().copied().collect();
+            let go: Vec<Pick> = chunk
+                .iter()
+                .filter(|p| match now.get(&p.uid) {
+                    Some(m) => {
+                        m.size as u64 == p.size
+                            && (!m.has_flag("\\Deleted") || ours.contains(&p.uid))
+                    }
+                    None => false,
+                })
+                .copied()
+                .collect();
+            let go_uids: Vec<u32> = go.iter().map(|u| u.uid).collect();
+            if go_uids.is_empty() {
+                continue;
+            }
+            // Recorded before the STORE, so an interruption leaves a trace.
+            pending.uidvalidity = uv;
+            let mut record: Vec<u32> = pending
+                .uids
+                .iter()
+                .copied()
+                .chain(go_uids.iter().copied())
+                .collect();
+            record.sort_unstable();
+            record.dedup();
+            pending.uids = record;
+            save_pending(&state, &pending)?;
+            conn.set_deleted(&go_uids, true).await?;
+            conn.uid_expunge(&go_uids).await?;
+            let left: HashSet<u32> = conn
+                .metadata(Some(&go_uids))
+                .await?
+                .into_iter()
+                .map(|m| m.uid)
+                .collect();
+            for p in &go {
+                if left.contains(&p.uid) {
+                    continue;
+                }
+                let a = self.action(i, p.uid, p.size, p.internaldate, p.resumed);
+                self.report.messages.push(a);
+                let m = &mut self.report.mailboxes[i];
+                m.expunged += 1;
+                m.bytes_freed += p.size;
+            }
+            if !left.is_empty() {
+                log::warn!(
+                    "`{}`: {} marked message(s) were not expunged by the server",
+                    self.report.mailboxes[i].name,
+                    left.len()
+                );
+            }
+            // Whatever is still there keeps its record, so the next run
+            // finishes it (re-verified) or takes the mark back.
+            pending
+                .uids
+                .retain(|u| !go_uids.contains(u) || left.contains(u));
+            save_pending(&state, &pending)?;
+        }
+        if let Some(b) = self.boxes.get_mut(&i) {
+            b.pending = pending;
+        }
+        Ok(())
+    }
+}
+
+/// Re-hashes an archived copy: it must decompress to the size and SHA-256
+/// recorded when it was pulled.
+fn verify(c: &Candidate) -> Result<(), (SkipReason, String)> {
+    match hash_file(&c.path) {
+        Ok((size, sha)) if size == c.size && sha == c.sha256 => Ok(()),
+        Ok((size, _)) if size != c.size => Err((
+            SkipReason::ArchivedCopyDamaged,
+            format!(
+                "`{}` decompresses to {size} bytes, {} were archived",
+                c.path.display(),
+                c.size
+            ),
+        )),
+        Ok(_) => Err((
+            SkipReason::ArchivedCopyDamaged,
+            format!(
+                "`{}` does not match the hash recorded at pull time",
+                c.path.display()
+            ),
+        )),
+        Err(ArchiveError::Io { source, path, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Err((
+                SkipReason::ArchivedCopyMissing,
+                format!("`{}` is gone", path.display()),
+            ))
+        }
+        Err(e) => Err((SkipReason::ArchivedCopyDamaged, e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::expunge::state::PENDING;
+    use crate::sync::expunge::{QuotaResource, QuotaRoot};
+    use crate::sync::remote::Selected;
+    use globset::GlobSet;
+    use std::path::Path;
+
+    // --- The executor against a fake server -------------------------------
+
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Server {
+        messages: Vec<ServerMeta>,
+        /// The next UID EXPUNGE loses the connection (after the STORE).
+        drop_on_expunge: bool,
+        commands: Vec<String>,
+        /// STORAGE (usage, limit) in KiB, never updated: a lagging server.
+        quota: Option<(u64, u64)>,
+    }
+
+    struct Fake {
+        caps: Vec<&'static str>,
+        server: Arc<Mutex<Server>>,
+    }
+
+    const UV: u32 = 9;
+
+    impl ExpungeRemote for Fake {
+        fn has_capability(&self, cap: &str) -> bool {
+            self.caps.contains(&cap)
+        }
+        async fn list_mailboxes(&mut self) -> Result<Vec<ListedMailbox>, ImapError> {
+            Ok(vec![ListedMailbox {
+                raw: "INBOX".into(),
+                name: "INBOX".into(),
+                delimiter: Some('/'),
+                selectable: true,
+                status: None,
+            }])
+        }
+        async fn examine(&mut self, _: &str) -> Result<Selected, ImapError> {
+            let s = self.server.lock().unwrap();
+            Ok(Selected {
+                uidvalidity: UV,
+                uidnext: 100,
+                exists: s.messages.len() as u32,
+                highestmodseq: None,
+            })
+        }
+        async fn select(&mut self, raw: &str) -> Result<Selected, ImapError> {
+            self.server
+                .lock()
+                .unwrap()
+                .commands
+                .push(format!("SELECT {raw}"));
+            self.examine(raw).await
+        }
+        async fn metadata(&mut self, uids: Option<&[u32]>) -> Result<Vec<ServerMeta>, ImapError> {
+            let s = self.server.lock().unwrap();
+            Ok(s.messages
+                .iter()
+                .filter(|m| uids.is_none_or(|u| u.contains(&m.uid)))
+                .cloned()
+                .collect())
+        }
+        async fn set_deleted(&mut self, uids: &[u32], mark: bool) -> Result<(), ImapError> {
+            let mut s = self.server.lock().unwrap();
+            s.commands.push(format!("STORE {uids:?} {mark}"));
+            for m in s.messages.iter_mut().filter(|m| uids.contains(&m.uid)) {
+                m.flags.retain(|f| f != "\\Deleted");
+                if mark {
+                    m.flags.push("\\Deleted".into());
+                }
+            }
+            Ok(())
+        }
+        async fn uid_expunge(&mut self, uids: &[u32]) -> Result<(), ImapError> {
+            let mut s = self.server.lock().unwrap();
+            if std::mem::take(&mut s.drop_on_expunge) {
+                return Err(ImapError::ConnectionLost);
+            }
+            s.commands.push(format!("EXPUNGE {uids:?}"));
+            s.messages
+                .retain(|m| !(uids.contains(&m.uid) && m.has_flag("\\Deleted")));
+            Ok(())
+        }
+        async fn quota_roots(&mut self, _: &str) -> Result<Vec<QuotaRoot>, ImapError> {
+            let s = self.server.lock().unwrap();
+            Ok(s.quota
+                .map(|(usage, limit)| QuotaRoot {
+                    root: String::new(),
+                    resources: vec![QuotaResource {
+                        name: "STORAGE".into(),
+                        usage,
+                        limit,
+                    }],
+                })
+                .into_iter()
+                .collect())
+        }
+        async fn logout(self) {}
+    }
+
+    fn account(archive: &Path) -> Account {
+        Account {
+            name: "t".into(),
+            host: "fake.invalid".into(),
+            port: 993,
+            tls: crate::config::TlsMode::Implicit,
+            user: "u".into(),
+            password: crate::config::PasswordSource::Literal(String::new()),
+            ca_file: None,
+            fingerprint: None,
+            archive: archive.to_path_buf(),
+            include: globset::GlobSetBuilder::new()
+                .add(globset::Glob::new("*").unwrap())
+                .build()
+                .unwrap(),
+            exclude: GlobSet::empty(),
+            compression_level: 1,
+            timeout: std::time::Duration::from_secs(5),
+            max_message_size: 1 << 20,
+            compress: false,
+        }
+    }
+
+    /// An archive holding UIDs 1..=n of INBOX, all old, and the server's view.
+    fn pulled(dir: &Path, n: u32, flags: &[&str]) -> (Account, Arc<Mutex<Server>>) {
+        let archive = Archive::at(dir);
+        archive.create().unwrap();
+        let folder = archive.folder("");
+        folder.create().unwrap();
+        let mut server = Server::default();
+        for uid in 1..=n {
+            let body = format!("Subject: {uid}\r\n\r\nbody {uid}\r\n").into_bytes();
+            let w = folder.write_message(UV, uid, 1_000, "", &body, 1).unwrap();
+            folder.journal(&[w.entry]).unwrap();
+            server.messages.push(ServerMeta {
+                uid,
+                internaldate: 1_000,
+                size: body.len() as u32,
+                flags: flags.iter().map(|f| f.to_string()).collect(),
+            });
+        }
+        folder
+            .save_status(&crate::archive::Status {
+                mailbox: "INBOX".into(),
+                uidvalidity: UV,
+                uidnext: n + 1,
+                floor: n + 1,
+                ..Default::default()
+            })
+            .unwrap();
+        (account(dir), Arc::new(Mutex::new(server)))
+    }
+
+    fn older_than_now() -> ExpungeOptions {
+        ExpungeOptions {
+            cut: Some(2_000),
+            ..Default::default()
+        }
+    }
+
+    async fn run_once(
+        acc: &Account,
+        server: &Arc<Mutex<Server>>,
+        caps: &[&'static str],
+    ) -> AccountExpunge {
+        let fake = Fake {
+            caps: caps.to_vec(),
+            server: server.clone(),
+        };
+        expunge_account(
+            acc,
+            &older_than_now(),
+            Arc::new(crate::progress::Silent),
+            fake,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn free_to_against_a_lagging_quota_stops_near_the_first_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acc, server) = pulled(dir.path(), 200, &[]);
+        // 10 of 10 KiB used, aim at 90%: 2 KiB to free; the usage figure
+        // never moves, as on a server that updates it late.
+        server.lock().unwrap().quota = Some((10, 10));
+        let fake = Fake {
+            caps: vec!["UIDPLUS", "QUOTA"],
+            server: server.clone(),
+        };
+        let opts = ExpungeOptions {
+            free_to: Some(90.0),
+            ..Default::default()
+        };
+        let r = expunge_account(&acc, &opts, Arc::new(crate::progress::Silent), fake).await;
+        let freed: u64 = r.messages.iter().map(|m| m.size).sum();
+        assert!(freed >= 2048, "freed {freed}");
+        assert!(
+            freed <= 2048 + 204 + 64,
+            "freed {freed}, far past what was asked"
+        );
+        assert!(server.lock().unwrap().messages.len() > 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_server_without_uidplus_is_refused_and_nothing_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acc, server) = pulled(dir.path(), 2, &[]);
+        let r = run_once(&acc, &server, &[]).await;
+        assert_eq!(r.exit_code(), ExitCode::Partial);
+        assert!(r.error.unwrap().contains("UIDPLUS"));
+        let s = server.lock().unwrap();
+        assert!(s.commands.is_empty(), "{:?}", s.commands);
+        assert_eq!(s.messages.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn uids_are_recorded_before_the_store_and_the_next_run_finishes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acc, server) = pulled(dir.path(), 3, &["\\Seen"]);
+        server.lock().unwrap().drop_on_expunge = true;
+        let r = run_once(&acc, &server, &["UIDPLUS"]).await;
+        assert_eq!(r.exit_code(), ExitCode::Connection, "{r:?}");
+        // Marked on the server, not expunged, and recorded.
+        let state = Archive::at(dir.path()).folder("").state_dir().to_path_buf();
+        assert_eq!(load_pending(&state).unwrap().uids, [1, 2, 3]);
+        assert!(server
+            .lock()
+            .unwrap()
+            .messages
+            .iter()
+            .all(|m| m.has_flag("\\Deleted")));
+
+        // Meanwhile UID 3's copy is damaged: the next run finishes 1 and 2
+        // and takes its own mark off 3.
+        let path = Archive::at(dir.path())
+            .folder("")
+            .scan()
+            .unwrap()
+            .file_for(UV, 3)
+            .map(|f| dir.path().join("mail").join(f.subdir).join(f.name.full()));
+        std::fs::write(path.unwrap(), b"junk").unwrap();
+        let r = run_once(&acc, &server, &["UIDPLUS"]).await;
+        assert_eq!(r.exit_code(), ExitCode::Success, "{r:?}");
+        assert_eq!(r.expunged, 2);
+        assert!(r.messages.iter().all(|m| m.resumed));
+        assert_eq!(r.mailboxes[0].unmarked, 1);
+        let s = server.lock().unwrap();
+        assert_eq!(s.messages.len(), 1);
+        assert_eq!(s.messages[0].uid, 3);
+        assert!(!s.messages[0].has_flag("\\Deleted"));
+        assert!(!state.join(PENDING).exists());
+        assert!(s.commands.iter().all(|c| !c.starts_with("CLOSE")));
+    }
+}

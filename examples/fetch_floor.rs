@@ -12,10 +12,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use imapbak::config::{Config, TlsMode};
-use imapbak::imap::{tls, ConnectParams, Connection, ImapError};
-use imapbak::sync::plan::{choose_mailboxes, fetch_batches};
+use imapbak::imap::{tls, ConnectParams, Connection};
+use imapbak::sync::mailboxes::choose_mailboxes;
+use imapbak::sync::pull::plan::fetch_batches;
 use imapbak::sync::pull::PullOptions;
-use imapbak::sync::remote::{FetchedMessage, MessageSink, Remote};
+use imapbak::sync::remote::{FetchedMessage, MessageSink, Remote, RemoteError};
 
 #[derive(Default)]
 struct Discard {
@@ -24,7 +25,7 @@ struct Discard {
 }
 
 impl MessageSink for Discard {
-    async fn send(&self, msg: FetchedMessage) -> Result<(), ImapError> {
+    async fn send(&self, msg: FetchedMessage) -> Result<(), RemoteError> {
         self.messages.fetch_add(1, Ordering::Relaxed);
         self.bytes
             .fetch_add(msg.body.len() as u64, Ordering::Relaxed);
@@ -103,7 +104,7 @@ fn main() -> Result<()> {
                     }
                 }
                 conn.logout().await;
-                Ok::<_, ImapError>(())
+                Ok::<_, RemoteError>(())
             }));
         }
         for t in tasks {

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Result};
 
 use super::{load_accounts, runtime, AccountArgs, Connector};
 use crate::exit_codes::ExitCode;
-use crate::sync::plan::choose_mailboxes;
+use crate::sync::mailboxes::choose_mailboxes;
 use crate::sync::pull::connect_error;
 use crate::sync::remote::Remote;
 

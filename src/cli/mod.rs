@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Account, Config, TlsMode};
 use crate::exit_codes::ExitCode;
 use crate::imap::{tls, ConnectParams, Connection, ImapError};
+use crate::sync::remote::RemoteError;
 
 /// The one configuration example: README.md shows it verbatim and a test
 /// keeps both in step (`config_example_is_the_readmes_and_loads`).
@@ -207,7 +208,12 @@ impl Connector {
         })
     }
 
-    pub(crate) async fn connect(&self) -> Result<Connection, ImapError> {
+    /// A logged-in connection; its failure as the engine sees it.
+    pub(crate) async fn connect(&self) -> Result<Connection, RemoteError> {
+        Ok(self.connect_imap().await?)
+    }
+
+    async fn connect_imap(&self) -> Result<Connection, ImapError> {
         let a = &self.account;
         let conn = Connection::connect(&ConnectParams {
             host: &a.host,

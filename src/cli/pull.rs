@@ -9,9 +9,9 @@ use super::expunge::{cut_for, expunge_one};
 use super::{load_accounts, runtime, AccountArgs, Connector};
 use crate::exit_codes::ExitCode;
 use crate::progress::Bars;
-use crate::report::{AccountReport, PullReport, Summary};
+use crate::report::Summary;
 use crate::sync::expunge::{parse_age, AccountExpunge, ExpungeOptions, ExpungeReport};
-use crate::sync::pull::{pull_account, PullOptions};
+use crate::sync::pull::{pull_account, AccountReport, PullOptions, PullReport};
 
 /// Download what is new in every mailbox and mirror flag changes.
 ///

@@ -20,7 +20,7 @@ use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::{Bars, Progress};
 use crate::report::human_bytes;
-use crate::sync::plan::choose_mailboxes;
+use crate::sync::mailboxes::choose_mailboxes;
 use crate::sync::pull::connect_error;
 use crate::sync::remote::Remote;
 
@@ -251,7 +251,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
                 } else {
                     conn.uid_sizes(1).await?
                 };
-                Ok::<_, crate::imap::ImapError>((sel.uidvalidity, sizes))
+                Ok::<_, crate::sync::remote::RemoteError>((sel.uidvalidity, sizes))
             }
             .await;
             let (uv, sizes) = match listing {

@@ -18,6 +18,7 @@ use tokio::time::timeout;
 use super::session::{async_to_imap, done_status};
 use super::{quote, uid_set, Connection, ImapError};
 use crate::sync::remote::Remote;
+use crate::sync::remote::RemoteError;
 use crate::sync::restore::{message_id_of, RestoreTarget, TargetMessage, Upload};
 
 /// Appends sent but not answered yet; bounded so the server's replies never
@@ -40,104 +41,116 @@ enum Seen {
 }
 
 impl RestoreTarget for Connection {
-    async fn delimiter(&mut self) -> Result<Option<char>, ImapError> {
-        let mut delim = None;
-        self.run("LIST \"\" \"\"", |r| {
-            if let Response::MailboxData(MailboxDatum::List(data)) = r {
-                delim = data.delimiter.as_deref().and_then(|d| d.chars().next());
+    async fn delimiter(&mut self) -> Result<Option<char>, RemoteError> {
+        super::lift(async {
+            let mut delim = None;
+            self.run("LIST \"\" \"\"", |r| {
+                if let Response::MailboxData(MailboxDatum::List(data)) = r {
+                    delim = data.delimiter.as_deref().and_then(|d| d.chars().next());
+                }
+            })
+            .await?;
+            Ok(delim)
+        })
+        .await
+    }
+
+    async fn create(&mut self, raw: &str) -> Result<(), RemoteError> {
+        super::lift(async {
+            match self.run(&format!("CREATE {}", quote(raw)?), |_| {}).await {
+                Err(ImapError::No { text, .. }) if text.contains("[ALREADYEXISTS]") => Ok(()),
+                other => other,
             }
         })
-        .await?;
-        Ok(delim)
+        .await
     }
 
-    async fn create(&mut self, raw: &str) -> Result<(), ImapError> {
-        match self.run(&format!("CREATE {}", quote(raw)?), |_| {}).await {
-            Err(ImapError::No { text, .. }) if text.contains("[ALREADYEXISTS]") => Ok(()),
-            other => other,
-        }
-    }
-
-    async fn fingerprints(&mut self, raw: &str) -> Result<(u32, Vec<TargetMessage>), ImapError> {
-        let sel = self.examine(raw).await?;
-        if sel.exists == 0 {
-            return Ok((sel.uidvalidity, Vec::new()));
-        }
-        let mut out = Vec::new();
-        let mut bad = None;
-        self.run(
-            "UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
-            |r| {
-                let Response::Fetch(_, attrs) = r else { return };
-                let (mut uid, mut size, mut date, mut header) = (None, None, None, None);
-                for a in attrs {
-                    match a {
-                        AttributeValue::Uid(u) => uid = Some(*u),
-                        AttributeValue::Rfc822Size(s) => size = Some(*s),
-                        AttributeValue::InternalDate(d) => {
-                            date = super::session::parse_internaldate(d)
+    async fn fingerprints(&mut self, raw: &str) -> Result<(u32, Vec<TargetMessage>), RemoteError> {
+        super::lift(async {
+            let sel = self.examine(raw).await?;
+            if sel.exists == 0 {
+                return Ok((sel.uidvalidity, Vec::new()));
+            }
+            let mut out = Vec::new();
+            let mut bad = None;
+            self.run(
+                "UID FETCH 1:* (UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
+                |r| {
+                    let Response::Fetch(_, attrs) = r else { return };
+                    let (mut uid, mut size, mut date, mut header) = (None, None, None, None);
+                    for a in attrs {
+                        match a {
+                            AttributeValue::Uid(u) => uid = Some(*u),
+                            AttributeValue::Rfc822Size(s) => size = Some(*s),
+                            AttributeValue::InternalDate(d) => {
+                                date = super::session::parse_internaldate(d)
+                            }
+                            AttributeValue::BodySection {
+                                section: Some(SectionPath::Full(_)),
+                                data,
+                                ..
+                            } => header = Some(data.as_deref().unwrap_or(b"").to_vec()),
+                            _ => {}
                         }
-                        AttributeValue::BodySection {
-                            section: Some(SectionPath::Full(_)),
-                            data,
-                            ..
-                        } => header = Some(data.as_deref().unwrap_or(b"").to_vec()),
+                    }
+                    match (uid, size, date) {
+                        (Some(uid), Some(size), Some(date)) => out.push(TargetMessage {
+                            uid,
+                            size: size as u64,
+                            secs: date.timestamp(),
+                            message_id: header.as_deref().and_then(message_id_of),
+                        }),
+                        // A FETCH without these is an unsolicited flag update.
+                        (Some(uid), _, None) if size.is_some() => {
+                            bad = Some(format!("unreadable INTERNALDATE for UID {uid}"))
+                        }
                         _ => {}
                     }
-                }
-                match (uid, size, date) {
-                    (Some(uid), Some(size), Some(date)) => out.push(TargetMessage {
-                        uid,
-                        size: size as u64,
-                        secs: date.timestamp(),
-                        message_id: header.as_deref().and_then(message_id_of),
-                    }),
-                    // A FETCH without these is an unsolicited flag update.
-                    (Some(uid), _, None) if size.is_some() => {
-                        bad = Some(format!("unreadable INTERNALDATE for UID {uid}"))
-                    }
-                    _ => {}
-                }
-            },
-        )
-        .await?;
-        if let Some(b) = bad {
-            return Err(ImapError::Protocol(b));
-        }
-        out.sort_by_key(|m| m.uid);
-        out.dedup_by_key(|m| m.uid);
-        Ok((sel.uidvalidity, out))
+                },
+            )
+            .await?;
+            if let Some(b) = bad {
+                return Err(ImapError::Protocol(b));
+            }
+            out.sort_by_key(|m| m.uid);
+            out.dedup_by_key(|m| m.uid);
+            Ok((sel.uidvalidity, out))
+        })
+        .await
     }
 
-    async fn body_hashes(&mut self, uids: &[u32]) -> Result<Vec<(u32, String)>, ImapError> {
-        if uids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        self.run(
-            &format!("UID FETCH {} (UID BODY.PEEK[])", uid_set(uids)),
-            |r| {
-                let Response::Fetch(_, attrs) = r else { return };
-                let mut uid = None;
-                let mut hash = None;
-                for a in attrs {
-                    match a {
-                        AttributeValue::Uid(u) => uid = Some(*u),
-                        AttributeValue::BodySection {
-                            section: None,
-                            data: Some(d),
-                            ..
-                        } => hash = Some(hex::encode(Sha256::digest(d))),
-                        _ => {}
+    async fn body_hashes(&mut self, uids: &[u32]) -> Result<Vec<(u32, String)>, RemoteError> {
+        super::lift(async {
+            if uids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut out = Vec::new();
+            self.run(
+                &format!("UID FETCH {} (UID BODY.PEEK[])", uid_set(uids)),
+                |r| {
+                    let Response::Fetch(_, attrs) = r else { return };
+                    let mut uid = None;
+                    let mut hash = None;
+                    for a in attrs {
+                        match a {
+                            AttributeValue::Uid(u) => uid = Some(*u),
+                            AttributeValue::BodySection {
+                                section: None,
+                                data: Some(d),
+                                ..
+                            } => hash = Some(hex::encode(Sha256::digest(d))),
+                            _ => {}
+                        }
                     }
-                }
-                if let (Some(u), Some(h)) = (uid, hash) {
-                    out.push((u, h));
-                }
-            },
-        )
-        .await?;
-        Ok(out)
+                    if let (Some(u), Some(h)) = (uid, hash) {
+                        out.push((u, h));
+                    }
+                },
+            )
+            .await?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn append<F>(
@@ -145,68 +158,74 @@ impl RestoreTarget for Connection {
         raw: &str,
         messages: &[Upload],
         mut on_result: F,
-    ) -> Result<(), ImapError>
+    ) -> Result<(), RemoteError>
     where
-        F: FnMut(usize, Result<Option<(u32, u32)>, ImapError>) + Send,
+        F: FnMut(usize, Result<Option<(u32, u32)>, RemoteError>) + Send,
     {
-        let mailbox = quote(raw)?;
-        let plus = self.caps.contains("LITERAL+");
-        if messages.len() > 1 && self.caps.contains("MULTIAPPEND") {
-            // One command, one transaction: the server commits the batch at
-            // once (one fsync instead of one per message), all or nothing.
-            match self.multiappend(&mailbox, messages, plus).await? {
-                Ok(uids) => {
-                    for i in 0..messages.len() {
-                        on_result(i, Ok(uids.as_ref().map(|(uv, u)| (*uv, u[i]))));
+        let mut on_result = |i: usize, r: Result<Option<(u32, u32)>, ImapError>| {
+            on_result(i, r.map_err(RemoteError::from))
+        };
+        super::lift(async {
+            let mailbox = quote(raw)?;
+            let plus = self.caps.contains("LITERAL+");
+            if messages.len() > 1 && self.caps.contains("MULTIAPPEND") {
+                // One command, one transaction: the server commits the batch at
+                // once (one fsync instead of one per message), all or nothing.
+                match self.multiappend(&mailbox, messages, plus).await? {
+                    Ok(uids) => {
+                        for i in 0..messages.len() {
+                            on_result(i, Ok(uids.as_ref().map(|(uv, u)| (*uv, u[i]))));
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
+                    Err(e @ ImapError::No { .. }) if is_throttle_text(&e) => {
+                        on_result(0, Err(e));
+                        return Ok(());
+                    }
+                    // Nothing was appended: one by one, to learn which message
+                    // the server refuses (too large, over quota, ...).
+                    Err(e) => log::debug!("MULTIAPPEND refused ({e}); appending one by one"),
                 }
-                Err(e @ ImapError::No { .. }) if is_throttle_text(&e) => {
-                    on_result(0, Err(e));
-                    return Ok(());
-                }
-                // Nothing was appended: one by one, to learn which message
-                // the server refuses (too large, over quota, ...).
-                Err(e) => log::debug!("MULTIAPPEND refused ({e}); appending one by one"),
             }
-        }
-        let mut pending: HashMap<String, usize> = HashMap::new();
-        'messages: for (i, m) in messages.iter().enumerate() {
-            while pending.len() >= WINDOW {
+            let mut pending: HashMap<String, usize> = HashMap::new();
+            'messages: for (i, m) in messages.iter().enumerate() {
+                while pending.len() >= WINDOW {
+                    self.settle_one(&mut pending, &mut on_result).await?;
+                }
+                let command = format!(
+                    "APPEND {mailbox} ({}) \"{}\" {{{}{}}}",
+                    m.flags.join(" "),
+                    imap_date(m.internaldate),
+                    m.body.len(),
+                    if plus { "+" } else { "" }
+                );
+                let tag = self.send_line(&command).await?;
+                pending.insert(tag.clone(), i);
+                if !plus {
+                    // A synchronizing literal: the server may refuse it up front.
+                    loop {
+                        match self.read_seen().await? {
+                            Seen::Continue => break,
+                            Seen::Done(t, result) => {
+                                if let Some(j) = pending.remove(&t) {
+                                    on_result(j, result);
+                                }
+                                if t == tag {
+                                    continue 'messages;
+                                }
+                            }
+                            Seen::Other => {}
+                        }
+                    }
+                }
+                self.write_literal(&m.body, b"\r\n").await?;
+            }
+            while !pending.is_empty() {
                 self.settle_one(&mut pending, &mut on_result).await?;
             }
-            let command = format!(
-                "APPEND {mailbox} ({}) \"{}\" {{{}{}}}",
-                m.flags.join(" "),
-                imap_date(m.internaldate),
-                m.body.len(),
-                if plus { "+" } else { "" }
-            );
-            let tag = self.send_line(&command).await?;
-            pending.insert(tag.clone(), i);
-            if !plus {
-                // A synchronizing literal: the server may refuse it up front.
-                loop {
-                    match self.read_seen().await? {
-                        Seen::Continue => break,
-                        Seen::Done(t, result) => {
-                            if let Some(j) = pending.remove(&t) {
-                                on_result(j, result);
-                            }
-                            if t == tag {
-                                continue 'messages;
-                            }
-                        }
-                        Seen::Other => {}
-                    }
-                }
-            }
-            self.write_literal(&m.body, b"\r\n").await?;
-        }
-        while !pending.is_empty() {
-            self.settle_one(&mut pending, &mut on_result).await?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -8,7 +8,7 @@ use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, ResponseCod
 use super::session::parse_internaldate;
 use super::{quote, uid_set, Connection, ImapError};
 use crate::sync::expunge::{ExpungeRemote, QuotaResource, QuotaRoot, ServerMeta};
-use crate::sync::remote::{ListedMailbox, Remote, Selected};
+use crate::sync::remote::{ListedMailbox, Remote, RemoteError, Selected};
 
 /// A FETCH response that carries every item `metadata` asked for;
 /// unsolicited flag updates from other sessions yield `None`.
@@ -36,119 +36,134 @@ impl ExpungeRemote for Connection {
         self.caps.contains(cap)
     }
 
-    async fn list_mailboxes(&mut self) -> Result<Vec<ListedMailbox>, ImapError> {
+    async fn list_mailboxes(&mut self) -> Result<Vec<ListedMailbox>, RemoteError> {
         Remote::list(self).await
     }
 
-    async fn examine(&mut self, raw: &str) -> Result<Selected, ImapError> {
+    async fn examine(&mut self, raw: &str) -> Result<Selected, RemoteError> {
         Remote::examine(self, raw).await
     }
 
-    async fn select(&mut self, raw: &str) -> Result<Selected, ImapError> {
-        let command = format!("SELECT {}", quote(raw)?);
-        let mut sel = Selected::default();
-        self.run(&command, |r| match r {
-            Response::Data { outcome, .. } => match outcome.code {
-                Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,
-                Some(ResponseCode::UidNext(v)) => sel.uidnext = v,
+    async fn select(&mut self, raw: &str) -> Result<Selected, RemoteError> {
+        super::lift(async {
+            let command = format!("SELECT {}", quote(raw)?);
+            let mut sel = Selected::default();
+            self.run(&command, |r| match r {
+                Response::Data { outcome, .. } => match outcome.code {
+                    Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,
+                    Some(ResponseCode::UidNext(v)) => sel.uidnext = v,
+                    _ => {}
+                },
+                Response::MailboxData(MailboxDatum::Exists(n)) => sel.exists = *n,
                 _ => {}
-            },
-            Response::MailboxData(MailboxDatum::Exists(n)) => sel.exists = *n,
-            _ => {}
+            })
+            .await?;
+            // A mailbox the server opens [READ-ONLY] refuses the STORE with NO,
+            // which is reported for that mailbox.
+            if sel.uidvalidity == 0 {
+                return Err(ImapError::Protocol(format!(
+                    "server sent no UIDVALIDITY for `{raw}`"
+                )));
+            }
+            Ok(sel)
         })
-        .await?;
-        // A mailbox the server opens [READ-ONLY] refuses the STORE with NO,
-        // which is reported for that mailbox.
-        if sel.uidvalidity == 0 {
-            return Err(ImapError::Protocol(format!(
-                "server sent no UIDVALIDITY for `{raw}`"
-            )));
-        }
-        Ok(sel)
+        .await
     }
 
-    async fn metadata(&mut self, uids: Option<&[u32]>) -> Result<Vec<ServerMeta>, ImapError> {
-        let set = match uids {
-            Some([]) => return Ok(Vec::new()),
-            Some(u) => uid_set(u),
-            None => "1:*".to_string(),
-        };
-        let wanted: Option<std::collections::HashSet<u32>> =
-            uids.map(|u| u.iter().copied().collect());
-        let command = format!("UID FETCH {set} (UID FLAGS INTERNALDATE RFC822.SIZE)");
-        let mut out = Vec::new();
-        self.run(&command, |r| {
-            if let Response::Fetch(_, attrs) = r {
-                if let Some(m) = meta_of(attrs) {
-                    if wanted.as_ref().is_none_or(|w| w.contains(&m.uid)) {
-                        out.push(m);
+    async fn metadata(&mut self, uids: Option<&[u32]>) -> Result<Vec<ServerMeta>, RemoteError> {
+        super::lift(async {
+            let set = match uids {
+                Some([]) => return Ok(Vec::new()),
+                Some(u) => uid_set(u),
+                None => "1:*".to_string(),
+            };
+            let wanted: Option<std::collections::HashSet<u32>> =
+                uids.map(|u| u.iter().copied().collect());
+            let command = format!("UID FETCH {set} (UID FLAGS INTERNALDATE RFC822.SIZE)");
+            let mut out = Vec::new();
+            self.run(&command, |r| {
+                if let Response::Fetch(_, attrs) = r {
+                    if let Some(m) = meta_of(attrs) {
+                        if wanted.as_ref().is_none_or(|w| w.contains(&m.uid)) {
+                            out.push(m);
+                        }
                     }
                 }
-            }
+            })
+            .await?;
+            out.sort_by_key(|m| m.uid);
+            out.dedup_by_key(|m| m.uid);
+            Ok(out)
         })
-        .await?;
-        out.sort_by_key(|m| m.uid);
-        out.dedup_by_key(|m| m.uid);
-        Ok(out)
+        .await
     }
 
-    async fn set_deleted(&mut self, uids: &[u32], mark: bool) -> Result<(), ImapError> {
-        if uids.is_empty() {
-            return Ok(());
-        }
-        let command = format!(
-            "UID STORE {} {}FLAGS.SILENT (\\Deleted)",
-            uid_set(uids),
-            if mark { '+' } else { '-' }
-        );
-        self.run(&command, |_| {}).await
-    }
-
-    async fn uid_expunge(&mut self, uids: &[u32]) -> Result<(), ImapError> {
-        if uids.is_empty() {
-            return Ok(());
-        }
-        self.run(&format!("UID EXPUNGE {}", uid_set(uids)), |_| {})
-            .await
-    }
-
-    async fn quota_roots(&mut self, mailbox: &str) -> Result<Vec<QuotaRoot>, ImapError> {
-        let command = format!("GETQUOTAROOT {}", quote(mailbox)?);
-        let mut names: Vec<String> = Vec::new();
-        let mut roots: Vec<QuotaRoot> = Vec::new();
-        self.run(&command, |r| match r {
-            Response::QuotaRoot(q) => {
-                names.extend(q.quota_root_names.iter().map(|n| n.to_string()));
+    async fn set_deleted(&mut self, uids: &[u32], mark: bool) -> Result<(), RemoteError> {
+        super::lift(async {
+            if uids.is_empty() {
+                return Ok(());
             }
-            Response::Quota(q) => roots.push(QuotaRoot {
-                root: q.root_name.to_string(),
-                resources: q
-                    .resources
-                    .iter()
-                    .map(|r| QuotaResource {
-                        name: match &r.name {
-                            QuotaResourceName::Storage => "STORAGE".to_string(),
-                            QuotaResourceName::Message => "MESSAGE".to_string(),
-                            QuotaResourceName::Atom(a) => a.to_ascii_uppercase(),
-                        },
-                        usage: r.usage,
-                        limit: r.limit,
-                    })
-                    .collect(),
-            }),
-            _ => {}
+            let command = format!(
+                "UID STORE {} {}FLAGS.SILENT (\\Deleted)",
+                uid_set(uids),
+                if mark { '+' } else { '-' }
+            );
+            self.run(&command, |_| {}).await
         })
-        .await?;
-        // Roots named but not detailed have no limits; list them empty.
-        for n in names {
-            if !roots.iter().any(|r| r.root == n) {
-                roots.push(QuotaRoot {
-                    root: n,
-                    resources: Vec::new(),
-                });
+        .await
+    }
+
+    async fn uid_expunge(&mut self, uids: &[u32]) -> Result<(), RemoteError> {
+        super::lift(async {
+            if uids.is_empty() {
+                return Ok(());
             }
-        }
-        Ok(roots)
+            self.run(&format!("UID EXPUNGE {}", uid_set(uids)), |_| {})
+                .await
+        })
+        .await
+    }
+
+    async fn quota_roots(&mut self, mailbox: &str) -> Result<Vec<QuotaRoot>, RemoteError> {
+        super::lift(async {
+            let command = format!("GETQUOTAROOT {}", quote(mailbox)?);
+            let mut names: Vec<String> = Vec::new();
+            let mut roots: Vec<QuotaRoot> = Vec::new();
+            self.run(&command, |r| match r {
+                Response::QuotaRoot(q) => {
+                    names.extend(q.quota_root_names.iter().map(|n| n.to_string()));
+                }
+                Response::Quota(q) => roots.push(QuotaRoot {
+                    root: q.root_name.to_string(),
+                    resources: q
+                        .resources
+                        .iter()
+                        .map(|r| QuotaResource {
+                            name: match &r.name {
+                                QuotaResourceName::Storage => "STORAGE".to_string(),
+                                QuotaResourceName::Message => "MESSAGE".to_string(),
+                                QuotaResourceName::Atom(a) => a.to_ascii_uppercase(),
+                            },
+                            usage: r.usage,
+                            limit: r.limit,
+                        })
+                        .collect(),
+                }),
+                _ => {}
+            })
+            .await?;
+            // Roots named but not detailed have no limits; list them empty.
+            for n in names {
+                if !roots.iter().any(|r| r.root == n) {
+                    roots.push(QuotaRoot {
+                        root: n,
+                        resources: Vec::new(),
+                    });
+                }
+            }
+            Ok(roots)
+        })
+        .await
     }
 
     async fn logout(self) {

@@ -12,12 +12,12 @@ mod guard;
 mod session;
 pub mod tls;
 
+use std::future::Future;
 use std::path::PathBuf;
 
-pub use session::{ConnectParams, Connection};
+use crate::sync::remote::{ErrorKind, RemoteError};
 
-// Transitional: restore still names the old path until it moves to sync::restore/.
-pub use crate::mutf7;
+pub use session::{ConnectParams, Connection};
 
 /// A failure on the IMAP side. `is_connection_level` tells the executor
 /// whether the connection is still usable for the next mailbox.
@@ -59,12 +59,79 @@ pub enum ImapError {
     Protocol(String),
     #[error("network error: {0}")]
     Io(#[from] std::io::Error),
+    /// A failure of the engine's side handed through (a message sink that
+    /// stopped); converted back unchanged.
+    #[error(transparent)]
+    Engine(RemoteError),
+}
+
+impl From<RemoteError> for ImapError {
+    fn from(e: RemoteError) -> ImapError {
+        ImapError::Engine(e)
+    }
+}
+
+/// What the engine sees of an IMAP failure: its kind, the server's text
+/// for NO, BAD and BYE, and the hint for the account's error line.
+impl From<ImapError> for RemoteError {
+    fn from(e: ImapError) -> RemoteError {
+        use ErrorKind as K;
+        let (kind, hint) = match &e {
+            ImapError::Engine(inner) => return inner.clone(),
+            ImapError::Connect { .. } => (
+                K::Unreachable,
+                Some("check `host` and `port`, and that the server is reachable"),
+            ),
+            ImapError::Timeout { .. } => (
+                K::Timeout,
+                Some("check `host` and `port`, and that the server is reachable"),
+            ),
+            ImapError::Handshake { .. } => (
+                K::Tls,
+                Some("if you trust this server's certificate, set `ca-file` to its CA, or `cert-fingerprint` to the sha256 value above"),
+            ),
+            ImapError::Tls(_) | ImapError::CaFile { .. } => (K::Tls, None),
+            ImapError::NoStartTls(_) => (
+                K::Insecure,
+                Some("use `tls = \"implicit\"` (port 993) if the server offers it"),
+            ),
+            ImapError::Preauth(_) | ImapError::StartTlsInjection(_) => (K::Insecure, None),
+            ImapError::Auth { .. } => (K::Auth, Some("check `user` and the password source")),
+            ImapError::No { .. } => (K::Refused, None),
+            ImapError::Bad { .. } => (K::Rejected, None),
+            ImapError::Bye(_) => (K::Closed, None),
+            ImapError::ConnectionLost | ImapError::Protocol(_) | ImapError::Io(_) => {
+                (K::Broken, None)
+            }
+        };
+        let mut out = RemoteError::new(kind, e.to_string());
+        if let ImapError::No { text, .. } | ImapError::Bad { text, .. } | ImapError::Bye(text) = &e
+        {
+            out = out.with_server_text(text.clone());
+        }
+        if let Some(hint) = hint {
+            out = out.with_hint(hint);
+        }
+        out
+    }
+}
+
+/// Runs a trait method's body, written against [`ImapError`], and hands
+/// its failure to the engine as a [`RemoteError`].
+pub(crate) async fn lift<T>(
+    body: impl Future<Output = Result<T, ImapError>>,
+) -> Result<T, RemoteError> {
+    body.await.map_err(RemoteError::from)
 }
 
 impl ImapError {
     /// True when the connection cannot be used any more.
     pub fn is_connection_level(&self) -> bool {
-        !matches!(self, ImapError::No { .. } | ImapError::Bad { .. })
+        match self {
+            ImapError::No { .. } | ImapError::Bad { .. } => false,
+            ImapError::Engine(e) => e.is_connection_level(),
+            _ => true,
+        }
     }
 
     /// True when the failure happened before or during login, so no mailbox

@@ -21,7 +21,8 @@ use super::guard::Guarded;
 use super::{quote, uid_set, ImapError};
 use crate::mutf7;
 use crate::sync::remote::{
-    FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Remote, RemoteFlags, Selected,
+    FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Remote, RemoteError, RemoteFlags,
+    Selected,
 };
 
 /// The byte stream under the IMAP session: TLS, optionally wrapped in
@@ -467,153 +468,165 @@ impl Remote for Connection {
         self.caps.contains(cap)
     }
 
-    async fn list(&mut self) -> Result<Vec<ListedMailbox>, ImapError> {
-        let condstore = self.has_capability("CONDSTORE");
-        let command = if self.has_capability("LIST-STATUS") {
-            format!(
-                "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT UIDVALIDITY{}))",
-                if condstore { " HIGHESTMODSEQ" } else { "" }
-            )
-        } else {
-            "LIST \"\" \"*\"".to_string()
-        };
-        let mut listed: Vec<ListedMailbox> = Vec::new();
-        let mut statuses: Vec<(String, MailboxStatus)> = Vec::new();
-        let mut bad_names: Vec<String> = Vec::new();
-        self.run(&command, |r| match r {
-            Response::MailboxData(MailboxDatum::List(data)) => {
-                let raw = data.name.to_string();
-                let selectable = !data.name_attributes.iter().any(|a| {
-                    matches!(a, NameAttribute::NoSelect)
-                        || matches!(a, NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent"))
-                });
-                let delimiter = data.delimiter.as_deref().and_then(|d| d.chars().next());
-                let name = if raw.eq_ignore_ascii_case("INBOX") {
-                    "INBOX".to_string()
-                } else {
-                    match mutf7::decode(&raw) {
-                        Ok(n) => n,
-                        Err(_) => {
-                            bad_names.push(raw.clone());
-                            raw.clone()
+    async fn list(&mut self) -> Result<Vec<ListedMailbox>, RemoteError> {
+        super::lift(async {
+            let condstore = self.has_capability("CONDSTORE");
+            let command = if self.has_capability("LIST-STATUS") {
+                format!(
+                    "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT UIDVALIDITY{}))",
+                    if condstore { " HIGHESTMODSEQ" } else { "" }
+                )
+            } else {
+                "LIST \"\" \"*\"".to_string()
+            };
+            let mut listed: Vec<ListedMailbox> = Vec::new();
+            let mut statuses: Vec<(String, MailboxStatus)> = Vec::new();
+            let mut bad_names: Vec<String> = Vec::new();
+            self.run(&command, |r| match r {
+                Response::MailboxData(MailboxDatum::List(data)) => {
+                    let raw = data.name.to_string();
+                    let selectable = !data.name_attributes.iter().any(|a| {
+                        matches!(a, NameAttribute::NoSelect)
+                            || matches!(a, NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent"))
+                    });
+                    let delimiter = data.delimiter.as_deref().and_then(|d| d.chars().next());
+                    let name = if raw.eq_ignore_ascii_case("INBOX") {
+                        "INBOX".to_string()
+                    } else {
+                        match mutf7::decode(&raw) {
+                            Ok(n) => n,
+                            Err(_) => {
+                                bad_names.push(raw.clone());
+                                raw.clone()
+                            }
                         }
-                    }
-                };
-                listed.push(ListedMailbox {
-                    raw,
-                    name,
-                    delimiter,
-                    selectable,
-                    status: None,
-                });
-            }
-            Response::MailboxData(MailboxDatum::Status { mailbox, status }) => {
-                statuses.push((mailbox.to_string(), status_of(status)));
-            }
-            _ => {}
-        })
-        .await?;
-        for name in bad_names {
-            log::warn!("mailbox `{name}` is not valid modified UTF-7; using its name as sent");
-        }
-        if !self.has_capability("LIST-STATUS") && condstore {
-            // Without LIST-STATUS, STATUS still lets an unchanged mailbox be
-            // skipped: all of them sent at once, one round trip in all.
-            let raws: Vec<String> = listed
-                .iter()
-                .filter(|m| m.selectable)
-                .map(|m| m.raw.clone())
-                .collect();
-            statuses = self.status_pipelined(&raws).await?;
-        }
-        let mut by_raw: HashMap<String, MailboxStatus> = statuses.into_iter().collect();
-        for m in &mut listed {
-            m.status = by_raw.remove(&m.raw);
-        }
-        Ok(listed)
-    }
-
-    async fn examine(&mut self, raw: &str) -> Result<Selected, ImapError> {
-        let condstore = self.has_capability("CONDSTORE");
-        let command = format!(
-            "EXAMINE {}{}",
-            quote(raw)?,
-            if condstore { " (CONDSTORE)" } else { "" }
-        );
-        let mut sel = Selected::default();
-        self.run(&command, |r| match r {
-            Response::Data { outcome, .. } => match outcome.code {
-                Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,
-                Some(ResponseCode::UidNext(v)) => sel.uidnext = v,
-                Some(ResponseCode::HighestModSeq(v)) => sel.highestmodseq = Some(v),
+                    };
+                    listed.push(ListedMailbox {
+                        raw,
+                        name,
+                        delimiter,
+                        selectable,
+                        status: None,
+                    });
+                }
+                Response::MailboxData(MailboxDatum::Status { mailbox, status }) => {
+                    statuses.push((mailbox.to_string(), status_of(status)));
+                }
                 _ => {}
-            },
-            Response::MailboxData(MailboxDatum::Exists(n)) => sel.exists = *n,
-            _ => {}
-        })
-        .await?;
-        if sel.uidvalidity == 0 {
-            return Err(ImapError::Protocol(format!(
-                "server sent no UIDVALIDITY for `{raw}`"
-            )));
-        }
-        Ok(sel)
-    }
-
-    async fn uid_sizes(&mut self, from: u32) -> Result<Vec<(u32, u32)>, ImapError> {
-        let mut out = Vec::new();
-        let command = format!("UID FETCH {}:* (UID RFC822.SIZE)", from.max(1));
-        self.run(&command, |r| {
-            if let Response::Fetch(_, attrs) = r {
-                let mut uid = None;
-                let mut size = None;
-                for a in attrs {
-                    match a {
-                        AttributeValue::Uid(u) => uid = Some(*u),
-                        AttributeValue::Rfc822Size(s) => size = Some(*s),
-                        _ => {}
-                    }
-                }
-                if let (Some(uid), Some(size)) = (uid, size) {
-                    // `n:*` returns the last message even when its UID < n.
-                    if uid >= from {
-                        out.push((uid, size));
-                    }
-                }
+            })
+            .await?;
+            for name in bad_names {
+                log::warn!("mailbox `{name}` is not valid modified UTF-7; using its name as sent");
             }
+            if !self.has_capability("LIST-STATUS") && condstore {
+                // Without LIST-STATUS, STATUS still lets an unchanged mailbox be
+                // skipped: all of them sent at once, one round trip in all.
+                let raws: Vec<String> = listed
+                    .iter()
+                    .filter(|m| m.selectable)
+                    .map(|m| m.raw.clone())
+                    .collect();
+                statuses = self.status_pipelined(&raws).await?;
+            }
+            let mut by_raw: HashMap<String, MailboxStatus> = statuses.into_iter().collect();
+            for m in &mut listed {
+                m.status = by_raw.remove(&m.raw);
+            }
+            Ok(listed)
         })
-        .await?;
-        out.sort_unstable();
-        out.dedup_by_key(|e| e.0);
-        Ok(out)
+        .await
     }
 
-    async fn flags(&mut self, changed_since: Option<u64>) -> Result<Vec<RemoteFlags>, ImapError> {
-        let command = match changed_since {
-            Some(m) => format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})"),
-            None => "UID FETCH 1:* (UID FLAGS)".to_string(),
-        };
-        let mut out = Vec::new();
-        self.run(&command, |r| {
-            if let Response::Fetch(_, attrs) = r {
-                let mut uid = None;
-                let mut flags = None;
-                for a in attrs {
-                    match a {
-                        AttributeValue::Uid(u) => uid = Some(*u),
-                        AttributeValue::Flags(f) => {
-                            flags = Some(f.iter().map(|s| s.to_string()).collect())
+    async fn examine(&mut self, raw: &str) -> Result<Selected, RemoteError> {
+        super::lift(async {
+            let condstore = self.has_capability("CONDSTORE");
+            let command = format!(
+                "EXAMINE {}{}",
+                quote(raw)?,
+                if condstore { " (CONDSTORE)" } else { "" }
+            );
+            let mut sel = Selected::default();
+            self.run(&command, |r| match r {
+                Response::Data { outcome, .. } => match outcome.code {
+                    Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,
+                    Some(ResponseCode::UidNext(v)) => sel.uidnext = v,
+                    Some(ResponseCode::HighestModSeq(v)) => sel.highestmodseq = Some(v),
+                    _ => {}
+                },
+                Response::MailboxData(MailboxDatum::Exists(n)) => sel.exists = *n,
+                _ => {}
+            })
+            .await?;
+            if sel.uidvalidity == 0 {
+                return Err(ImapError::Protocol(format!(
+                    "server sent no UIDVALIDITY for `{raw}`"
+                )));
+            }
+            Ok(sel)
+        })
+        .await
+    }
+
+    async fn uid_sizes(&mut self, from: u32) -> Result<Vec<(u32, u32)>, RemoteError> {
+        super::lift(async {
+            let mut out = Vec::new();
+            let command = format!("UID FETCH {}:* (UID RFC822.SIZE)", from.max(1));
+            self.run(&command, |r| {
+                if let Response::Fetch(_, attrs) = r {
+                    let mut uid = None;
+                    let mut size = None;
+                    for a in attrs {
+                        match a {
+                            AttributeValue::Uid(u) => uid = Some(*u),
+                            AttributeValue::Rfc822Size(s) => size = Some(*s),
+                            _ => {}
                         }
-                        _ => {}
+                    }
+                    if let (Some(uid), Some(size)) = (uid, size) {
+                        // `n:*` returns the last message even when its UID < n.
+                        if uid >= from {
+                            out.push((uid, size));
+                        }
                     }
                 }
-                if let (Some(uid), Some(flags)) = (uid, flags) {
-                    out.push(RemoteFlags { uid, flags });
-                }
-            }
+            })
+            .await?;
+            out.sort_unstable();
+            out.dedup_by_key(|e| e.0);
+            Ok(out)
         })
-        .await?;
-        Ok(out)
+        .await
+    }
+
+    async fn flags(&mut self, changed_since: Option<u64>) -> Result<Vec<RemoteFlags>, RemoteError> {
+        super::lift(async {
+            let command = match changed_since {
+                Some(m) => format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})"),
+                None => "UID FETCH 1:* (UID FLAGS)".to_string(),
+            };
+            let mut out = Vec::new();
+            self.run(&command, |r| {
+                if let Response::Fetch(_, attrs) = r {
+                    let mut uid = None;
+                    let mut flags = None;
+                    for a in attrs {
+                        match a {
+                            AttributeValue::Uid(u) => uid = Some(*u),
+                            AttributeValue::Flags(f) => {
+                                flags = Some(f.iter().map(|s| s.to_string()).collect())
+                            }
+                            _ => {}
+                        }
+                    }
+                    if let (Some(uid), Some(flags)) = (uid, flags) {
+                        out.push(RemoteFlags { uid, flags });
+                    }
+                }
+            })
+            .await?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn fetch<S: MessageSink + Sync>(
@@ -621,44 +634,50 @@ impl Remote for Connection {
         uids: &[u32],
         max_size: u64,
         sink: &S,
-    ) -> Result<Vec<u32>, ImapError> {
-        if uids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let wanted: HashSet<u32> = uids.iter().copied().collect();
-        let mut delivered = Vec::with_capacity(uids.len());
-        let command = format!(
-            "UID FETCH {} (UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])",
-            uid_set(uids)
-        );
-        // No literal may be larger than what this batch can hold.
-        self.literal_limit
-            .store(max_size.min(self.max_literal), Ordering::Relaxed);
-        let result = self
-            .fetch_loop(&command, &wanted, max_size, sink, &mut delivered)
-            .await;
-        self.literal_limit
-            .store(self.max_literal, Ordering::Relaxed);
-        result.map(|()| delivered)
+    ) -> Result<Vec<u32>, RemoteError> {
+        super::lift(async {
+            if uids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let wanted: HashSet<u32> = uids.iter().copied().collect();
+            let mut delivered = Vec::with_capacity(uids.len());
+            let command = format!(
+                "UID FETCH {} (UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])",
+                uid_set(uids)
+            );
+            // No literal may be larger than what this batch can hold.
+            self.literal_limit
+                .store(max_size.min(self.max_literal), Ordering::Relaxed);
+            let result = self
+                .fetch_loop(&command, &wanted, max_size, sink, &mut delivered)
+                .await;
+            self.literal_limit
+                .store(self.max_literal, Ordering::Relaxed);
+            result.map(|()| delivered)
+        })
+        .await
     }
 
-    async fn still_there(&mut self, uids: &[u32]) -> Result<Vec<u32>, ImapError> {
-        let mut present = Vec::new();
-        let command = format!("UID FETCH {} (UID)", uid_set(uids));
-        self.run(&command, |r| {
-            if let Response::Fetch(_, attrs) = r {
-                for a in attrs {
-                    if let AttributeValue::Uid(u) = a {
-                        present.push(*u);
+    async fn still_there(&mut self, uids: &[u32]) -> Result<Vec<u32>, RemoteError> {
+        super::lift(async {
+            let mut present = Vec::new();
+            let command = format!("UID FETCH {} (UID)", uid_set(uids));
+            self.run(&command, |r| {
+                if let Response::Fetch(_, attrs) = r {
+                    for a in attrs {
+                        if let AttributeValue::Uid(u) = a {
+                            present.push(*u);
+                        }
                     }
                 }
-            }
+            })
+            .await?;
+            present.retain(|u| uids.contains(u));
+            present.sort_unstable();
+            present.dedup();
+            Ok(present)
         })
-        .await?;
-        present.retain(|u| uids.contains(u));
-        present.sort_unstable();
-        present.dedup();
-        Ok(present)
+        .await
     }
 
     async fn logout(mut self) {

@@ -1,9 +1,16 @@
-//! The sync engine: pure planners (`plan`) that turn a server listing, the
-//! archive's state and the options into actions, and the executor (`pull`)
-//! that runs them against a [`remote::Remote`] and the archive.
+//! The sync engine, one folder per command with the same files in each:
+//! `plan.rs` (pure: listing + archive state + options -> a plan whose
+//! actions implement `Display` and `Serialize`), `run.rs` (applies the plan
+//! through traits), `report.rs`, and `state.rs` where the command keeps
+//! state of its own. Shared: the [`remote::Remote`] trait and its plain
+//! types, [`pool`] (queue, connect on demand, retry) and [`mailboxes`]
+//! (which listed mailboxes a run works on).
+//!
+//! Nothing here imports the IMAP layer: the engine sees traits and plain
+//! types only (checked by `sync_and_archive_never_import_imap` in lib.rs).
 
 pub mod expunge;
-pub mod plan;
+pub mod mailboxes;
 pub mod pool;
 pub mod pull;
 pub mod remote;

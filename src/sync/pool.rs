@@ -1,28 +1,169 @@
-//! `jobs` tasks working through one queue, each on its own connection; the
-//! first task gets the connection that listed the mailboxes, the others
-//! connect when they take their first item. Used by pull and restore.
+//! `jobs` workers taking items from one queue, each with its own
+//! connection, opened only when an item needs the server: the first worker
+//! starts with the connection that listed the mailboxes, the others connect
+//! when their item first asks ([`Slot::get`]). A connection that is lost is
+//! dropped and the next item connects again; an item that asks for a retry
+//! is tried again after a back-off. Used by pull and restore, which differ
+//! only in what their [`Task`] does with an item.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Spawns `jobs` tasks made by `task(connection)` (Some for the first only)
-/// and collects what each returns; a task that panicked yields its error.
-pub async fn run<C, R, T, Fut>(
-    jobs: usize,
-    first: C,
-    task: T,
-) -> Vec<Result<Vec<R>, tokio::task::JoinError>>
-where
-    T: Fn(Option<C>) -> Fut,
-    Fut: Future<Output = Vec<R>> + Send + 'static,
-    R: Send + 'static,
-{
-    let mut first = Some(first);
-    let handles: Vec<_> = (0..jobs.max(1))
-        .map(|_| tokio::spawn(task(first.take())))
-        .collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await);
+use super::remote::{Remote, RemoteError};
+
+/// What a worker did with one item.
+#[derive(Debug)]
+pub enum Step<R> {
+    /// Finished with the item (whatever its outcome); the connection, if
+    /// one was opened, is still good.
+    Done(R),
+    /// Finished with the item, and the connection is gone: the next item
+    /// connects again.
+    Lost(R),
+    /// Try the same item again on a new connection after a back-off
+    /// (`attempt` counts up; the task decides when to give up).
+    Retry(String),
+    /// Could not reach the server: the item goes back to the queue for the
+    /// other workers and this worker stops.
+    Unreached(RemoteError),
+}
+
+/// One command's work on one item.
+pub trait Task: Send + Sync + 'static {
+    type Item: Send + 'static;
+    type Conn: Remote + 'static;
+    type Report: Send + 'static;
+
+    /// Opens a new, logged-in connection.
+    fn connect(&self) -> impl Future<Output = Result<Self::Conn, RemoteError>> + Send;
+
+    /// Works on `item` (attempt 1, 2, ... after [`Step::Retry`]), getting
+    /// the connection from `slot` only once it needs the server.
+    fn work(
+        &self,
+        slot: &mut Slot<Self::Conn>,
+        item: &mut Self::Item,
+        attempt: u32,
+    ) -> impl Future<Output = Step<Self::Report>> + Send;
+
+    /// True once the whole run must stop (e.g. the target is over quota):
+    /// no worker takes another item.
+    fn stopped(&self) -> bool {
+        false
     }
+}
+
+/// A worker's connection, opened on first use.
+pub struct Slot<C> {
+    conn: Option<C>,
+}
+
+impl<C: Remote> Slot<C> {
+    /// The open connection, or a new one from `task.connect()`.
+    pub async fn get<T: Task<Conn = C>>(&mut self, task: &T) -> Result<&mut C, RemoteError> {
+        if self.conn.is_none() {
+            self.conn = Some(task.connect().await?);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    /// True when a connection is open.
+    pub fn is_open(&self) -> bool {
+        self.conn.is_some()
+    }
+}
+
+/// What the workers left: their reports, and the items no worker could
+/// reach (every connection failed) or that a stop left in the queue.
+pub struct Finished<R, I> {
+    pub reports: Vec<R>,
+    /// One per worker that panicked.
+    pub panics: Vec<String>,
+    pub left: Vec<I>,
+}
+
+/// Works through `items` on up to `jobs` workers; `first` is the already
+/// open connection (given to the first worker).
+pub async fn run<T: Task>(
+    jobs: usize,
+    first: T::Conn,
+    items: Vec<T::Item>,
+    task: Arc<T>,
+) -> Finished<T::Report, T::Item> {
+    let jobs = jobs.clamp(1, items.len().max(1));
+    let queue = Arc::new(Mutex::new(VecDeque::from(items)));
+    let mut first = Some(first);
+    let handles: Vec<_> = (0..jobs)
+        .map(|_| {
+            let slot = Slot { conn: first.take() };
+            tokio::spawn(worker(slot, task.clone(), queue.clone()))
+        })
+        .collect();
+    let mut out = Finished {
+        reports: Vec::new(),
+        panics: Vec::new(),
+        left: Vec::new(),
+    };
+    for h in handles {
+        match h.await {
+            Ok(reports) => out.reports.extend(reports),
+            Err(e) => out.panics.push(e.to_string()),
+        }
+    }
+    out.left = queue.lock().expect("queue lock").drain(..).collect();
     out
+}
+
+async fn worker<T: Task>(
+    mut slot: Slot<T::Conn>,
+    task: Arc<T>,
+    queue: Arc<Mutex<VecDeque<T::Item>>>,
+) -> Vec<T::Report> {
+    let mut reports = Vec::new();
+    'items: loop {
+        if task.stopped() {
+            break;
+        }
+        let Some(mut item) = queue.lock().expect("queue lock").pop_front() else {
+            break;
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match task.work(&mut slot, &mut item, attempt).await {
+                Step::Done(r) => {
+                    reports.push(r);
+                    continue 'items;
+                }
+                Step::Lost(r) => {
+                    slot.conn = None;
+                    reports.push(r);
+                    continue 'items;
+                }
+                Step::Retry(why) => {
+                    log::debug!("retrying after: {why}");
+                    slot.conn = None;
+                    backoff(attempt).await;
+                }
+                Step::Unreached(e) => {
+                    log::warn!("extra connection failed: {e}");
+                    slot.conn = None;
+                    queue.lock().expect("queue lock").push_front(item);
+                    break 'items;
+                }
+            }
+        }
+    }
+    if let Some(c) = slot.conn.take() {
+        c.logout().await;
+    }
+    reports
+}
+
+/// 1, 2, 4, 8, 16, 16 ... seconds.
+async fn backoff(attempt: u32) {
+    let secs = 1u64 << attempt.min(5).saturating_sub(1);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
 }

@@ -7,7 +7,88 @@ use std::future::Future;
 
 use chrono::{DateTime, FixedOffset};
 
-use crate::imap::ImapError;
+/// A failure reported through a remote trait. What the engine acts on is
+/// the [`ErrorKind`] (whether the connection survives, whether it happened
+/// while connecting) and, for NO and BYE, the server's own text; the rest is
+/// for people. The IMAP layer converts its errors into this type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    kind: ErrorKind,
+    message: String,
+    server_text: Option<String>,
+    hint: Option<&'static str>,
+}
+
+/// What kind of failure a [`RemoteError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The server refused the command (NO); the connection is still usable.
+    Refused,
+    /// The server rejected the command as malformed (BAD); still usable.
+    Rejected,
+    /// The server ended the session (BYE).
+    Closed,
+    /// The server could not be reached.
+    Unreachable,
+    /// The server did not answer in time.
+    Timeout,
+    /// TLS could not be set up or the certificate was not trusted.
+    Tls,
+    /// The server would have us skip TLS or authentication.
+    Insecure,
+    /// The server refused the credentials.
+    Auth,
+    /// Anything else that ends the connection: lost, protocol error, I/O.
+    Broken,
+}
+
+impl RemoteError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> RemoteError {
+        RemoteError {
+            kind,
+            message: message.into(),
+            server_text: None,
+            hint: None,
+        }
+    }
+
+    /// A failure that ends the connection (the archive writer stopped, a
+    /// fake's cut).
+    pub fn broken(message: impl Into<String>) -> RemoteError {
+        RemoteError::new(ErrorKind::Broken, message)
+    }
+
+    /// The server's text of a NO or BYE, for the engine to recognise
+    /// quota and throttling replies by.
+    pub fn with_server_text(mut self, text: impl Into<String>) -> RemoteError {
+        self.server_text = Some(text.into());
+        self
+    }
+
+    /// What the user can do about it, for the account-level error line.
+    pub fn with_hint(mut self, hint: &'static str) -> RemoteError {
+        self.hint = Some(hint);
+        self
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn server_text(&self) -> Option<&str> {
+        self.server_text.as_deref()
+    }
+
+    pub fn hint(&self) -> Option<&'static str> {
+        self.hint
+    }
+
+    /// True when the connection cannot be used any more.
+    pub fn is_connection_level(&self) -> bool {
+        !matches!(self.kind, ErrorKind::Refused | ErrorKind::Rejected)
+    }
+}
 
 /// One mailbox as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,11 +146,11 @@ pub struct FetchedMessage {
 /// which is what bounds memory.
 pub trait MessageSink {
     /// Hands over one message; an error means the consumer has stopped.
-    fn send(&self, msg: FetchedMessage) -> impl Future<Output = Result<(), ImapError>> + Send;
+    fn send(&self, msg: FetchedMessage) -> impl Future<Output = Result<(), RemoteError>> + Send;
 }
 
 /// The operations pull needs from a server. Every call either completes or
-/// returns an error; `ImapError::is_connection_level` says whether the
+/// returns an error; `RemoteError::is_connection_level` says whether the
 /// connection survives it.
 pub trait Remote: Send {
     /// True if the server announced `cap` (upper case, e.g. `CONDSTORE`).
@@ -77,23 +158,23 @@ pub trait Remote: Send {
 
     /// Every mailbox, with status when the server can give it in the same
     /// round trip (LIST-STATUS).
-    fn list(&mut self) -> impl Future<Output = Result<Vec<ListedMailbox>, ImapError>> + Send;
+    fn list(&mut self) -> impl Future<Output = Result<Vec<ListedMailbox>, RemoteError>> + Send;
 
     /// Opens `raw` read-only (EXAMINE, with CONDSTORE when offered).
-    fn examine(&mut self, raw: &str) -> impl Future<Output = Result<Selected, ImapError>> + Send;
+    fn examine(&mut self, raw: &str) -> impl Future<Output = Result<Selected, RemoteError>> + Send;
 
     /// UIDs and RFC822.SIZE of the selected mailbox's messages with UID >= `from`.
     fn uid_sizes(
         &mut self,
         from: u32,
-    ) -> impl Future<Output = Result<Vec<(u32, u32)>, ImapError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(u32, u32)>, RemoteError>> + Send;
 
     /// Flags of every message of the selected mailbox, or only of those
     /// changed since `changed_since` (CONDSTORE).
     fn flags(
         &mut self,
         changed_since: Option<u64>,
-    ) -> impl Future<Output = Result<Vec<RemoteFlags>, ImapError>> + Send;
+    ) -> impl Future<Output = Result<Vec<RemoteFlags>, RemoteError>> + Send;
 
     /// Fetches `uids` (sorted) of the selected mailbox, handing each to `sink`
     /// as it arrives. Responses for UIDs not asked for are ignored; a body
@@ -103,7 +184,7 @@ pub trait Remote: Send {
         uids: &[u32],
         max_size: u64,
         sink: &S,
-    ) -> impl Future<Output = Result<Vec<u32>, ImapError>> + Send;
+    ) -> impl Future<Output = Result<Vec<u32>, RemoteError>> + Send;
 
     /// Which of `uids` the selected mailbox still holds (asked after a
     /// FETCH left some out). The default claims all of them, which keeps
@@ -111,7 +192,7 @@ pub trait Remote: Send {
     fn still_there(
         &mut self,
         uids: &[u32],
-    ) -> impl Future<Output = Result<Vec<u32>, ImapError>> + Send {
+    ) -> impl Future<Output = Result<Vec<u32>, RemoteError>> + Send {
         let all = uids.to_vec();
         async move { Ok(all) }
     }

@@ -23,7 +23,7 @@ use std::future::Future;
 use serde::Serialize;
 
 use super::remote::{ListedMailbox, Selected};
-use crate::imap::ImapError;
+use crate::sync::remote::RemoteError;
 
 mod plan;
 mod report;
@@ -73,7 +73,7 @@ pub struct QuotaResource {
 }
 
 /// The operations expunge and quota need from a server; each either
-/// completes or returns an error (`ImapError::is_connection_level` says
+/// completes or returns an error (`RemoteError::is_connection_level` says
 /// whether the connection survives it).
 pub trait ExpungeRemote: Send {
     /// True if the server announced `cap` (upper case).
@@ -82,21 +82,21 @@ pub trait ExpungeRemote: Send {
     /// Every mailbox (statuses are not needed).
     fn list_mailboxes(
         &mut self,
-    ) -> impl Future<Output = Result<Vec<ListedMailbox>, ImapError>> + Send;
+    ) -> impl Future<Output = Result<Vec<ListedMailbox>, RemoteError>> + Send;
 
     /// Opens `raw` read-only.
-    fn examine(&mut self, raw: &str) -> impl Future<Output = Result<Selected, ImapError>> + Send;
+    fn examine(&mut self, raw: &str) -> impl Future<Output = Result<Selected, RemoteError>> + Send;
 
     /// Opens `raw` read-write. Selecting another mailbox later deselects
     /// this one without expunging anything (RFC 3501 6.3.1).
-    fn select(&mut self, raw: &str) -> impl Future<Output = Result<Selected, ImapError>> + Send;
+    fn select(&mut self, raw: &str) -> impl Future<Output = Result<Selected, RemoteError>> + Send;
 
     /// Metadata of the selected mailbox's messages: all of them (`None`) or
     /// only `uids` (sorted). UIDs that no longer exist are simply absent.
     fn metadata(
         &mut self,
         uids: Option<&[u32]>,
-    ) -> impl Future<Output = Result<Vec<ServerMeta>, ImapError>> + Send;
+    ) -> impl Future<Output = Result<Vec<ServerMeta>, RemoteError>> + Send;
 
     /// `UID STORE <uids> +FLAGS.SILENT (\Deleted)` (`mark == true`) or
     /// `-FLAGS.SILENT (\Deleted)` on the selected mailbox.
@@ -104,17 +104,18 @@ pub trait ExpungeRemote: Send {
         &mut self,
         uids: &[u32],
         mark: bool,
-    ) -> impl Future<Output = Result<(), ImapError>> + Send;
+    ) -> impl Future<Output = Result<(), RemoteError>> + Send;
 
     /// `UID EXPUNGE <uids>` (UIDPLUS / IMAP4rev2): removes only those of
     /// `uids` that carry `\Deleted`, never anything else.
-    fn uid_expunge(&mut self, uids: &[u32]) -> impl Future<Output = Result<(), ImapError>> + Send;
+    fn uid_expunge(&mut self, uids: &[u32])
+        -> impl Future<Output = Result<(), RemoteError>> + Send;
 
     /// The quota roots of `mailbox` with their resources (GETQUOTAROOT).
     fn quota_roots(
         &mut self,
         mailbox: &str,
-    ) -> impl Future<Output = Result<Vec<QuotaRoot>, ImapError>> + Send;
+    ) -> impl Future<Output = Result<Vec<QuotaRoot>, RemoteError>> + Send;
 
     /// Ends the session politely; errors are ignored.
     fn logout(self) -> impl Future<Output = ()> + Send;

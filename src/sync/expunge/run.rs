@@ -15,23 +15,22 @@ use super::{ExpungeRemote, ServerMeta};
 use crate::archive::{hash_file, Archive, ArchiveError, Folder};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
-use crate::imap::ImapError;
 use crate::progress::Progress;
-use crate::sync::plan::choose_mailboxes;
-use crate::sync::remote::ListedMailbox;
+use crate::sync::mailboxes::choose_mailboxes;
+use crate::sync::remote::{ListedMailbox, RemoteError};
 
 /// A failure in one mailbox.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
     #[error(transparent)]
-    Imap(#[from] ImapError),
+    Remote(#[from] RemoteError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
 }
 
 impl Failure {
     fn connection_lost(&self) -> bool {
-        matches!(self, Failure::Imap(e) if e.is_connection_level())
+        matches!(self, Failure::Remote(e) if e.is_connection_level())
     }
 }
 
@@ -117,7 +116,7 @@ pub async fn expunge_account<R: ExpungeRemote>(
             let msg = e.to_string();
             if run.report.error.is_none() {
                 run.report.code = Some(
-                    if matches!(e, Failure::Imap(ref i) if i.is_connection_level()) {
+                    if matches!(e, Failure::Remote(ref i) if i.is_connection_level()) {
                         ExitCode::Connection
                     } else {
                         ExitCode::Partial
@@ -505,7 +504,7 @@ impl Run<'_> {
         let mut pending = b.pending.clone();
         let selected = conn.select(&raw).await?;
         if selected.uidvalidity != uv {
-            return Err(Failure::Imap(ImapError::Protocol(format!(
+            return Err(Failure::Remote(RemoteError::broken(format!(
                 "UIDVALIDITY of `{}` changed during the run ({uv} -> {}); nothing expunged",
                 b.name, selected.uidvalidity
             ))));
@@ -663,7 +662,7 @@ mod tests {
         fn has_capability(&self, cap: &str) -> bool {
             self.caps.contains(&cap)
         }
-        async fn list_mailboxes(&mut self) -> Result<Vec<ListedMailbox>, ImapError> {
+        async fn list_mailboxes(&mut self) -> Result<Vec<ListedMailbox>, RemoteError> {
             Ok(vec![ListedMailbox {
                 raw: "INBOX".into(),
                 name: "INBOX".into(),
@@ -672,7 +671,7 @@ mod tests {
                 status: None,
             }])
         }
-        async fn examine(&mut self, _: &str) -> Result<Selected, ImapError> {
+        async fn examine(&mut self, _: &str) -> Result<Selected, RemoteError> {
             let s = self.server.lock().unwrap();
             Ok(Selected {
                 uidvalidity: UV,
@@ -681,7 +680,7 @@ mod tests {
                 highestmodseq: None,
             })
         }
-        async fn select(&mut self, raw: &str) -> Result<Selected, ImapError> {
+        async fn select(&mut self, raw: &str) -> Result<Selected, RemoteError> {
             self.server
                 .lock()
                 .unwrap()
@@ -689,7 +688,7 @@ mod tests {
                 .push(format!("SELECT {raw}"));
             self.examine(raw).await
         }
-        async fn metadata(&mut self, uids: Option<&[u32]>) -> Result<Vec<ServerMeta>, ImapError> {
+        async fn metadata(&mut self, uids: Option<&[u32]>) -> Result<Vec<ServerMeta>, RemoteError> {
             let s = self.server.lock().unwrap();
             Ok(s.messages
                 .iter()
@@ -697,7 +696,7 @@ mod tests {
                 .cloned()
                 .collect())
         }
-        async fn set_deleted(&mut self, uids: &[u32], mark: bool) -> Result<(), ImapError> {
+        async fn set_deleted(&mut self, uids: &[u32], mark: bool) -> Result<(), RemoteError> {
             let mut s = self.server.lock().unwrap();
             s.commands.push(format!("STORE {uids:?} {mark}"));
             for m in s.messages.iter_mut().filter(|m| uids.contains(&m.uid)) {
@@ -708,17 +707,17 @@ mod tests {
             }
             Ok(())
         }
-        async fn uid_expunge(&mut self, uids: &[u32]) -> Result<(), ImapError> {
+        async fn uid_expunge(&mut self, uids: &[u32]) -> Result<(), RemoteError> {
             let mut s = self.server.lock().unwrap();
             if std::mem::take(&mut s.drop_on_expunge) {
-                return Err(ImapError::ConnectionLost);
+                return Err(RemoteError::broken("connection lost"));
             }
             s.commands.push(format!("EXPUNGE {uids:?}"));
             s.messages
                 .retain(|m| !(uids.contains(&m.uid) && m.has_flag("\\Deleted")));
             Ok(())
         }
-        async fn quota_roots(&mut self, _: &str) -> Result<Vec<QuotaRoot>, ImapError> {
+        async fn quota_roots(&mut self, _: &str) -> Result<Vec<QuotaRoot>, RemoteError> {
             let s = self.server.lock().unwrap();
             Ok(s.quota
                 .map(|(usage, limit)| QuotaRoot {

@@ -21,8 +21,8 @@
 
 use std::future::Future;
 
-use crate::imap::ImapError;
 use crate::sync::remote::Remote;
+use crate::sync::remote::RemoteError;
 
 mod plan;
 mod report;
@@ -60,27 +60,27 @@ pub struct Upload {
 }
 
 /// The operations restore needs beyond [`Remote`]. Errors for which
-/// `ImapError::is_connection_level` is false leave the connection usable.
+/// `RemoteError::is_connection_level` is false leave the connection usable.
 pub trait RestoreTarget: Remote {
     /// The hierarchy delimiter of the personal namespace (`LIST "" ""`);
     /// `None` for a flat server.
-    fn delimiter(&mut self) -> impl Future<Output = Result<Option<char>, ImapError>> + Send;
+    fn delimiter(&mut self) -> impl Future<Output = Result<Option<char>, RemoteError>> + Send;
 
     /// Creates `raw` (modified UTF-7); an existing mailbox is not an error.
-    fn create(&mut self, raw: &str) -> impl Future<Output = Result<(), ImapError>> + Send;
+    fn create(&mut self, raw: &str) -> impl Future<Output = Result<(), RemoteError>> + Send;
 
     /// EXAMINEs `raw` and returns its UIDVALIDITY and every message's
     /// fingerprint, without marking anything seen.
     fn fingerprints(
         &mut self,
         raw: &str,
-    ) -> impl Future<Output = Result<(u32, Vec<TargetMessage>), ImapError>> + Send;
+    ) -> impl Future<Output = Result<(u32, Vec<TargetMessage>), RemoteError>> + Send;
 
     /// SHA-256 (hex) of the bytes of `uids` (sorted) of the selected mailbox.
     fn body_hashes(
         &mut self,
         uids: &[u32],
-    ) -> impl Future<Output = Result<Vec<(u32, String)>, ImapError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(u32, String)>, RemoteError>> + Send;
 
     /// Appends `messages` to `raw` in order, pipelined. `on_result(i, r)`
     /// is called once per message as the server answers, with APPENDUID's
@@ -91,7 +91,7 @@ pub trait RestoreTarget: Remote {
         raw: &str,
         messages: &[Upload],
         on_result: F,
-    ) -> impl Future<Output = Result<(), ImapError>> + Send
+    ) -> impl Future<Output = Result<(), RemoteError>> + Send
     where
-        F: FnMut(usize, Result<Option<(u32, u32)>, ImapError>) + Send;
+        F: FnMut(usize, Result<Option<(u32, u32)>, RemoteError>) + Send;
 }

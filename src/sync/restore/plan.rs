@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::TargetMessage;
 use crate::archive::{letters_to_flags, Keywords};
-use crate::imap::mutf7;
+use crate::mutf7;
 use crate::report::human_bytes;
 use crate::sync::remote::ListedMailbox;
 

@@ -1,10 +1,11 @@
 //! Restore's executor: reads the archive, then applies the plan through
 //! [`RestoreTarget`] on `jobs` connections, retrying and stopping by scope.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::Read;
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,10 +19,11 @@ use super::report::{RestoreMailboxReport, RestoreReport};
 use super::state::RestoreState;
 use super::{RestoreTarget, Upload};
 use crate::archive::names::levels_for;
-use crate::archive::{hash_file, read_message, Archive, FileName};
+use crate::archive::{hash_file, read_message, Archive};
 use crate::exit_codes::ExitCode;
-use crate::imap::ImapError;
 use crate::progress::Progress;
+use crate::sync::pool::{self, Slot, Step, Task};
+use crate::sync::remote::{ErrorKind, RemoteError};
 
 /// Lists every archived mailbox and its messages, reading nothing but
 /// directory entries and `dovecot-keywords`. Folders whose name is not one
@@ -52,38 +54,19 @@ pub fn read_archive(archive: &Archive) -> Result<Vec<SourceMailbox>, crate::arch
         if !folder.exists() {
             continue;
         }
-        let mut messages = Vec::new();
-        let mut foreign = 0usize;
-        for sub in ["cur", "new"] {
-            let d = folder.path().join(sub);
-            let rd = match fs::read_dir(&d) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(ArchiveError::Io {
-                        what: "cannot read directory",
-                        path: d,
-                        source: e,
-                    })
-                }
-            };
-            for e in rd {
-                let e = e.map_err(ArchiveError::io("cannot read directory", &d))?;
-                let parsed = e.file_name().to_str().and_then(FileName::parse);
-                match parsed {
-                    Some(n) if e.file_type().is_ok_and(|t| t.is_file()) => {
-                        messages.push(SourceMessage {
-                            path: e.path(),
-                            base: n.base(),
-                            secs: n.secs,
-                            size: n.size,
-                            letters: n.flags,
-                        })
-                    }
-                    _ => foreign += 1,
-                }
-            }
-        }
+        let found = folder.files()?;
+        let foreign = found.strays.len();
+        let mut messages: Vec<SourceMessage> = found
+            .files
+            .into_iter()
+            .map(|f| SourceMessage {
+                path: f.path,
+                base: f.base,
+                secs: f.name.secs,
+                size: f.name.size,
+                letters: f.name.flags,
+            })
+            .collect();
         if foreign > 0 {
             log::warn!(
                 "{foreign} file(s) in `{}` are not imapbak's; not restored",
@@ -167,9 +150,6 @@ struct Ctx {
     stop: AtomicBool,
     quota: Mutex<Option<String>>,
     target_name: String,
-    /// The previous run was killed: let the server finish what it had
-    /// received before fingerprinting.
-    settle_first: bool,
 }
 
 /// Restores the archive of `source_name` (already read into `sources`)
@@ -187,7 +167,7 @@ pub async fn restore_account<R, F, Fut>(
 where
     R: RestoreTarget + 'static,
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<R, ImapError>> + Send,
+    Fut: Future<Output = Result<R, RemoteError>> + Send,
 {
     let mut report = RestoreReport {
         account: source_name.to_string(),
@@ -206,7 +186,7 @@ where
     let listing = async {
         let listed = first.list().await?;
         let delim = first.delimiter().await?;
-        Ok::<_, ImapError>((listed, delim))
+        Ok::<_, RemoteError>((listed, delim))
     };
     let (listed, delimiter) = match listing.await {
         Ok(x) => x,
@@ -264,35 +244,44 @@ where
             "the previous restore into `{target_name}` did not finish; waiting for the server to settle before checking what it holds"
         );
     }
-    let ctx = Arc::new(Ctx {
-        settle_first,
-        opts,
-        progress,
-        state,
-        stop: AtomicBool::new(false),
-        quota: Mutex::new(None),
-        target_name: target_name.to_string(),
+    let jobs_list: Vec<Job> = ready
+        .into_iter()
+        .map(|plan| Job {
+            rep: RestoreMailboxReport {
+                source: plan.source.clone(),
+                target: plan.target.clone(),
+                created: plan.create,
+                ..Default::default()
+            },
+            settle: settle_first,
+            plan,
+        })
+        .collect();
+    let task = Arc::new(RestoreTask {
+        ctx: Ctx {
+            opts,
+            progress,
+            state,
+            stop: AtomicBool::new(false),
+            quota: Mutex::new(None),
+            target_name: target_name.to_string(),
+        },
+        connect,
+        _conn: PhantomData,
     });
-    let queue = Arc::new(Mutex::new(VecDeque::from(ready)));
-    let connect = Arc::new(connect);
-    let results = crate::sync::pool::run(jobs, first, |conn| {
-        let (ctx, queue, connect) = (ctx.clone(), queue.clone(), connect.clone());
-        async move { worker(conn, &ctx, &queue, &*connect).await }
-    })
-    .await;
-    for w in results {
-        match w {
-            Ok(reports) => report.mailboxes.extend(reports),
-            Err(e) => report.error = Some(format!("internal error: {e}")),
-        }
+    let done = pool::run(jobs, first, jobs_list, task.clone()).await;
+    report.mailboxes.extend(done.reports);
+    if let Some(e) = done.panics.into_iter().next() {
+        report.error = Some(format!("internal error: {e}"));
     }
+    let ctx = &task.ctx;
     if let Some(s) = &ctx.state {
         if !ctx.opts.dry_run {
             s.end_run();
         }
     }
     let quota = ctx.quota.lock().expect("quota lock").clone();
-    for p in queue.lock().expect("queue lock").drain(..) {
+    for p in done.left.into_iter().map(|j| j.plan) {
         let why = if quota.is_some() {
             "not restored: the target is over quota"
         } else {
@@ -319,112 +308,112 @@ where
     report
 }
 
-async fn worker<R, F, Fut>(
-    mut conn: Option<R>,
-    ctx: &Ctx,
-    queue: &Mutex<VecDeque<MailboxPlan>>,
-    connect: &F,
-) -> Vec<RestoreMailboxReport>
+/// One mailbox on its way through the pool: the plan, its report so far
+/// (counts add up over attempts) and whether to let the server settle
+/// before fingerprinting (after a killed run or a lost connection).
+struct Job {
+    plan: MailboxPlan,
+    rep: RestoreMailboxReport,
+    settle: bool,
+}
+
+/// Restore's work on one mailbox for the pool: up to [`ATTEMPTS`] tries,
+/// reconnecting and backing off when the connection drops or the server
+/// throttles.
+struct RestoreTask<R, F> {
+    ctx: Ctx,
+    connect: F,
+    _conn: PhantomData<fn() -> R>,
+}
+
+impl<R, F, Fut> Task for RestoreTask<R, F>
 where
-    R: RestoreTarget,
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<R, ImapError>>,
+    R: RestoreTarget + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, RemoteError>> + Send,
 {
-    let mut reports = Vec::new();
-    'plans: loop {
-        if ctx.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Some(plan) = queue.lock().expect("queue lock").pop_front() else {
-            break;
+    type Item = Job;
+    type Conn = R;
+    type Report = RestoreMailboxReport;
+
+    fn connect(&self) -> impl Future<Output = Result<R, RemoteError>> + Send {
+        (self.connect)()
+    }
+
+    fn stopped(&self) -> bool {
+        self.ctx.stop.load(Ordering::SeqCst)
+    }
+
+    async fn work(
+        &self,
+        slot: &mut Slot<R>,
+        job: &mut Job,
+        attempt: u32,
+    ) -> Step<RestoreMailboxReport> {
+        let ctx = &self.ctx;
+        let c = match slot.get(self).await {
+            Ok(c) => c,
+            Err(e) if attempt < ATTEMPTS => {
+                log::warn!("cannot reconnect to `{}`: {e}; retrying", ctx.target_name);
+                return Step::Retry(e.to_string());
+            }
+            Err(e) => {
+                job.rep.outcome = "failed";
+                job.rep
+                    .errors
+                    .push(format!("not restored: cannot connect to the server: {e}"));
+                return Step::Done(std::mem::take(&mut job.rep));
+            }
         };
-        let mut rep = RestoreMailboxReport {
-            source: plan.source.clone(),
-            target: plan.target.clone(),
-            created: plan.create,
-            ..Default::default()
-        };
-        let mut attempt = 0;
-        let mut settle = ctx.settle_first;
-        loop {
-            attempt += 1;
-            let c = match conn.as_mut() {
-                Some(c) => c,
-                None => match connect().await {
-                    Ok(c) => conn.insert(c),
-                    Err(e) if attempt < ATTEMPTS => {
-                        log::warn!("cannot reconnect to `{}`: {e}; retrying", ctx.target_name);
-                        backoff(attempt).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        rep.outcome = "failed";
-                        rep.errors
-                            .push(format!("not restored: cannot connect to the server: {e}"));
-                        reports.push(rep);
-                        continue 'plans;
-                    }
-                },
-            };
-            rep.errors.clear();
-            match restore_mailbox(c, &plan, ctx, &mut rep, settle).await {
-                Ok(()) => break,
-                Err(Stop::Retry(why)) if attempt < ATTEMPTS => {
-                    // Appends sent on the lost connection may still land.
-                    settle = true;
-                    log::warn!(
-                        "`{}`: {why}; retrying (attempt {} of {ATTEMPTS})",
-                        plan.target,
-                        attempt + 1
-                    );
-                    conn = None;
-                    backoff(attempt).await;
-                }
-                Err(Stop::Retry(why)) => {
-                    rep.outcome = "failed";
-                    rep.errors
-                        .push(format!("gave up after {ATTEMPTS} attempts: {why}"));
-                    conn = None;
-                    break;
-                }
-                Err(Stop::Quota(text)) => {
-                    rep.outcome = "failed";
-                    ctx.stop.store(true, Ordering::SeqCst);
-                    ctx.quota
-                        .lock()
-                        .expect("quota lock")
-                        .get_or_insert(text.clone());
-                    rep.errors.push(format!("over quota: {text}"));
-                    break;
-                }
-                Err(Stop::Failed(why)) => {
-                    rep.outcome = "failed";
-                    rep.errors.push(why);
-                    break;
-                }
+        job.rep.errors.clear();
+        match restore_mailbox(c, &job.plan, ctx, &mut job.rep, job.settle).await {
+            Ok(()) => Step::Done(std::mem::take(&mut job.rep)),
+            Err(Stop::Retry(why)) if attempt < ATTEMPTS => {
+                // Appends sent on the lost connection may still land.
+                job.settle = true;
+                log::warn!(
+                    "`{}`: {why}; retrying (attempt {} of {ATTEMPTS})",
+                    job.plan.target,
+                    attempt + 1
+                );
+                Step::Retry(why)
+            }
+            Err(Stop::Retry(why)) => {
+                job.rep.outcome = "failed";
+                job.rep
+                    .errors
+                    .push(format!("gave up after {ATTEMPTS} attempts: {why}"));
+                Step::Lost(std::mem::take(&mut job.rep))
+            }
+            Err(Stop::Quota(text)) => {
+                job.rep.outcome = "failed";
+                ctx.stop.store(true, Ordering::SeqCst);
+                ctx.quota
+                    .lock()
+                    .expect("quota lock")
+                    .get_or_insert(text.clone());
+                job.rep.errors.push(format!("over quota: {text}"));
+                Step::Done(std::mem::take(&mut job.rep))
+            }
+            Err(Stop::Failed(why)) => {
+                job.rep.outcome = "failed";
+                job.rep.errors.push(why);
+                Step::Done(std::mem::take(&mut job.rep))
             }
         }
-        reports.push(rep);
     }
-    if let Some(c) = conn {
-        c.logout().await;
-    }
-    reports
 }
 
-async fn backoff(attempt: u32) {
-    let secs = 1u64 << attempt.min(5).saturating_sub(1);
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-}
-
-fn classify(e: ImapError) -> Stop {
-    match e {
-        ImapError::No { ref text, .. } if is_quota(text) => Stop::Quota(text.clone()),
-        ImapError::No { ref text, .. } | ImapError::Bye(ref text) if is_throttle(text) => {
-            Stop::Retry(e.to_string())
-        }
-        e if e.is_connection_level() => Stop::Retry(e.to_string()),
-        e => Stop::Failed(e.to_string()),
+fn classify(e: RemoteError) -> Stop {
+    let refused = e.kind() == ErrorKind::Refused;
+    let refused_or_closed = refused || e.kind() == ErrorKind::Closed;
+    let text = e.server_text().unwrap_or_default();
+    if refused && is_quota(text) {
+        Stop::Quota(text.to_string())
+    } else if (refused_or_closed && is_throttle(text)) || e.is_connection_level() {
+        Stop::Retry(e.to_string())
+    } else {
+        Stop::Failed(e.to_string())
     }
 }
 
@@ -506,7 +495,7 @@ const SETTLE_MAX: Duration = Duration::from_secs(60);
 /// Waits until `raw` stops growing. A server keeps executing the APPENDs a
 /// killed or disconnected client had fully sent; fingerprinting before they
 /// land would append those messages a second time.
-async fn settle_mailbox<R: RestoreTarget>(conn: &mut R, raw: &str) -> Result<(), ImapError> {
+async fn settle_mailbox<R: RestoreTarget>(conn: &mut R, raw: &str) -> Result<(), RemoteError> {
     let start = std::time::Instant::now();
     let mut last = conn.examine(raw).await?;
     loop {

@@ -1,63 +1,32 @@
-//! The pull executor: lists the account's mailboxes, then pulls them on
-//! `jobs` connections at once. Per mailbox: skip it if the listing proves
-//! it unchanged, mirror flag changes by renaming, then stream new messages
-//! to a writer thread that compresses, fsyncs, renames into `cur/`, syncs
-//! the directory and only then journals. Memory is bounded by a byte budget
-//! shared by all connections: a UID FETCH is sent only once the bytes it will
-//! bring are reserved, and each message gives its share back once written,
-//! so what is read but not yet on disk never exceeds the budget (or the one
-//! message larger than it).
+//! The pull executor: gathers what the planner needs (the archive's index,
+//! EXAMINE, the flags and sizes `plan.rs` says to ask for), plans the
+//! mailbox, then applies the plan: flag renames first, then the fetches,
+//! streamed to a writer thread; the status is saved last.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::marker::PhantomData;
+use std::sync::Arc;
 
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::plan::{
-    choose_mailboxes, fetch_batches, flag_changes, list_from, next_floor, unchanged, Target,
+    fetch_from, flag_query, needs_listing, next_floor, plan_mailbox, unchanged, Examined,
+    FlagQuery, MailboxPlan,
 };
-use super::remote::{FetchedMessage, MessageSink, Remote};
+use super::report::{AccountReport, MailboxReport};
+use super::PullOptions;
 use crate::archive::headers::HeaderRecord;
-use crate::archive::{flags_to_letters, Archive, ArchiveError, Folder, JournalEntry, Keywords};
-use crate::archive::{sha256_hex, Status};
+use crate::archive::{flags_to_letters, Archive, ArchiveError, Folder, FolderIndex, JournalEntry};
+use crate::archive::{sha256_hex, Keywords, Status};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
-use crate::imap::ImapError;
 use crate::progress::Progress;
-use crate::report::{AccountReport, MailboxReport};
-
-/// How a pull runs.
-#[derive(Debug, Clone)]
-pub struct PullOptions {
-    /// Connections used at once.
-    pub jobs: usize,
-    /// Plan and report, write nothing.
-    pub dry_run: bool,
-    /// Upper bound of one UID FETCH, in bytes of RFC822.SIZE.
-    pub batch_bytes: u64,
-    /// Upper bound of one UID FETCH, in messages.
-    pub batch_count: usize,
-    /// Bytes of fetched messages that may wait for the writers at once.
-    pub memory_budget: u64,
-}
-
-impl Default for PullOptions {
-    // Measured with scripts/bench.sh on 2 cores (README, Performance): 4 jobs
-    // beat 2 and match 6-8; batches of 4 MiB within a 32 MiB budget let all
-    // four connections stream at once.
-    fn default() -> Self {
-        PullOptions {
-            jobs: 4,
-            dry_run: false,
-            batch_bytes: 4 * 1024 * 1024,
-            batch_count: 2000,
-            memory_budget: 32 * 1024 * 1024,
-        }
-    }
-}
+use crate::sync::mailboxes::{choose_mailboxes, Target};
+use crate::sync::pool::{self, Slot, Step, Task};
+use crate::sync::remote::{FetchedMessage, MessageSink, Remote, RemoteError};
 
 struct Ctx {
     archive: Archive,
@@ -72,7 +41,10 @@ struct Ctx {
 #[derive(Debug, thiserror::Error)]
 enum Failure {
     #[error(transparent)]
-    Imap(#[from] ImapError),
+    Remote(#[from] RemoteError),
+    /// No connection could be opened for it.
+    #[error(transparent)]
+    Unreached(RemoteError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
 }
@@ -88,7 +60,7 @@ pub async fn pull_account<R, F, Fut>(
 where
     R: Remote + 'static,
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<R, ImapError>> + Send,
+    Fut: Future<Output = Result<R, RemoteError>> + Send,
 {
     bound_allocator();
     let archive = Archive::at(&account.archive);
@@ -140,35 +112,31 @@ where
         });
     }
     let budget_kib = (opts.memory_budget / 1024).clamp(1, u32::MAX as u64) as u32;
-    let jobs = opts.jobs.clamp(1, targets.len().max(1));
-    let ctx = Arc::new(Ctx {
-        archive,
-        account: account.clone(),
-        budget: Arc::new(Semaphore::new(budget_kib as usize)),
-        budget_kib,
-        opts,
-        progress,
+    let jobs = opts.jobs;
+    let task = Arc::new(PullTask {
+        ctx: Ctx {
+            archive,
+            account: account.clone(),
+            budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
+            opts,
+            progress,
+        },
+        connect,
+        _conn: PhantomData,
     });
-    let queue = Arc::new(Mutex::new(VecDeque::from(targets)));
-    let connect = Arc::new(connect);
-    let results = super::pool::run(jobs, first, |conn| {
-        let (ctx, queue, connect) = (ctx.clone(), queue.clone(), connect.clone());
-        async move { worker(conn, &ctx, &queue, &*connect).await }
-    })
-    .await;
-    for w in results {
-        match w {
-            Ok(reports) => report.mailboxes.extend(reports),
-            Err(e) => report.mailboxes.push(MailboxReport {
-                name: "(worker)".into(),
-                outcome: "failed",
-                errors: vec![format!("internal error: {e}")],
-                ..Default::default()
-            }),
-        }
+    let done = pool::run(jobs, first, targets, task).await;
+    report.mailboxes.extend(done.reports);
+    for e in done.panics {
+        report.mailboxes.push(MailboxReport {
+            name: "(worker)".into(),
+            outcome: "failed",
+            errors: vec![format!("internal error: {e}")],
+            ..Default::default()
+        });
     }
     // Whatever no worker could reach (every connection lost) is reported.
-    for t in queue.lock().expect("queue lock").drain(..) {
+    for t in done.left {
         report.mailboxes.push(MailboxReport {
             name: t.mailbox.name,
             folder: t.folder,
@@ -214,94 +182,66 @@ fn with_hint(e: &ArchiveError) -> String {
 }
 
 /// The one-line account error for a failed connection, with a hint.
-pub fn connect_error(account: &Account, e: &ImapError) -> String {
-    let hint = match e {
-        ImapError::Connect { .. } | ImapError::Timeout { .. } => {
-            "check `host` and `port`, and that the server is reachable"
-        }
-        ImapError::Handshake { .. } => {
-            "if you trust this server's certificate, set `ca-file` to its CA, or `cert-fingerprint` to the sha256 value above"
-        }
-        ImapError::Auth { .. } => "check `user` and the password source",
-        ImapError::NoStartTls(_) => "use `tls = \"implicit\"` (port 993) if the server offers it",
-        _ => "run `imapbak check` for details",
-    };
+pub fn connect_error(account: &Account, e: &RemoteError) -> String {
+    let hint = e.hint().unwrap_or("run `imapbak check` for details");
     format!(
         "{}:{} (account `{}`): {e}\nhint: {hint}",
         account.host, account.port, account.name
     )
 }
 
-async fn worker<R, F, Fut>(
-    mut conn: Option<R>,
-    ctx: &Ctx,
-    queue: &Mutex<VecDeque<Target>>,
-    connect: &F,
-) -> Vec<MailboxReport>
-where
-    R: Remote,
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<R, ImapError>>,
-{
-    let mut reports = Vec::new();
-    loop {
-        let Some(target) = queue.lock().expect("queue lock").pop_front() else {
-            break;
-        };
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match connect().await {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    log::warn!("extra connection failed: {e}");
-                    queue.lock().expect("queue lock").push_front(target);
-                    break;
-                }
-            },
-        };
-        let (rep, lost) = pull_mailbox(c, &target, ctx).await;
-        reports.push(rep);
-        if let Some(e) = lost {
-            log::warn!(
-                "connection lost while pulling `{}`: {e}",
-                target.mailbox.name
-            );
-            conn = None;
-        }
-    }
-    if let Some(c) = conn {
-        c.logout().await;
-    }
-    reports
+/// Pull's work on one mailbox for the pool: it connects only when the
+/// listing cannot prove the mailbox unchanged.
+struct PullTask<R, F> {
+    ctx: Ctx,
+    connect: F,
+    _conn: PhantomData<fn() -> R>,
 }
 
-/// Pulls one mailbox. The second value is set when the connection is gone.
-async fn pull_mailbox<R: Remote>(
-    conn: &mut R,
-    t: &Target,
-    ctx: &Ctx,
-) -> (MailboxReport, Option<ImapError>) {
-    let mut rep = MailboxReport {
-        name: t.mailbox.name.clone(),
-        folder: t.folder.clone(),
-        outcome: "fetched",
-        ..Default::default()
-    };
-    match pull_mailbox_inner(conn, t, ctx, &mut rep).await {
-        Ok(()) => (rep, None),
-        Err(e) => {
-            rep.outcome = "failed";
-            rep.errors.push(e.to_string());
-            match e {
-                Failure::Imap(e) if e.is_connection_level() => (rep, Some(e)),
-                _ => (rep, None),
+impl<R, F, Fut> Task for PullTask<R, F>
+where
+    R: Remote + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, RemoteError>> + Send,
+{
+    type Item = Target;
+    type Conn = R;
+    type Report = MailboxReport;
+
+    fn connect(&self) -> impl Future<Output = Result<R, RemoteError>> + Send {
+        (self.connect)()
+    }
+
+    async fn work(&self, slot: &mut Slot<R>, t: &mut Target, _attempt: u32) -> Step<MailboxReport> {
+        let mut rep = MailboxReport {
+            name: t.mailbox.name.clone(),
+            folder: t.folder.clone(),
+            outcome: "fetched",
+            ..Default::default()
+        };
+        match pull_mailbox(slot, self, t, &self.ctx, &mut rep).await {
+            Ok(()) => Step::Done(rep),
+            Err(Failure::Unreached(e)) => Step::Unreached(e),
+            Err(e) => {
+                rep.outcome = "failed";
+                rep.errors.push(e.to_string());
+                match e {
+                    Failure::Remote(e) if e.is_connection_level() => {
+                        log::warn!("connection lost while pulling `{}`: {e}", t.mailbox.name);
+                        Step::Lost(rep)
+                    }
+                    _ => Step::Done(rep),
+                }
             }
         }
     }
 }
 
-async fn pull_mailbox_inner<R: Remote>(
-    conn: &mut R,
+/// Plans the mailbox, then applies the plan; connects only past the
+/// listing's proof of no change.
+async fn pull_mailbox<T: Task>(
+    slot: &mut Slot<T::Conn>,
+    task: &T,
     t: &Target,
     ctx: &Ctx,
     rep: &mut MailboxReport,
@@ -324,50 +264,94 @@ async fn pull_mailbox_inner<R: Remote>(
             folder.scan()
         }
     })?;
-    let sel = conn.examine(&t.mailbox.raw).await?;
-    let uv = sel.uidvalidity;
-    if prior.uidvalidity != 0 && prior.uidvalidity != uv {
+    let mut keywords = folder.load_keywords()?;
+    let conn = slot.get(task).await.map_err(Failure::Unreached)?;
+    let examined = examine(conn, &t.mailbox.raw, &prior, &index).await?;
+    let plan = plan_mailbox(
+        &t.mailbox.name,
+        &prior,
+        &index,
+        &mut keywords,
+        &examined,
+        &ctx.opts,
+    );
+    log::debug!("plan: {plan}");
+    if plan.uidvalidity_changed {
         rep.uidvalidity_changed = true;
         log::warn!(
             "UIDVALIDITY of `{}` changed ({} -> {}): keeping every archived message and starting a new generation",
             t.mailbox.name,
             prior.uidvalidity,
-            uv
+            plan.uidvalidity
         );
     }
-    let held: HashSet<u32> = index.uids(uv).collect();
-    let mut keywords = folder.load_keywords()?;
+    apply(
+        conn, t, ctx, rep, &folder, &index, keywords, &examined, plan,
+    )
+    .await
+}
 
-    // Flags: mirror the server's changes by renaming archived files.
-    let same_gen = prior.uidvalidity == uv;
-    let modseq_same =
-        same_gen && prior.highestmodseq.is_some() && prior.highestmodseq == sel.highestmodseq;
-    let remote_flags = if held.is_empty() || modseq_same {
-        Vec::new()
-    } else {
-        let since = if same_gen && sel.highestmodseq.is_some() {
-            prior.highestmodseq
-        } else {
-            None
-        };
-        conn.flags(since).await?
+/// Asks the server what the planner needs: EXAMINE, then the flags and
+/// the UIDs and sizes that [`flag_query`] and [`needs_listing`] call for.
+async fn examine<R: Remote>(
+    conn: &mut R,
+    raw: &str,
+    prior: &Status,
+    index: &FolderIndex,
+) -> Result<Examined, Failure> {
+    let selected = conn.examine(raw).await?;
+    let uv = selected.uidvalidity;
+    let nothing_held = index.uids(uv).next().is_none();
+    let flags = match flag_query(prior, &selected, nothing_held) {
+        FlagQuery::Skip => Vec::new(),
+        FlagQuery::All => conn.flags(None).await?,
+        FlagQuery::ChangedSince(modseq) => conn.flags(Some(modseq)).await?,
     };
-    let remote_letters: Vec<(u32, String)> = remote_flags
-        .iter()
-        .filter(|f| held.contains(&f.uid))
-        .map(|f| (f.uid, letters(&f.flags, &mut keywords, &t.mailbox.name)))
-        .collect();
-    let archived: HashMap<u32, String> = remote_letters
-        .iter()
-        .filter_map(|(uid, _)| Some((*uid, index.file_for(uv, *uid)?.name.flags.clone())))
-        .collect();
-    let changes = flag_changes(&remote_letters, &archived);
+    let from = fetch_from(prior, index, uv);
+    let sizes = if needs_listing(&selected, from) {
+        conn.uid_sizes(from).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Examined {
+        selected,
+        flags,
+        sizes,
+        from,
+    })
+}
+
+/// Applies a mailbox's plan: flag renames, then the fetches, then the
+/// status (whose floor stops below the first UID not stored).
+#[allow(clippy::too_many_arguments)]
+async fn apply<R: Remote>(
+    conn: &mut R,
+    t: &Target,
+    ctx: &Ctx,
+    rep: &mut MailboxReport,
+    folder: &Folder,
+    index: &FolderIndex,
+    mut keywords: Keywords,
+    examined: &Examined,
+    plan: MailboxPlan,
+) -> Result<(), Failure> {
+    let dry = ctx.opts.dry_run;
+    let sel = &examined.selected;
+    let uv = plan.uidvalidity;
+    if !plan.dropped_keywords.is_empty() {
+        log::warn!(
+            "`{}`: keywords not stored in file names (more than 26, or not valid keywords): {}",
+            t.mailbox.name,
+            plan.dropped_keywords.join(" ")
+        );
+    }
+    let changes = &plan.flag_changes;
     rep.flag_updates = changes.len() as u64;
     if !dry && !changes.is_empty() {
         tokio::task::block_in_place(|| -> Result<(), ArchiveError> {
             folder.save_keywords(&mut keywords)?;
             let mut renamed = HashSet::new();
-            for c in &changes {
+            for c in changes {
                 let Some(file) = index.file_for(uv, c.uid) else {
                     continue;
                 };
@@ -380,33 +364,11 @@ async fn pull_mailbox_inner<R: Remote>(
         })?;
     }
 
-    // New messages.
-    // A file that vanished from the archive is fetched again.
-    let lowest_missing = index
-        .missing
-        .iter()
-        .filter(|(v, _)| *v == uv)
-        .map(|(_, u)| *u)
-        .min();
-    let from = list_from(&prior, uv).min(lowest_missing.unwrap_or(u32::MAX));
-    let candidates = if sel.exists == 0 || (sel.uidnext != 0 && sel.uidnext <= from) {
-        Vec::new()
-    } else {
-        conn.uid_sizes(from).await?
-    };
-    let batches = fetch_batches(
-        &candidates,
-        &held,
-        ctx.opts.batch_bytes,
-        ctx.opts.batch_count,
-    );
-    let planned: Vec<u32> = batches.concat();
-    let sizes: HashMap<u32, u32> = candidates.iter().copied().collect();
-    let planned_bytes: u64 = planned.iter().map(|u| sizes[u] as u64).sum();
+    let planned = plan.planned();
     if dry {
         rep.outcome = "planned";
         rep.fetched = planned.len() as u64;
-        rep.bytes = planned_bytes;
+        rep.bytes = plan.bytes;
         return Ok(());
     }
     let mut failed: Vec<u32> = Vec::new();
@@ -417,77 +379,10 @@ async fn pull_mailbox_inner<R: Remote>(
         }
     } else {
         ctx.progress
-            .mailbox_started(&t.mailbox.name, planned.len() as u64, planned_bytes);
-        let old: HashMap<String, String> = index
-            .entries
-            .values()
-            .filter(|e| e.uidvalidity != uv)
-            .map(|e| (e.sha256.clone(), e.base.clone()))
-            .collect();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = {
-            let folder = folder.clone();
-            let level = ctx.account.compression_level;
-            let progress = ctx.progress.clone();
-            let name = t.mailbox.name.clone();
-            let keywords = keywords.clone();
-            std::thread::spawn(move || {
-                write_loop(folder, uv, level, keywords, old, rx, &*progress, &name)
-            })
-        };
-        let sink = WriterSink {
-            tx,
-            reserved: AsyncMutex::new(None),
-        };
-        let mut not_sent: Vec<u32> = Vec::new();
-        for batch in &batches {
-            // Reserve what the batch will bring before asking for it.
-            let kib = batch
-                .iter()
-                .map(|u| kib_of(sizes[u] as usize))
-                .sum::<u32>()
-                .min(ctx.budget_kib);
-            let Ok(permit) = ctx.budget.clone().acquire_many_owned(kib).await else {
-                break;
-            };
-            *sink.reserved.lock().await = Some(permit);
-            let limit = literal_limit(batch, &sizes, ctx.account.max_message_size);
-            let result = conn.fetch(batch, limit, &sink).await;
-            // What the batch did not use (messages gone from the server) goes back.
-            sink.reserved.lock().await.take();
-            let delivered: HashSet<u32> = match result {
-                Ok(d) => d.into_iter().collect(),
-                Err(e) => {
-                    first_error = Some(e.into());
-                    break;
-                }
-            };
-            // A server may answer OK and still leave messages out (some
-            // cannot convert every item). Gone is fine; still there is not:
-            // those stay below the floor and are asked for again.
-            let left_out: Vec<u32> = batch
-                .iter()
-                .copied()
-                .filter(|u| !delivered.contains(u))
-                .collect();
-            if !left_out.is_empty() {
-                match conn.still_there(&left_out).await {
-                    Ok(present) => not_sent.extend(present),
-                    Err(e) => {
-                        first_error = Some(e.into());
-                        break;
-                    }
-                }
-            }
-        }
-        drop(sink);
-        let out = tokio::task::block_in_place(|| writer.join()).unwrap_or_else(|_| WriteOutcome {
-            error: Some(ArchiveError::Damaged {
-                path: folder.path().to_path_buf(),
-                reason: "the writer thread panicked".into(),
-            }),
-            ..Default::default()
-        });
+            .mailbox_started(&t.mailbox.name, planned.len() as u64, plan.bytes);
+        let (out, not_sent, fetch_error) =
+            fetch_planned(conn, t, ctx, folder, index, &keywords, &plan).await;
+        first_error = fetch_error;
         ctx.progress.mailbox_finished(&t.mailbox.name);
         rep.fetched = out.stored.len() as u64;
         rep.bytes = out.bytes;
@@ -519,7 +414,7 @@ async fn pull_mailbox_inner<R: Remote>(
         uidvalidity: uv,
         uidnext: sel.uidnext,
         highestmodseq: sel.highestmodseq,
-        floor: next_floor(from, sel.uidnext, &planned, &failed),
+        floor: next_floor(plan.from, sel.uidnext, &planned, &failed),
         last_pull: chrono::Utc::now().timestamp(),
     };
     folder.save_status(&status)?;
@@ -527,6 +422,95 @@ async fn pull_mailbox_inner<R: Remote>(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Streams the plan's batches to a writer thread, each batch sent only
+/// once the memory budget holds its bytes. Returns what the writer stored,
+/// the UIDs the server left out although it still holds them, and the
+/// first error.
+async fn fetch_planned<R: Remote>(
+    conn: &mut R,
+    t: &Target,
+    ctx: &Ctx,
+    folder: &Folder,
+    index: &FolderIndex,
+    keywords: &Keywords,
+    plan: &MailboxPlan,
+) -> (WriteOutcome, Vec<u32>, Option<Failure>) {
+    let uv = plan.uidvalidity;
+    let sizes = &plan.sizes;
+    let mut first_error: Option<Failure> = None;
+    let old: HashMap<String, String> = index
+        .entries
+        .values()
+        .filter(|e| e.uidvalidity != uv)
+        .map(|e| (e.sha256.clone(), e.base.clone()))
+        .collect();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = {
+        let folder = folder.clone();
+        let level = ctx.account.compression_level;
+        let progress = ctx.progress.clone();
+        let name = t.mailbox.name.clone();
+        let keywords = keywords.clone();
+        std::thread::spawn(move || {
+            write_loop(folder, uv, level, keywords, old, rx, &*progress, &name)
+        })
+    };
+    let sink = WriterSink {
+        tx,
+        reserved: AsyncMutex::new(None),
+    };
+    let mut not_sent: Vec<u32> = Vec::new();
+    for batch in &plan.batches {
+        // Reserve what the batch will bring before asking for it.
+        let kib = batch
+            .iter()
+            .map(|u| kib_of(sizes[u] as usize))
+            .sum::<u32>()
+            .min(ctx.budget_kib);
+        let Ok(permit) = ctx.budget.clone().acquire_many_owned(kib).await else {
+            break;
+        };
+        *sink.reserved.lock().await = Some(permit);
+        let limit = literal_limit(batch, sizes, ctx.account.max_message_size);
+        let result = conn.fetch(batch, limit, &sink).await;
+        // What the batch did not use (messages gone from the server) goes back.
+        sink.reserved.lock().await.take();
+        let delivered: HashSet<u32> = match result {
+            Ok(d) => d.into_iter().collect(),
+            Err(e) => {
+                first_error = Some(e.into());
+                break;
+            }
+        };
+        // A server may answer OK and still leave messages out (some
+        // cannot convert every item). Gone is fine; still there is not:
+        // those stay below the floor and are asked for again.
+        let left_out: Vec<u32> = batch
+            .iter()
+            .copied()
+            .filter(|u| !delivered.contains(u))
+            .collect();
+        if !left_out.is_empty() {
+            match conn.still_there(&left_out).await {
+                Ok(present) => not_sent.extend(present),
+                Err(e) => {
+                    first_error = Some(e.into());
+                    break;
+                }
+            }
+        }
+    }
+    drop(sink);
+    let out = tokio::task::block_in_place(|| writer.join()).unwrap_or_else(|_| WriteOutcome {
+        error: Some(ArchiveError::Damaged {
+            path: folder.path().to_path_buf(),
+            reason: "the writer thread panicked".into(),
+        }),
+        ..Default::default()
+    });
+    (out, not_sent, first_error)
 }
 
 /// The largest body a batch may bring: the server's own RFC822.SIZE with
@@ -560,7 +544,7 @@ struct WriterSink {
 }
 
 impl MessageSink for WriterSink {
-    async fn send(&self, msg: FetchedMessage) -> Result<(), ImapError> {
+    async fn send(&self, msg: FetchedMessage) -> Result<(), RemoteError> {
         let share = {
             let mut reserved = self.reserved.lock().await;
             reserved.as_mut().and_then(|r| {
@@ -570,7 +554,7 @@ impl MessageSink for WriterSink {
         };
         self.tx
             .send((msg, share))
-            .map_err(|_| ImapError::Protocol("the archive writer stopped".into()))
+            .map_err(|_| RemoteError::broken("protocol error: the archive writer stopped"))
     }
 }
 

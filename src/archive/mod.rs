@@ -44,6 +44,18 @@ impl ArchiveError {
     }
 }
 
+/// The folders the last pull proved unchanged from the listing alone, and
+/// when. A no-change pull writes this one file instead of every folder's
+/// status, so `ls` can show the last successful pull without a run of many
+/// mailboxes paying one synced write each.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnchangedRun {
+    /// Seconds since the epoch.
+    pub time: i64,
+    /// Maildir++ directory names (`""` is INBOX).
+    pub folders: Vec<String>,
+}
+
 /// One account's archive directory.
 #[derive(Debug, Clone)]
 pub struct Archive {
@@ -116,6 +128,31 @@ impl Archive {
                 path,
                 source: e,
             }),
+        }
+    }
+
+    /// Records the folders a pull found unchanged (replacing the last record).
+    pub fn save_unchanged(&self, run: &UnchangedRun) -> Result<(), ArchiveError> {
+        let json = serde_json::to_vec(run).expect("serializable");
+        write_atomic(&self.state_dir().join("unchanged.json"), &json)
+    }
+
+    /// The last record of [`Archive::save_unchanged`]; empty when there is
+    /// none or it cannot be read (it only ever adds to what `ls` shows).
+    pub fn load_unchanged(&self) -> UnchangedRun {
+        std::fs::read(self.state_dir().join("unchanged.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// The last successful pull of a folder: its status's time, or later
+    /// when the last pull proved it unchanged.
+    pub fn last_pull(&self, dir: &str, status: &Status, unchanged: &UnchangedRun) -> i64 {
+        if unchanged.folders.iter().any(|f| f == dir) {
+            status.last_pull.max(unchanged.time)
+        } else {
+            status.last_pull
         }
     }
 

@@ -61,7 +61,7 @@ struct AccountListing {
     total: Row,
 }
 
-fn row(view: &FolderView) -> Row {
+fn row(view: &FolderView, last_pull: i64) -> Row {
     let mut r = Row {
         mailbox: view.mailbox.clone(),
         folder: view.dir.clone(),
@@ -81,8 +81,8 @@ fn row(view: &FolderView) -> Row {
         r.times.0 = Some(r.times.0.map_or(s, |o: i64| o.min(s)));
         r.times.1 = Some(r.times.1.map_or(s, |n: i64| n.max(s)));
     }
-    if view.status.last_pull > 0 {
-        r.times.2 = Some(view.status.last_pull);
+    if last_pull > 0 {
+        r.times.2 = Some(last_pull);
     }
     finish(&mut r);
     r
@@ -141,9 +141,13 @@ pub fn run(cmd: LsCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
         } else {
             match folder_dirs(&archive) {
                 Ok(dirs) => {
+                    let unchanged = archive.load_unchanged();
                     for dir in dirs {
                         match read_folder(&archive, &dir) {
-                            Ok(v) => l.mailboxes.push(row(&v)),
+                            Ok(v) => {
+                                let last = archive.last_pull(&dir, &v.status, &unchanged);
+                                l.mailboxes.push(row(&v, last))
+                            }
                             Err(e) => {
                                 eprintln!("error: account `{}`: {e}", account.name);
                                 code = ExitCode::Partial;

@@ -656,3 +656,64 @@ fn man_pages_are_fresh() {
         );
     }
 }
+
+#[test]
+fn a_no_change_pull_logs_in_once_and_ls_shows_it_as_the_last_pull() {
+    let user = dovecot().new_user("nochange");
+    let mut imap = user.imap();
+    for i in 0..6 {
+        let name = format!("Box{i}");
+        imap.create(&name);
+        imap.append(&name, &[], "14-May-2024 09:30:00 +0200", &mail::plain(i));
+    }
+    imap.logout();
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    env.cmd().args(["pull", "--jobs", "4"]).assert().success();
+    let logins = || {
+        dovecot()
+            .log()
+            .matches(&format!("Login: user=<{}>", user.name))
+            .count()
+    };
+    // Dovecot's log process may write a line a moment after the login.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = logins();
+    // LAST PULL has one-second resolution: the second run must be later.
+    std::thread::sleep(Duration::from_millis(1100));
+    let started = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let out = env
+        .cmd()
+        .args(["pull", "--jobs", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(json(&out)["fetched"], 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        logins() - before,
+        1,
+        "a no-change pull must log in exactly once, whatever the scheduling"
+    );
+    let ls = env.cmd().args(["ls", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    for m in v[0]["mailboxes"].as_array().unwrap() {
+        let last = chrono_secs(m["last_pull"].as_str().unwrap());
+        assert!(
+            last >= started,
+            "`{}`: LAST PULL {} is older than the no-change run ({started})",
+            m["mailbox"],
+            m["last_pull"]
+        );
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 time as `ls --json` prints it.
+fn chrono_secs(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("`{s}`: {e}"))
+        .timestamp()
+}

@@ -20,7 +20,7 @@ use super::report::{AccountReport, MailboxReport};
 use super::PullOptions;
 use crate::archive::headers::HeaderRecord;
 use crate::archive::{flags_to_letters, Archive, ArchiveError, Folder, FolderIndex, JournalEntry};
-use crate::archive::{sha256_hex, Keywords, Status};
+use crate::archive::{sha256_hex, Keywords, Status, UnchangedRun};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
@@ -125,7 +125,7 @@ where
         connect,
         _conn: PhantomData,
     });
-    let done = pool::run(jobs, first, targets, task).await;
+    let done = pool::run(jobs, first, targets, task.clone()).await;
     report.mailboxes.extend(done.reports);
     for e in done.panics {
         report.mailboxes.push(MailboxReport {
@@ -144,6 +144,22 @@ where
             errors: vec!["not pulled: no connection to the server".into()],
             ..Default::default()
         });
+    }
+    if _lock.is_some() {
+        // Folders proved unchanged kept their status untouched; one record
+        // says they were pulled now.
+        let run = UnchangedRun {
+            time: chrono::Utc::now().timestamp(),
+            folders: report
+                .mailboxes
+                .iter()
+                .filter(|m| m.outcome == "unchanged")
+                .map(|m| m.folder.clone())
+                .collect(),
+        };
+        if let Err(e) = task.ctx.archive.save_unchanged(&run) {
+            log::warn!("cannot record the unchanged mailboxes: {e}");
+        }
     }
     report.mailboxes.sort_by(|a, b| a.name.cmp(&b.name));
     report

@@ -11,6 +11,8 @@
 #   IMAP_PORT   (required) plain IMAP + STARTTLS on 127.0.0.1
 #   IMAPS_PORT  (required) implicit TLS on 127.0.0.1
 #   IMAP_SEP    [/] hierarchy separator of the INBOX namespace ("/" or ".")
+#   IMAP_PREFIX [] prefix of the INBOX namespace ("INBOX." as Courier and
+#               Debian's Cyrus lay mail out; needs IMAP_SEP=.)
 #   FOREGROUND  [] if 1, exec `dovecot -F` in the foreground (the Rust harness
 #               runs it as a child that dies with the test process)
 #   ZLIB_SAVE   [] if set (gz|bz2|xz|lz4|zstd), Dovecot compresses mail it saves
@@ -112,6 +114,7 @@ print_info() {
 start() {
   : "${IMAP_PORT:?IMAP_PORT is required}" "${IMAPS_PORT:?IMAPS_PORT is required}"
   IMAP_SEP=${IMAP_SEP:-/}
+  IMAP_PREFIX=${IMAP_PREFIX:-}
   local zlib_save=${ZLIB_SAVE:-}
 
   command -v dovecot >/dev/null || {
@@ -201,6 +204,7 @@ CNF
 IMAP_PORT=$IMAP_PORT
 IMAPS_PORT=$IMAPS_PORT
 IMAP_SEP=$IMAP_SEP
+IMAP_PREFIX=$IMAP_PREFIX
 MAIL_UID=$MAIL_UID
 MAIL_GID=$MAIL_GID
 EOF
@@ -241,7 +245,7 @@ mailbox_list_index = yes
 namespace inbox {
   inbox = yes
   separator = $IMAP_SEP
-  prefix =
+  prefix = $IMAP_PREFIX
   mailbox Drafts {
     special_use = \\Drafts
     auto = create

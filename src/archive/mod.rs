@@ -56,6 +56,32 @@ pub struct UnchangedRun {
     pub folders: Vec<String>,
 }
 
+/// The source server's personal namespace as the last pull saw it, so a
+/// restore can tell a prefix level (`INBOX` of `INBOX.Sent`) from a real one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NamespaceRecord {
+    /// Decoded, delimiter included (`INBOX.`); empty for none.
+    pub prefix: String,
+    pub delimiter: Option<char>,
+}
+
+impl NamespaceRecord {
+    /// The hierarchy levels of the prefix (`["INBOX"]` for `INBOX.`).
+    pub fn levels(&self) -> Vec<String> {
+        let trimmed = match self.delimiter {
+            Some(d) => self.prefix.trim_end_matches(d),
+            None => &self.prefix,
+        };
+        if trimmed.is_empty() {
+            return Vec::new();
+        }
+        match self.delimiter {
+            Some(d) => trimmed.split(d).map(str::to_string).collect(),
+            None => vec![trimmed.to_string()],
+        }
+    }
+}
+
 /// One account's archive directory.
 #[derive(Debug, Clone)]
 pub struct Archive {
@@ -154,6 +180,22 @@ impl Archive {
         } else {
             status.last_pull
         }
+    }
+
+    /// Records the source's namespace (written only when it changed).
+    pub fn save_namespace(&self, ns: &NamespaceRecord) -> Result<(), ArchiveError> {
+        if self.load_namespace().as_ref() == Some(ns) {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(ns).expect("serializable");
+        write_atomic(&self.state_dir().join("namespace.json"), &json)
+    }
+
+    /// The namespace the last pull recorded, if any.
+    pub fn load_namespace(&self) -> Option<NamespaceRecord> {
+        std::fs::read(self.state_dir().join("namespace.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// The folder for a Maildir++ directory name (`""` is INBOX).

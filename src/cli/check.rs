@@ -5,8 +5,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 
 use super::{load_accounts, runtime, AccountArgs, Connector};
+use crate::archive::Archive;
 use crate::exit_codes::ExitCode;
-use crate::sync::mailboxes::choose_mailboxes;
+use crate::sync::mailboxes::{choose_mailboxes_in, Naming};
 use crate::sync::pull::connect_error;
 use crate::sync::remote::Remote;
 
@@ -33,10 +34,11 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
                 .map_err(|e| anyhow!(connect_error(&account, &e)))?;
             let listed = conn.list().await?;
             let caps = conn.capabilities();
+            let namespace = conn.namespace();
             conn.logout().await;
-            Ok::<_, anyhow::Error>((listed, caps))
+            Ok::<_, anyhow::Error>((listed, caps, namespace))
         });
-        let (listed, caps) = match result {
+        let (listed, caps, namespace) = match result {
             Ok(v) => v,
             Err(e) => {
                 eprintln!(
@@ -54,7 +56,17 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
         );
         println!("  archive: {}", account.archive.display());
         println!("  capabilities: {}", caps.join(" "));
-        let (targets, refused) = choose_mailboxes(&listed, |n| account.wants(n));
+        if let Some(ns) = namespace.as_ref().filter(|n| !n.prefix.is_empty()) {
+            println!(
+                "  namespace: `{}` (not part of folder names in the archive)",
+                ns.prefix
+            );
+        }
+        let (targets, refused) = choose_mailboxes_in(
+            &listed,
+            &Naming::for_archive(namespace.as_ref(), &Archive::at(&account.archive)),
+            |n| account.wants(n),
+        );
         println!("  mailboxes ({} to back up):", targets.len());
         for m in &listed {
             let mark = if !m.selectable {

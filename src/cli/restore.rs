@@ -21,7 +21,8 @@ use crate::sync::restore::{read_archive, restore_account, RestoreOptions, Restor
 #[command(after_long_help = "\
 Every archived message is appended with its exact bytes, its flags and
 keywords (never \\Deleted) and its INTERNALDATE; missing mailboxes are
-created (hierarchy delimiter translated, names in modified UTF-7). Before
+created (hierarchy delimiter translated, names in modified UTF-7, under
+the target's namespace prefix such as Courier's INBOX.). Before
 appending into a mailbox, imapbak fingerprints what the target already
 holds (size + INTERNALDATE + Message-ID, or a hash of the bytes for
 messages without one) and skips those: a second run appends nothing, and a
@@ -164,6 +165,7 @@ pub fn run(cmd: RestoreCmd, config: Option<&std::path::Path>) -> Result<ExitCode
         before: cmd.before,
         dry_run: cmd.dry_run,
         jobs: cmd.jobs as usize,
+        ..Default::default()
     };
     let start = Instant::now();
     let progress: Arc<dyn crate::progress::Progress> =

@@ -20,7 +20,7 @@ use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::{Bars, Progress};
 use crate::report::human_bytes;
-use crate::sync::mailboxes::choose_mailboxes;
+use crate::sync::mailboxes::{choose_mailboxes_in, Naming};
 use crate::sync::pull::connect_error;
 use crate::sync::remote::Remote;
 
@@ -235,7 +235,11 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
                 return;
             }
         };
-        let (targets, _refused) = choose_mailboxes(&listed, |n| account.wants(n));
+        let (targets, _refused) = choose_mailboxes_in(
+            &listed,
+            &Naming::for_archive(conn.namespace().as_ref(), &Archive::at(&account.archive)),
+            |n| account.wants(n),
+        );
         let mut views: HashMap<String, FolderView> = HashMap::new();
         let mut out = Vec::new();
         for t in targets {

@@ -167,6 +167,7 @@ impl RestoreTarget for Connection {
         };
         super::lift(async {
             let mailbox = quote(raw)?;
+            self.leave_examined().await?;
             let plus = self.caps.contains("LITERAL+");
             if messages.len() > 1 && self.caps.contains("MULTIAPPEND") {
                 // One command, one transaction: the server commits the batch at
@@ -296,6 +297,25 @@ impl Connection {
                 Multi::Continue | Multi::Other => {}
             }
         }
+    }
+
+    /// Leaves a mailbox selected with EXAMINE before an APPEND: RFC 3501
+    /// allows no change to a read-only mailbox, and Courier refuses an APPEND
+    /// into it (`Current box is selected READ-ONLY`; Dovecot and Cyrus
+    /// allow it). UNSELECT where offered, else CLOSE, which never expunges
+    /// a mailbox selected read-only (RFC 3501 6.4.2).
+    async fn leave_examined(&mut self) -> Result<(), ImapError> {
+        if !self.examined {
+            return Ok(());
+        }
+        let command = if self.caps.contains("UNSELECT") || self.caps.contains("IMAP4REV2") {
+            "UNSELECT"
+        } else {
+            "CLOSE"
+        };
+        self.run(command, |_| {}).await?;
+        self.examined = false;
+        Ok(())
     }
 
     /// Reads one response while a MULTIAPPEND runs.

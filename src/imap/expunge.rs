@@ -8,7 +8,7 @@ use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, ResponseCod
 use super::session::parse_internaldate;
 use super::{quote, uid_set, Connection, ImapError};
 use crate::sync::expunge::{ExpungeRemote, QuotaResource, QuotaRoot, ServerMeta};
-use crate::sync::remote::{ListedMailbox, Remote, RemoteError, Selected};
+use crate::sync::remote::{ListedMailbox, Namespace, Remote, RemoteError, Selected};
 
 /// A FETCH response that carries every item `metadata` asked for;
 /// unsolicited flag updates from other sessions yield `None`.
@@ -36,6 +36,10 @@ impl ExpungeRemote for Connection {
         self.caps.contains(cap)
     }
 
+    fn namespace(&self) -> Option<Namespace> {
+        self.namespace.clone()
+    }
+
     async fn list_mailboxes(&mut self) -> Result<Vec<ListedMailbox>, RemoteError> {
         Remote::list(self).await
     }
@@ -48,6 +52,8 @@ impl ExpungeRemote for Connection {
         super::lift(async {
             let command = format!("SELECT {}", quote(raw)?);
             let mut sel = Selected::default();
+            // Selected or not, nothing stays EXAMINEd (RFC 3501 6.3.1).
+            self.examined = false;
             self.run(&command, |r| match r {
                 Response::Data { outcome, .. } => match outcome.code {
                     Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,

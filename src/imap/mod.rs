@@ -9,6 +9,7 @@
 mod append;
 mod expunge;
 mod guard;
+mod namespace;
 mod session;
 pub mod tls;
 

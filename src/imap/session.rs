@@ -21,8 +21,8 @@ use super::guard::Guarded;
 use super::{quote, uid_set, ImapError};
 use crate::mutf7;
 use crate::sync::remote::{
-    FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Remote, RemoteError, RemoteFlags,
-    Selected,
+    FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Namespace, Remote, RemoteError,
+    RemoteFlags, Selected,
 };
 
 /// The byte stream under the IMAP session: TLS, optionally wrapped in
@@ -51,6 +51,10 @@ pub struct ConnectParams<'a> {
 pub struct Connection {
     pub(crate) session: async_imap::Session<Stream>,
     pub(crate) caps: HashSet<String>,
+    /// The personal namespace (NAMESPACE), when the server announced one.
+    pub(crate) namespace: Option<Namespace>,
+    /// A mailbox is selected read-only (EXAMINE): no APPEND into it.
+    pub(crate) examined: bool,
     pub(crate) timeout: Duration,
     /// The largest literal the server may announce right now (see guard.rs).
     pub(crate) literal_limit: Arc<AtomicU64>,
@@ -161,6 +165,8 @@ impl Connection {
         };
         let mut conn = Connection {
             session,
+            namespace: None,
+            examined: false,
             caps: HashSet::new(),
             timeout: p.timeout,
             literal_limit,
@@ -177,6 +183,7 @@ impl Connection {
         })
         .await?;
         conn.caps = caps;
+        conn.namespace = conn.personal_namespace().await?;
         Ok(conn)
     }
 
@@ -189,6 +196,8 @@ impl Connection {
         }
         let Connection {
             session,
+            namespace,
+            examined,
             caps,
             timeout: t,
             literal_limit,
@@ -213,6 +222,8 @@ impl Connection {
         .map_err(async_to_imap)?;
         Ok(Connection {
             session,
+            namespace,
+            examined,
             caps,
             timeout: t,
             literal_limit,
@@ -426,7 +437,10 @@ fn has_starttls(line: &str) -> bool {
 
 /// Reads one CRLF-terminated line (at most 64 KiB), keeping any bytes after
 /// it in `buf`.
-async fn read_line(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, ImapError> {
+pub(crate) async fn read_line<R: tokio::io::AsyncRead + Unpin>(
+    tcp: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<String, ImapError> {
     loop {
         if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
             let line: Vec<u8> = buf.drain(..pos + 2).collect();
@@ -466,6 +480,10 @@ fn status_of(attrs: &[StatusAttribute]) -> MailboxStatus {
 impl Remote for Connection {
     fn has_capability(&self, cap: &str) -> bool {
         self.caps.contains(cap)
+    }
+
+    fn namespace(&self) -> Option<Namespace> {
+        self.namespace.clone()
     }
 
     async fn list(&mut self) -> Result<Vec<ListedMailbox>, RemoteError> {
@@ -546,6 +564,8 @@ impl Remote for Connection {
                 if condstore { " (CONDSTORE)" } else { "" }
             );
             let mut sel = Selected::default();
+            // A failed EXAMINE leaves nothing selected (RFC 3501 6.3.2).
+            self.examined = false;
             self.run(&command, |r| match r {
                 Response::Data { outcome, .. } => match outcome.code {
                     Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,
@@ -562,6 +582,7 @@ impl Remote for Connection {
                     "server sent no UIDVALIDITY for `{raw}`"
                 )));
             }
+            self.examined = true;
             Ok(sel)
         })
         .await

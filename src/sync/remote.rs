@@ -104,6 +104,15 @@ pub struct ListedMailbox {
     pub status: Option<MailboxStatus>,
 }
 
+/// The personal namespace (RFC 2342): `INBOX.` with `.` on Courier and
+/// Debian's Cyrus, empty with `/` on most others.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Namespace {
+    /// Decoded, delimiter included (`INBOX.`); empty for none.
+    pub prefix: String,
+    pub delimiter: Option<char>,
+}
+
 /// What STATUS says about a mailbox without selecting it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MailboxStatus {
@@ -155,6 +164,11 @@ pub trait MessageSink {
 pub trait Remote: Send {
     /// True if the server announced `cap` (upper case, e.g. `CONDSTORE`).
     fn has_capability(&self, cap: &str) -> bool;
+
+    /// The personal namespace, when the server told it (NAMESPACE).
+    fn namespace(&self) -> Option<Namespace> {
+        None
+    }
 
     /// Every mailbox, with status when the server can give it in the same
     /// round trip (LIST-STATUS).

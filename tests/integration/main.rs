@@ -9,6 +9,7 @@ mod expunge;
 mod fakes;
 mod faults;
 mod harness;
+mod namespace;
 mod perf;
 mod pull;
 mod restore;

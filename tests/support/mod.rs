@@ -67,6 +67,14 @@ pub fn dovecot() -> &'static Dovecot {
     DOVECOT.get_or_init(|| Dovecot::start(SEP))
 }
 
+static DOVECOT_PREFIXED: OnceLock<Dovecot> = OnceLock::new();
+
+/// A third private Dovecot laid out as Courier and Debian's Cyrus are:
+/// every personal mailbox under the namespace prefix `INBOX.`, delimiter `.`.
+pub fn dovecot_prefixed() -> &'static Dovecot {
+    DOVECOT_PREFIXED.get_or_init(|| Dovecot::start_with(DOT_SEP, "INBOX."))
+}
+
 /// The hierarchy separator of the second private Dovecot ([`dovecot_dot`]).
 pub const DOT_SEP: char = '.';
 
@@ -249,6 +257,11 @@ fn port_ready(port: u16, greeting: bool) -> bool {
 
 impl Dovecot {
     fn start(sep: char) -> Dovecot {
+        Self::start_with(sep, "")
+    }
+
+    /// A Dovecot whose INBOX namespace has `prefix` (`INBOX.` as Courier).
+    fn start_with(sep: char, prefix: &str) -> Dovecot {
         assert!(
             Command::new("dovecot")
                 .arg("--version")
@@ -259,7 +272,7 @@ impl Dovecot {
         );
         let mut last_err = String::new();
         for _attempt in 0..4 {
-            match Self::try_start(sep) {
+            match Self::try_start(sep, prefix) {
                 Ok(d) => return d,
                 Err((msg, retry)) => {
                     last_err = msg;
@@ -273,7 +286,7 @@ impl Dovecot {
     }
 
     /// Err((diagnostics, worth retrying on other ports)).
-    fn try_start(sep: char) -> Result<Dovecot, (String, bool)> {
+    fn try_start(sep: char, prefix: &str) -> Result<Dovecot, (String, bool)> {
         sweep_stale_dirs();
         let root = tempfile::Builder::new()
             .prefix("imapbak-dovecot-")
@@ -294,6 +307,7 @@ impl Dovecot {
             .env("IMAP_PORT", imap_port.to_string())
             .env("IMAPS_PORT", imaps_port.to_string())
             .env("IMAP_SEP", sep.to_string())
+            .env("IMAP_PREFIX", prefix)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

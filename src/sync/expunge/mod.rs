@@ -22,7 +22,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
-use super::remote::{ListedMailbox, Selected};
+use super::remote::{ListedMailbox, Namespace, Selected};
 use crate::sync::remote::RemoteError;
 
 mod plan;
@@ -78,6 +78,11 @@ pub struct QuotaResource {
 pub trait ExpungeRemote: Send {
     /// True if the server announced `cap` (upper case).
     fn has_capability(&self, cap: &str) -> bool;
+
+    /// The personal namespace, when the server told it (NAMESPACE).
+    fn namespace(&self) -> Option<Namespace> {
+        None
+    }
 
     /// Every mailbox (statuses are not needed).
     fn list_mailboxes(

@@ -16,7 +16,7 @@ use crate::archive::{hash_file, Archive, ArchiveError, Folder};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
-use crate::sync::mailboxes::choose_mailboxes;
+use crate::sync::mailboxes::{choose_mailboxes_in, Naming};
 use crate::sync::remote::{ListedMailbox, RemoteError};
 
 /// A failure in one mailbox.
@@ -176,7 +176,9 @@ impl Run<'_> {
         // Pass 1: read-only. What the server holds, what the archive holds.
         let listed = conn.list_mailboxes().await?;
         let globs = self.opts.mailboxes.clone();
-        let (targets, refused) = choose_mailboxes(&listed, |n| {
+        let archive = Archive::at(&self.account.archive);
+        let naming = Naming::for_archive(conn.namespace().as_ref(), &archive);
+        let (targets, refused) = choose_mailboxes_in(&listed, &naming, |n| {
             self.account.wants(n) && globs.as_ref().is_none_or(|g| g.is_match(n))
         });
         for r in refused {

@@ -24,7 +24,7 @@ use crate::archive::{sha256_hex, Keywords, Status, UnchangedRun};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
-use crate::sync::mailboxes::{choose_mailboxes, Target};
+use crate::sync::mailboxes::{choose_mailboxes_in, record, Naming, Target};
 use crate::sync::pool::{self, Slot, Step, Task};
 use crate::sync::remote::{FetchedMessage, MessageSink, Remote, RemoteError};
 
@@ -102,7 +102,14 @@ where
             }
         }
     };
-    let (targets, refused) = choose_mailboxes(&listed, |n| account.wants(n));
+    let namespace = first.namespace();
+    let naming = Naming::for_archive(namespace.as_ref(), &archive);
+    if !opts.dry_run {
+        if let Err(e) = archive.save_namespace(&record(namespace.as_ref())) {
+            log::warn!("cannot record the server's namespace: {e}");
+        }
+    }
+    let (targets, refused) = choose_mailboxes_in(&listed, &naming, |n| account.wants(n));
     for r in refused {
         report.mailboxes.push(MailboxReport {
             name: r.name,

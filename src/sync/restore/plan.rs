@@ -91,6 +91,9 @@ pub struct RestoreOptions {
     pub mailboxes: Option<GlobSet>,
     /// Levels to put every restored mailbox under.
     pub prefix: Vec<String>,
+    /// The target's personal namespace prefix (`INBOX.` on Courier), put
+    /// before every name but INBOX's; filled in from the target's NAMESPACE.
+    pub namespace_prefix: String,
     /// Only messages with INTERNALDATE >= this (seconds).
     pub since: Option<i64>,
     /// Only messages with INTERNALDATE < this (seconds).
@@ -170,7 +173,8 @@ pub fn plan_mailboxes(
             .chain(s.levels.iter().map(String::as_str))
             .collect();
         let target = match target_name(&levels, delimiter) {
-            Ok(t) => t,
+            Ok(t) if t.eq_ignore_ascii_case("INBOX") => t,
+            Ok(t) => format!("{}{t}", opts.namespace_prefix),
             Err(reason) => {
                 refused.push(Refused { source, reason });
                 continue;

@@ -41,15 +41,31 @@ pub fn read_archive(archive: &Archive) -> Result<Vec<SourceMailbox>, crate::arch
         }
     }
     dirs.sort();
+    let source_prefix = archive
+        .load_namespace()
+        .map(|n| n.levels())
+        .unwrap_or_default();
     let mut out = Vec::new();
     for dir in dirs {
-        let Some(levels) = levels_for(&dir) else {
+        let Some(mut levels) = levels_for(&dir) else {
             log::warn!(
                 "folder `{}` is not one imapbak writes; not restored",
                 mail.join(&dir).display()
             );
             continue;
         };
+        // A folder pulled before namespace prefixes were stripped
+        // (`.INBOX.Sent` from Courier) is restored under the user's name.
+        let prefix = source_prefix.as_slice();
+        if !prefix.is_empty()
+            && levels.len() > prefix.len()
+            && levels
+                .iter()
+                .zip(prefix)
+                .all(|(l, p)| l.eq_ignore_ascii_case(p))
+        {
+            levels.drain(..prefix.len());
+        }
         let folder = archive.folder(&dir);
         if !folder.exists() {
             continue;
@@ -196,6 +212,14 @@ where
             return report;
         }
     };
+    let mut opts = opts;
+    let namespace = first.namespace();
+    opts.namespace_prefix = namespace
+        .as_ref()
+        .map(|n| n.prefix.clone())
+        .unwrap_or_default();
+    // The namespace's delimiter is the one its names use.
+    let delimiter = namespace.and_then(|n| n.delimiter).or(delimiter);
     let (plans, refused) = plan_mailboxes(&sources, &listed, delimiter, &opts);
     for r in refused {
         report.mailboxes.push(RestoreMailboxReport {

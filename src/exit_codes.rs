@@ -5,11 +5,11 @@
 pub enum ExitCode {
     /// Everything asked for was done (including "nothing to do").
     Success,
-    /// Some messages or mailboxes failed; the rest was done.
+    /// Some messages, mailboxes or accounts failed; the rest was done.
     Partial,
     /// Bad command line or configuration; nothing was done.
     Usage,
-    /// Could not connect, secure the connection, or log in.
+    /// Could not connect, secure the connection, or log in; nothing was done.
     Connection,
     /// The archive is locked by another run.
     Locked,
@@ -32,14 +32,60 @@ impl ExitCode {
         }
     }
 
+    /// The status of a run over several accounts, from each account's own:
+    /// 0 when all went well, 1 when something failed but something else
+    /// was done, and an account-level code (2 and up) only when no account
+    /// got anywhere (the highest of them). A cron job must not read "nothing
+    /// was done" when one account of two was backed up.
+    pub fn for_accounts(codes: impl IntoIterator<Item = ExitCode>) -> ExitCode {
+        let mut worst = ExitCode::Success;
+        let mut some_done = false;
+        let mut all_ok = true;
+        for c in codes {
+            some_done |= c <= ExitCode::Partial;
+            all_ok &= c == ExitCode::Success;
+            worst = worst.max(c);
+        }
+        if all_ok {
+            ExitCode::Success
+        } else if some_done {
+            ExitCode::Partial
+        } else {
+            worst
+        }
+    }
+
     /// The table printed in `--help` and the man page.
     pub const TABLE: &'static str = "\
 Exit status:
   0  success (also: nothing to do)
-  1  partial failure: some messages or mailboxes failed, the rest was done
+  1  partial failure: some messages, mailboxes or accounts failed, the rest
+     was done (with several accounts, any account that failed while another
+     succeeded gives 1)
   2  usage or configuration error; nothing was done
-  3  connection, TLS or authentication failure
+  3  connection, TLS or authentication failure; nothing was done
   4  the archive is locked by another imapbak run
   5  internal error
   6  restore stopped: the target server is over quota";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExitCode::{self, *};
+
+    #[test]
+    fn one_failed_account_of_two_is_a_partial_run() {
+        assert_eq!(ExitCode::for_accounts([Success, Usage]), Partial);
+        assert_eq!(ExitCode::for_accounts([Connection, Success]), Partial);
+        assert_eq!(ExitCode::for_accounts([Partial, Locked]), Partial);
+    }
+
+    #[test]
+    fn account_level_codes_only_when_no_account_got_anywhere() {
+        assert_eq!(ExitCode::for_accounts([]), Success);
+        assert_eq!(ExitCode::for_accounts([Success, Success]), Success);
+        assert_eq!(ExitCode::for_accounts([Usage, Usage]), Usage);
+        assert_eq!(ExitCode::for_accounts([Usage, Connection]), Connection);
+        assert_eq!(ExitCode::for_accounts([Partial, Partial]), Partial);
+    }
 }

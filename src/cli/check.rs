@@ -23,10 +23,17 @@ pub struct CheckCmd {
 pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let accounts = load_accounts(config, &cmd.accounts)?;
     let rt = runtime()?;
-    let mut worst = ExitCode::Success;
+    let mut codes = Vec::new();
     for account in accounts {
         let account = Arc::new(account);
-        let connector = Connector::new(account.clone())?;
+        let connector = match Connector::new(account.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {}", crate::report::error_text(&e));
+                codes.push(ExitCode::Usage);
+                continue;
+            }
+        };
         let result = rt.block_on(async {
             let mut conn = connector
                 .connect()
@@ -46,7 +53,7 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
                     account.name,
                     crate::report::error_text(&e)
                 );
-                worst = worst.max(ExitCode::Connection);
+                codes.push(ExitCode::Connection);
                 continue;
             }
         };
@@ -84,6 +91,7 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
                 .unwrap_or_default();
             println!("    {mark:<9} {}  {count}", m.name);
         }
+        codes.push(ExitCode::Success);
         for r in refused {
             eprintln!(
                 "warning: mailbox `{}` will not be archived: {}",
@@ -91,5 +99,5 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
             );
         }
     }
-    Ok(worst)
+    Ok(ExitCode::for_accounts(codes))
 }

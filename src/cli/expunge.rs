@@ -50,8 +50,9 @@ archived_copy_missing, size_differs, archived_copy_damaged), `mailboxes`
 
 Exit status: 0 when everything due was expunged or there was nothing to do
 (skips are reported, not failures); 1 when a mailbox failed or the server
-lacks UIDPLUS; 2 for a usage error (including --free-to without a storage
-limit); 3 connection; 4 the archive is locked by a pull.";
+lacks UIDPLUS, or one account failed while another was expunged; 2 for a
+usage error (including --free-to without a storage limit); 3 connection;
+4 the archive is locked by a pull; 2-4 only when no account got anywhere.";
 
 /// Delete old mail from the server, only what is verified in the archive.
 #[derive(Debug, clap::Args)]
@@ -127,6 +128,16 @@ pub(crate) fn cut_for(age: u64) -> i64 {
     chrono::Utc::now().timestamp() - age.min(i64::MAX as u64 / 2) as i64
 }
 
+/// Fills in the report's totals; its exit status is that of a run over
+/// several accounts (`ExitCode::for_accounts`), which an account failing
+/// beside a good one makes 1, not the failed account's own code.
+pub(crate) fn finish(report: &mut ExpungeReport) -> ExitCode {
+    report.finish();
+    let code = ExitCode::for_accounts(report.accounts.iter().map(|a| a.exit_code()));
+    report.exit_code = code.code();
+    code
+}
+
 /// Connects and expunges one account; a connection failure is reported
 /// in the account's report.
 pub(crate) fn expunge_one(
@@ -168,7 +179,7 @@ pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode
     }
     drop(progress);
     report.seconds = start.elapsed().as_secs_f64();
-    let code = report.finish();
+    let code = finish(&mut report);
     report.print(cmd.json, cmd.quiet)?;
     Ok(code)
 }

@@ -65,8 +65,10 @@ not stored twice.
   bytes, bytes_on_disk, flag_updates, deduplicated, uidvalidity_changed,
   errors: [text]}]}]
 
-Exit status: 0 success, 1 some mailboxes or messages failed, 2 usage or
-configuration error, 3 connection/TLS/login failure, 4 archive locked.";
+Exit status: 0 success, 1 some mailboxes, messages or accounts failed
+(one account of two failing is 1), 2 usage or configuration error, 3
+connection/TLS/login failure, 4 archive locked; 2-4 only when no account
+could be pulled at all.";
 
 pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let accounts = load_accounts(config, &cmd.accounts)?;
@@ -139,7 +141,7 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let mut code = report.finish();
     if expunge_opts.is_some() {
         expunge_report.seconds = start.elapsed().as_secs_f64() - report.seconds;
-        code = code.max(expunge_report.finish());
+        code = code.max(super::expunge::finish(&mut expunge_report));
         for line in report.problems() {
             eprintln!("{line}");
         }

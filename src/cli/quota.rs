@@ -201,12 +201,7 @@ pub fn run(cmd: QuotaCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
         });
         report.accounts.push(q);
     }
-    let code = report
-        .accounts
-        .iter()
-        .map(|a| a.code)
-        .max()
-        .unwrap_or(ExitCode::Success);
+    let code = ExitCode::for_accounts(report.accounts.iter().map(|a| a.code));
     report.exit_code = code.code();
     for a in &report.accounts {
         if let Some(e) = &a.error {

@@ -127,12 +127,7 @@ pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
         report.accounts.push(av);
     }
     drop(progress);
-    let code = report
-        .accounts
-        .iter()
-        .map(AccountVerify::exit_code)
-        .max()
-        .unwrap_or(ExitCode::Success);
+    let code = ExitCode::for_accounts(report.accounts.iter().map(AccountVerify::exit_code));
     report.problems = report
         .accounts
         .iter()

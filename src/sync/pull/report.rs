@@ -88,12 +88,7 @@ impl PullReport {
             self.errors += m.errors.len() as u64;
         }
         self.errors += self.accounts.iter().filter(|a| a.error.is_some()).count() as u64;
-        let code = self
-            .accounts
-            .iter()
-            .map(AccountReport::exit_code)
-            .max()
-            .unwrap_or(ExitCode::Success);
+        let code = ExitCode::for_accounts(self.accounts.iter().map(AccountReport::exit_code));
         self.exit_code = code.code();
         code
     }

@@ -10,9 +10,11 @@ mod append;
 mod expunge;
 mod guard;
 mod namespace;
+mod probe;
 mod session;
 pub mod tls;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::PathBuf;
 
@@ -32,6 +34,12 @@ pub enum ImapError {
     },
     #[error("TLS handshake with `{host}` failed: {reason}")]
     Handshake { host: String, reason: String },
+    /// Implicit TLS on a port that speaks plain IMAP (usually 143).
+    #[error("`{host}:{port}` sent a plain-text IMAP greeting where a TLS handshake was expected")]
+    PlainGreeting { host: String, port: u16 },
+    /// STARTTLS on a port that speaks TLS from the first byte (usually 993).
+    #[error("`{host}:{port}` waits for a TLS handshake instead of sending an IMAP greeting")]
+    TlsPort { host: String, port: u16 },
     #[error("TLS set-up failed: {0}")]
     Tls(String),
     #[error("cannot read ca-file `{}`: {reason}", path.display())]
@@ -77,27 +85,43 @@ impl From<RemoteError> for ImapError {
 impl From<ImapError> for RemoteError {
     fn from(e: ImapError) -> RemoteError {
         use ErrorKind as K;
-        let (kind, hint) = match &e {
+        let (kind, hint): (ErrorKind, Option<Cow<'static, str>>) = match &e {
             ImapError::Engine(inner) => return inner.clone(),
             ImapError::Connect { .. } => (
                 K::Unreachable,
-                Some("check `host` and `port`, and that the server is reachable"),
+                Some("check `host` and `port`, and that the server is reachable".into()),
             ),
             ImapError::Timeout { .. } => (
                 K::Timeout,
-                Some("check `host` and `port`, and that the server is reachable"),
+                Some("check `host` and `port`, and that the server is reachable".into()),
             ),
-            ImapError::Handshake { .. } => (
+            // The fingerprint is in the reason only when the certificate
+            // was refused; other handshake failures get the default hint.
+            ImapError::Handshake { reason, .. } => (
                 K::Tls,
-                Some("if you trust this server's certificate, set `ca-file` to its CA, or `cert-fingerprint` to the sha256 value above"),
+                if reason.contains("server certificate sha256:") {
+                    Some("if you trust this server's certificate, set `ca-file` to its CA, or `cert-fingerprint` to the sha256 value above".into())
+                } else if reason.contains("does not match the pinned") {
+                    Some("if the server's certificate changed on purpose, set `cert-fingerprint` to the new value above".into())
+                } else {
+                    None
+                },
+            ),
+            ImapError::PlainGreeting { port, .. } => (
+                K::Tls,
+                Some(format!("port {port} speaks plain IMAP/STARTTLS: set `tls = \"starttls\"` or use port 993").into()),
+            ),
+            ImapError::TlsPort { port, .. } => (
+                K::Tls,
+                Some(format!("port {port} speaks implicit TLS: set `tls = \"implicit\"` or use port 143 for STARTTLS").into()),
             ),
             ImapError::Tls(_) | ImapError::CaFile { .. } => (K::Tls, None),
             ImapError::NoStartTls(_) => (
                 K::Insecure,
-                Some("use `tls = \"implicit\"` (port 993) if the server offers it"),
+                Some("use `tls = \"implicit\"` (port 993) if the server offers it".into()),
             ),
             ImapError::Preauth(_) | ImapError::StartTlsInjection(_) => (K::Insecure, None),
-            ImapError::Auth { .. } => (K::Auth, Some("check `user` and the password source")),
+            ImapError::Auth { .. } => (K::Auth, Some("check `user` and the password source".into())),
             ImapError::No { .. } => (K::Refused, None),
             ImapError::Bad { .. } => (K::Rejected, None),
             ImapError::Bye(_) => (K::Closed, None),
@@ -142,6 +166,8 @@ impl ImapError {
             self,
             ImapError::Connect { .. }
                 | ImapError::Handshake { .. }
+                | ImapError::PlainGreeting { .. }
+                | ImapError::TlsPort { .. }
                 | ImapError::Tls(_)
                 | ImapError::CaFile { .. }
                 | ImapError::NoStartTls(_)

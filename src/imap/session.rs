@@ -18,6 +18,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use super::guard::Guarded;
+use super::probe::{await_greeting, is_plain_imap, FirstBytes};
 use super::{quote, uid_set, ImapError};
 use crate::mutf7;
 use crate::sync::remote::{
@@ -90,7 +91,7 @@ impl Connection {
         tcp.set_nodelay(true).ok();
         let mut tcp = tcp;
         if p.starttls {
-            timeout(p.timeout, starttls_preamble(&mut tcp, p.host))
+            timeout(p.timeout, starttls_preamble(&mut tcp, p))
                 .await
                 .map_err(|_| ImapError::Timeout {
                     what: "STARTTLS negotiation".into(),
@@ -99,6 +100,7 @@ impl Connection {
         }
         let name = ServerName::try_from(p.host.to_string())
             .map_err(|e| ImapError::Tls(format!("invalid host name `{}`: {e}", p.host)))?;
+        let (tcp, first) = FirstBytes::new(tcp);
         let tls = timeout(
             p.timeout,
             TlsConnector::from(p.tls.clone()).connect(name, tcp),
@@ -108,9 +110,19 @@ impl Connection {
             what: "TLS handshake".into(),
             secs,
         })?
-        .map_err(|e| ImapError::Handshake {
-            host: p.host.to_string(),
-            reason: e.to_string(),
+        .map_err(|e| {
+            let first = first.lock().unwrap_or_else(|p| p.into_inner());
+            if !p.starttls && is_plain_imap(&first) {
+                ImapError::PlainGreeting {
+                    host: p.host.to_string(),
+                    port: p.port,
+                }
+            } else {
+                ImapError::Handshake {
+                    host: p.host.to_string(),
+                    reason: e.to_string(),
+                }
+            }
         })?;
 
         let literal_limit = Arc::new(AtomicU64::new(p.max_literal));
@@ -382,7 +394,9 @@ fn capability_name(c: &Capability<'_>) -> String {
 
 /// The plain-text part of STARTTLS (RFC 3501 6.2.1). Everything read here is
 /// discarded; bytes after the tagged OK mean someone injected them.
-async fn starttls_preamble(tcp: &mut TcpStream, host: &str) -> Result<(), ImapError> {
+async fn starttls_preamble(tcp: &mut TcpStream, p: &ConnectParams<'_>) -> Result<(), ImapError> {
+    let host = p.host;
+    await_greeting(tcp, host, p.port, &p.tls).await?;
     let mut buf = Vec::new();
     let greeting = read_line(tcp, &mut buf).await?;
     let upper = greeting.to_ascii_uppercase();

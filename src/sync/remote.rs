@@ -3,6 +3,7 @@
 //! and executors can be driven by a fake in unit tests (the shape follows
 //! isync's `driver.h`: a table of store operations, each with its contract).
 
+use std::borrow::Cow;
 use std::future::Future;
 
 use chrono::{DateTime, FixedOffset};
@@ -17,7 +18,7 @@ pub struct RemoteError {
     kind: ErrorKind,
     message: String,
     server_text: Option<String>,
-    hint: Option<&'static str>,
+    hint: Option<Cow<'static, str>>,
 }
 
 /// What kind of failure a [`RemoteError`] is.
@@ -67,8 +68,8 @@ impl RemoteError {
     }
 
     /// What the user can do about it, for the account-level error line.
-    pub fn with_hint(mut self, hint: &'static str) -> RemoteError {
-        self.hint = Some(hint);
+    pub fn with_hint(mut self, hint: impl Into<Cow<'static, str>>) -> RemoteError {
+        self.hint = Some(hint.into());
         self
     }
 
@@ -80,8 +81,8 @@ impl RemoteError {
         self.server_text.as_deref()
     }
 
-    pub fn hint(&self) -> Option<&'static str> {
-        self.hint
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
     }
 
     /// True when the connection cannot be used any more.

@@ -133,6 +133,9 @@ pub enum Greeting {
     },
     /// Plain text `* PREAUTH` (a STARTTLS-stripping attacker).
     PlainPreauth,
+    /// STARTTLS done right, but the greeting comes only after this long
+    /// (a slow server, not a TLS port).
+    SlowStartTls(Arc<ServerConfig>, Duration),
 }
 
 /// What a hook did with a command.
@@ -256,6 +259,15 @@ fn open(tcp: TcpStream, greeting: &Greeting, log: Arc<Mutex<Vec<String>>>) -> Op
             s.send(b"* PREAUTH [CAPABILITY IMAP4rev1] already logged in\r\n")
                 .ok()?;
             Some(s)
+        }
+        Greeting::SlowStartTls(config, delay) => {
+            thread::sleep(*delay);
+            let right = Greeting::StartTls {
+                config: config.clone(),
+                offer: true,
+                inject: false,
+            };
+            open(tcp, &right, log)
         }
         Greeting::PlainPreauth => {
             let mut plain = Session {

@@ -3,11 +3,12 @@
 //! configuration typos, and error text that reads as English.
 
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{dovecot, mail, TestEnv, User};
+use crate::fakes::{certs, FakeMailbox, FakeServer, Greeting, Hook};
+use crate::support::{dovecot, folder_files, mail, toml_str, TestEnv, User};
 
 fn run(env: &TestEnv, args: &[&str]) -> Output {
     env.cmd()
@@ -50,7 +51,7 @@ fn unset_password_account(env: &TestEnv, name: &str) -> String {
         "[accounts.{name}]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"nobody\"\n\
          password-env = \"IMAPBAK_TEST_NEVER_SET\"\narchive = {}\n\n",
         dovecot().imaps_port,
-        crate::support::toml_str(&env.archive(name).display().to_string()),
+        toml_str(&env.archive(name).display().to_string()),
     )
 }
 
@@ -72,10 +73,7 @@ fn one_failed_account_of_two_exits_1_and_the_other_is_backed_up() {
     ));
     let out = run(&env, &["pull"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(
-        crate::support::folder_files(&env.archive("good"), "").len(),
-        1
-    );
+    assert_eq!(folder_files(&env.archive("good"), "").len(), 1);
     assert!(stderr(&out).contains("IMAPBAK_TEST_NEVER_SET"));
 
     // The same with a login failure beside the good account.
@@ -150,4 +148,83 @@ fn restore_into_an_account_that_refuses_the_login_exits_3() {
     assert!(run(&env, &["pull", "--account", "a"]).status.success());
     let out = run(&env, &["restore", "--account", "a", "--to", "b"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+/// Pulls with `tls` on `port` of the test Dovecot and returns the exit
+/// code, stderr and how long it took.
+fn mismatched(tls: &str, port: u16) -> (Option<i32>, String, Duration) {
+    let user = dovecot().new_user("mismatch");
+    let env = TestEnv::new();
+    let toml = env
+        .account_toml("a", &user, "")
+        .replace(
+            &format!("port = {}", dovecot().imaps_port),
+            &format!("port = {port}"),
+        )
+        .replace("tls = \"implicit\"", &format!("tls = \"{tls}\""));
+    env.write_config(&toml);
+    let start = Instant::now();
+    let out = run(&env, &["pull"]);
+    (out.status.code(), stderr(&out), start.elapsed())
+}
+
+#[test]
+fn implicit_tls_on_the_plain_port_fails_at_once_naming_starttls() {
+    let (code, err, took) = mismatched("implicit", dovecot().imap_port);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("plain-text IMAP greeting"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "hint: port {} speaks plain IMAP/STARTTLS: set `tls = \"starttls\"` or use port 993",
+            dovecot().imap_port
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("InvalidContentType") && !err.contains("above"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn starttls_on_the_tls_port_fails_within_seconds_naming_implicit() {
+    let (code, err, took) = mismatched("starttls", dovecot().imaps_port);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("waits for a TLS handshake"), "{err}");
+    assert!(err.contains("set `tls = \"implicit\"`"), "{err}");
+    // The account timeout is 60 s: the point is not to wait for it.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn a_starttls_server_slow_to_greet_is_waited_for() {
+    let server = FakeServer::start(
+        Greeting::SlowStartTls(certs().valid.clone(), Duration::from_millis(2500)),
+        vec![FakeMailbox {
+            name: "INBOX".into(),
+            delimiter: "/".into(),
+            messages: vec![mail::plain(1)],
+        }],
+        |_, _, _, _| Hook::Pass,
+    );
+    let env = TestEnv::new();
+    let ca = env.path().join("ca.pem");
+    std::fs::write(&ca, &certs().ca_pem).unwrap();
+    env.write_config(&format!(
+        "[accounts.a]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nuser = \"u\"\n\
+         password-env = \"IMAPBAK_FAKE_PW\"\nca-file = {}\narchive = {}\ntimeout = 10\n",
+        server.port,
+        toml_str(&ca.display().to_string()),
+        toml_str(&env.archive("a").display().to_string()),
+    ));
+    let out = env
+        .cmd()
+        .env("IMAPBAK_FAKE_PW", "pw")
+        .args(["pull", "--jobs", "1"])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(folder_files(&env.archive("a"), "").len(), 1);
 }

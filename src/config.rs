@@ -128,8 +128,13 @@ impl Config {
                 path.display()
             )
         })?;
-        let file: ConfigFile = toml::from_str(&text)
-            .with_context(|| format!("invalid configuration `{}`", path.display()))?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+            let hint = suggestion(e.message())
+                .map(|s| format!("\nhint: did you mean `{s}`?"))
+                .unwrap_or_default();
+            anyhow::Error::new(e)
+                .context(format!("invalid configuration `{}`{hint}", path.display()))
+        })?;
         if file.accounts.is_empty() {
             bail!(
                 "configuration `{}` defines no account\nhint: add an [accounts.NAME] table",
@@ -244,6 +249,47 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
     })
 }
 
+/// The known name nearest to the unknown one in serde's "unknown field
+/// `x`, expected one of `a`, `b`" (or "unknown variant"), when it is close
+/// enough to be a typo.
+fn suggestion(message: &str) -> Option<&str> {
+    let rest = message
+        .strip_prefix("unknown field ")
+        .or_else(|| message.strip_prefix("unknown variant "))?;
+    // The backticked names: the unknown one first, then the expected ones.
+    let mut names = rest.split('`').skip(1).step_by(2);
+    let wrong = names.next()?;
+    names
+        .map(|n| (edit_distance(wrong, n), n))
+        .filter(|&(d, n)| d <= (n.chars().count() / 3).max(1))
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, n)| n)
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) from `a` to `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 fn globs(patterns: &[String], key: &str) -> Result<GlobSet> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
@@ -351,6 +397,40 @@ mod tests {
         let err = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(err.contains("hots"), "{err}");
         assert!(err.contains("config.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_typo_in_a_key_or_value_suggests_the_nearest_name() {
+        let text = MINIMAL.replace("password-env", "pasword-env");
+        let (_d, p) = write(&text, 0o600);
+        let err = crate::report::error_text(&Config::load(&p).unwrap_err());
+        assert!(err.ends_with("hint: did you mean `password-env`?"), "{err}");
+        let (_d, p) = write(&format!("{MINIMAL}tls = \"startls\"\n"), 0o600);
+        let err = crate::report::error_text(&Config::load(&p).unwrap_err());
+        assert!(err.contains("did you mean `starttls`?"), "{err}");
+        let (_d, p) = write(&format!("{MINIMAL}colour = 1\n"), 0o600);
+        let err = crate::report::error_text(&Config::load(&p).unwrap_err());
+        assert!(!err.contains("did you mean"), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_shows_the_line_and_caret_on_lines_of_their_own() {
+        let (_d, p) = write(&format!("{MINIMAL}timeout = = 3\n"), 0o600);
+        let err = crate::report::error_text(&Config::load(&p).unwrap_err());
+        assert!(err.lines().count() >= 4, "{err}");
+        assert!(err.lines().any(|l| l.contains("| timeout = = 3")), "{err}");
+        assert!(
+            err.lines()
+                .any(|l| l.trim_start().starts_with("| ") && l.contains('^')),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_a_swap_as_one() {
+        assert_eq!(edit_distance("hots", "host"), 1);
+        assert_eq!(edit_distance("pasword-command", "password-command"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

@@ -28,25 +28,56 @@ pub trait Summary: fmt::Display + Serialize {
 
 /// An error chain as one `cause: cause: ...` line, with any `hint:` lines
 /// (which context messages may carry) moved after it, so the hint is the
-/// last thing the user reads.
+/// last thing the user reads. A cause of several lines (toml's caret
+/// display of the offending line) keeps its lines: its first line joins
+/// the chain, the rest follow as they are.
 pub fn error_text(e: &anyhow::Error) -> String {
-    let mut causes = Vec::new();
+    let mut out = String::new();
     let mut hints = Vec::new();
+    // True after a multi-line cause: the next one starts a line of its own.
+    let mut block = false;
     for layer in e.chain() {
-        for line in layer.to_string().lines() {
-            if line.starts_with("hint:") {
-                hints.push(line.to_string());
-            } else if !line.trim().is_empty() {
-                causes.push(line.to_string());
+        let text = layer.to_string();
+        let mut lines = text.lines().filter(|l| {
+            if l.starts_with("hint:") {
+                hints.push(l.to_string());
+                false
+            } else {
+                !l.trim().is_empty()
             }
+        });
+        let Some(first) = lines.next() else { continue };
+        if !out.is_empty() {
+            out.push_str(if block { "\n" } else { ": " });
+        }
+        out.push_str(first);
+        block = false;
+        for line in lines {
+            out.push('\n');
+            out.push_str(line);
+            block = true;
         }
     }
-    let mut out = causes.join(": ");
     for h in hints {
         out.push('\n');
         out.push_str(&h);
     }
     out
+}
+
+/// A `text\nhint: ...` error string as (text, hint): what `--json` shows
+/// as separate `error` and `hint` fields.
+pub fn split_hint(text: &str) -> (String, Option<String>) {
+    let mut rest = Vec::new();
+    let mut hints = Vec::new();
+    for line in text.lines() {
+        match line.strip_prefix("hint:") {
+            Some(h) => hints.push(h.trim().to_string()),
+            None => rest.push(line),
+        }
+    }
+    let hint = (!hints.is_empty()).then(|| hints.join("; "));
+    (rest.join("\n"), hint)
 }
 
 /// Bytes in human units (base 1000, as `ls -h --si`).
@@ -77,6 +108,26 @@ mod tests {
             error_text(&e),
             "cannot read `x.toml`: no such file\nhint: pass --config PATH"
         );
+    }
+
+    #[test]
+    fn a_multi_line_cause_keeps_its_lines_and_the_hint_stays_last() {
+        let toml = "TOML parse error at line 2, column 1\n  |\n2 | pasword-command = \"x\"\n  | ^^^^^^^^^^^^^^^\nunknown field `pasword-command`\n";
+        let e = anyhow::anyhow!(toml.to_string())
+            .context("invalid configuration `c.toml`\nhint: did you mean `password-command`?");
+        assert_eq!(
+            error_text(&e),
+            "invalid configuration `c.toml`: TOML parse error at line 2, column 1\n  |\n2 | pasword-command = \"x\"\n  | ^^^^^^^^^^^^^^^\nunknown field `pasword-command`\nhint: did you mean `password-command`?"
+        );
+    }
+
+    #[test]
+    fn split_hint_separates_text_and_hint() {
+        assert_eq!(
+            split_hint("cannot connect\nhint: check `host`"),
+            ("cannot connect".into(), Some("check `host`".into()))
+        );
+        assert_eq!(split_hint("boom"), ("boom".into(), None));
     }
 
     #[test]

@@ -228,3 +228,40 @@ fn a_starttls_server_slow_to_greet_is_waited_for() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(folder_files(&env.archive("a"), "").len(), 1);
 }
+
+#[test]
+fn a_toml_syntax_error_keeps_its_caret_block_on_lines_of_their_own() {
+    let env = TestEnv::new();
+    env.write_config("[accounts.a]\nhost = \"h\"\nuser = = \"u\"\n");
+    let out = run(&env, &["pull"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines[0].starts_with("error: invalid configuration `"),
+        "{err}"
+    );
+    assert!(
+        lines[0].ends_with("TOML parse error at line 3, column 8"),
+        "{err}"
+    );
+    assert_eq!(lines[2], "3 | user = = \"u\"", "{err}");
+    assert_eq!(lines[3], "  |        ^", "{err}");
+}
+
+#[test]
+fn a_misspelt_key_suggests_the_right_one() {
+    let env = TestEnv::new();
+    env.write_config(
+        "[accounts.a]\nhost = \"h\"\nuser = \"u\"\npasword-command = \"pass show x\"\n",
+    );
+    let out = run(&env, &["pull"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown field `pasword-command`"), "{err}");
+    assert!(
+        err.trim_end()
+            .ends_with("hint: did you mean `password-command`?"),
+        "{err}"
+    );
+}

@@ -18,7 +18,7 @@ pub trait Summary: fmt::Display + Serialize {
             eprintln!("{line}");
         }
         if json {
-            println!("{}", serde_json::to_string_pretty(self)?);
+            println!("{}", json_text(self)?);
         } else if !quiet {
             println!("{self}");
         }
@@ -63,6 +63,44 @@ pub fn error_text(e: &anyhow::Error) -> String {
         out.push_str(&h);
     }
     out
+}
+
+/// The `--json` text of a report. Every `error` field's `hint:` lines move
+/// to a `hint` field beside it (null when there is none), so a script gets
+/// the cause and the remedy apart and neither holds a line break it did not
+/// ask for.
+pub fn json_text<T: Serialize + ?Sized>(report: &T) -> serde_json::Result<String> {
+    let mut value = serde_json::to_value(report)?;
+    split_hints(&mut value);
+    serde_json::to_string_pretty(&value)
+}
+
+fn split_hints(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for child in map.values_mut() {
+                split_hints(child);
+            }
+            let Some(at) = map.keys().position(|k| k == "error") else {
+                return;
+            };
+            if map.contains_key("hint") {
+                return;
+            }
+            let hint = match map.get_mut("error") {
+                Some(Value::String(text)) => {
+                    let (cause, hint) = split_hint(text);
+                    *text = cause;
+                    hint.map_or(Value::Null, Value::String)
+                }
+                _ => Value::Null,
+            };
+            map.shift_insert(at + 1, "hint".into(), hint);
+        }
+        Value::Array(items) => items.iter_mut().for_each(split_hints),
+        _ => {}
+    }
 }
 
 /// A `text\nhint: ...` error string as (text, hint): what `--json` shows
@@ -119,6 +157,22 @@ mod tests {
             error_text(&e),
             "invalid configuration `c.toml`: TOML parse error at line 2, column 1\n  |\n2 | pasword-command = \"x\"\n  | ^^^^^^^^^^^^^^^\nunknown field `pasword-command`\nhint: did you mean `password-command`?"
         );
+    }
+
+    #[test]
+    fn json_error_fields_get_a_hint_field_beside_them() {
+        let report = serde_json::json!({
+            "accounts": [
+                {"account": "a", "error": "cannot connect\nhint: check `host`", "n": 1},
+                {"account": "b", "error": null},
+            ]
+        });
+        let v: serde_json::Value = serde_json::from_str(&json_text(&report).unwrap()).unwrap();
+        assert_eq!(v["accounts"][0]["error"], "cannot connect");
+        assert_eq!(v["accounts"][0]["hint"], "check `host`");
+        assert!(v["accounts"][1]["hint"].is_null());
+        let keys: Vec<&String> = v["accounts"][0].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["account", "error", "hint", "n"]);
     }
 
     #[test]

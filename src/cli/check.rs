@@ -29,7 +29,11 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
         let connector = match Connector::new(account.clone()) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("error: {}", crate::report::error_text(&e));
+                eprintln!(
+                    "error: account `{}`: {}",
+                    account.name,
+                    crate::report::error_text(&e)
+                );
                 codes.push(ExitCode::Usage);
                 continue;
             }

@@ -40,7 +40,7 @@ GETQUOTAROOT reports for INBOX is under the target.
 
 --json prints one object: `dry_run`, `seconds`, `expunged`, `bytes_freed`,
 `skipped`, `errors`, `exit_code`, and per account `account`, `archive`,
-`error`, `not_run`, `quota_before` / `quota_after` (`root`, `usage_bytes`,
+`error` and `hint` (what to do about it; null when none), `not_run`, `quota_before` / `quota_after` (`root`, `usage_bytes`,
 `limit_bytes`, `percent`), `expunged`, `bytes_freed`, `beyond_limit`,
 `skipped` (count per reason: uidvalidity_changed,
 deleted_by_another_client, kept_flagged, kept_unseen, not_archived,

@@ -195,12 +195,10 @@ pub(crate) struct Connector {
 }
 
 impl Connector {
+    /// Its error does not name the account: the account's error line does.
     pub(crate) fn new(account: Arc<Account>) -> Result<Connector> {
-        let tls = tls::client_config(account.ca_file.as_deref(), account.fingerprint)
-            .with_context(|| format!("account `{}`", account.name))?;
-        let password = account
-            .read_password()
-            .with_context(|| format!("account `{}`", account.name))?;
+        let tls = tls::client_config(account.ca_file.as_deref(), account.fingerprint)?;
+        let password = account.read_password()?;
         Ok(Connector {
             account,
             password,

@@ -60,10 +60,12 @@ not stored twice.
 
 --json prints one object on stdout:
   dry_run, seconds, mailboxes, fetched, bytes, bytes_on_disk, flag_updates,
-  errors, exit_code, and accounts: [{account, archive, error, mailboxes:
-  [{name, folder, outcome (fetched|unchanged|planned|failed), fetched,
-  bytes, bytes_on_disk, flag_updates, deduplicated, uidvalidity_changed,
-  errors: [text]}]}]
+  errors, exit_code, and accounts: [{account, archive, error, hint,
+  mailboxes: [{name, folder, outcome (fetched|unchanged|planned|failed),
+  fetched, bytes, bytes_on_disk, flag_updates, deduplicated,
+  uidvalidity_changed, errors: [text]}]}]
+Every `error` (null when all went well) has a `hint` beside it: what to
+do about it, or null.
 
 Exit status: 0 success, 1 some mailboxes, messages or accounts failed
 (one account of two failing is 1), 2 usage or configuration error, 3
@@ -147,7 +149,7 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
         }
         if cmd.json {
             let both = serde_json::json!({ "pull": &report, "expunge": &expunge_report });
-            println!("{}", serde_json::to_string_pretty(&both)?);
+            println!("{}", crate::report::json_text(&both)?);
             for line in expunge_report.problems() {
                 eprintln!("{line}");
             }

@@ -209,7 +209,7 @@ pub fn run(cmd: QuotaCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
         }
     }
     if cmd.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", crate::report::json_text(&report)?);
     } else {
         let text = report.to_string();
         if !text.is_empty() {

@@ -170,7 +170,10 @@ pub fn run(cmd: RestoreCmd, config: Option<&std::path::Path>) -> Result<ExitCode
     let start = Instant::now();
     let progress: Arc<dyn crate::progress::Progress> =
         Arc::from(Bars::for_terminal(cmd.quiet || cmd.json));
-    let connector = Arc::new(Connector::new(Arc::new(target.clone()))?);
+    let connector = Arc::new(
+        Connector::new(Arc::new(target.clone()))
+            .with_context(|| format!("account `{}`", target.name))?,
+    );
     let connect = move || {
         let c = connector.clone();
         async move { c.connect().await }

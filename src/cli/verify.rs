@@ -135,7 +135,7 @@ pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
         .sum();
     report.exit_code = code.code();
     if cmd.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", crate::report::json_text(&report)?);
     } else {
         print!("{}", human(&report));
     }

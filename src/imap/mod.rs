@@ -52,7 +52,7 @@ pub enum ImapError {
         "server `{0}` sent data after its STARTTLS reply; refusing (possible injection attack)"
     )]
     StartTlsInjection(String),
-    #[error("login as `{user}` refused by the server: {text}")]
+    #[error("login as `{user}` refused: {text}")]
     Auth { user: String, text: String },
     #[error("timed out after {secs} s waiting for the server ({what})")]
     Timeout { what: String, secs: u64 },

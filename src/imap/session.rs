@@ -166,7 +166,7 @@ impl Connection {
                     async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
                         ImapError::Auth {
                             user: p.user.to_string(),
-                            text,
+                            text: server_text(&text),
                         }
                     }
                     async_imap::error::Error::Io(e) => ImapError::Io(e),
@@ -380,8 +380,72 @@ pub(crate) fn async_to_imap(e: async_imap::error::Error) -> ImapError {
     match e {
         async_imap::error::Error::Io(e) => ImapError::Io(e),
         async_imap::error::Error::ConnectionLost => ImapError::ConnectionLost,
+        async_imap::error::Error::No(text) => {
+            ImapError::Protocol(format!("the server said NO: {}", server_text(&text)))
+        }
+        async_imap::error::Error::Bad(text) => {
+            ImapError::Protocol(format!("the server said BAD: {}", server_text(&text)))
+        }
         other => ImapError::Protocol(other.to_string()),
     }
+}
+
+/// The server's own words in an async-imap NO or BAD error, which arrives
+/// as the Rust debug form of the parsed reply (`code: Some(Alert), info:
+/// Some("...")`): the response code in brackets, then the text. Anything
+/// not in that form is returned as it is.
+pub(crate) fn server_text(async_imap_text: &str) -> String {
+    let Some(rest) = async_imap_text.strip_prefix("code: ") else {
+        return async_imap_text.to_string();
+    };
+    let Some((raw_code, raw_info)) = rest.split_once(", info: ") else {
+        return async_imap_text.to_string();
+    };
+    let code = raw_code
+        .strip_prefix("Some(")
+        .and_then(|c| c.strip_suffix(')'))
+        .filter(|c| c.chars().all(|ch| ch.is_ascii_alphanumeric()))
+        .map(|c| format!("[{}]", c.to_ascii_uppercase()));
+    let info = raw_info
+        .strip_prefix("Some(\"")
+        .and_then(|i| i.strip_suffix("\")"))
+        .map(unescape_debug);
+    match (code, info) {
+        (Some(c), Some(i)) => format!("{c} {i}"),
+        (Some(c), None) => c,
+        (None, Some(i)) => i,
+        (None, None) if raw_code == "None" && raw_info == "None" => "(no reason given)".into(),
+        (None, None) => async_imap_text.to_string(),
+    }
+}
+
+/// Undoes `{:?}` on a string: `\"`, `\\`, `\n`, `\r`, `\t`, `\0`, `\'`, `\u{..}`.
+fn unescape_debug(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some('0') => out.push('\0'),
+            Some('u') => {
+                let hex: String = chars
+                    .by_ref()
+                    .skip_while(|&c| c == '{')
+                    .take_while(|&c| c != '}')
+                    .collect();
+                out.extend(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32));
+            }
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 fn capability_name(c: &Capability<'_>) -> String {
@@ -946,6 +1010,22 @@ mod tests {
     fn internaldate_with_space_padded_day_parses() {
         let d = parse_internaldate(" 1-Feb-2024 10:11:12 +0100").unwrap();
         assert_eq!(d.timestamp(), 1706778672);
+    }
+
+    #[test]
+    fn server_text_is_the_servers_words_not_rust_debug_output() {
+        assert_eq!(
+            server_text(
+                r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#
+            ),
+            "[AUTHENTICATIONFAILED] Authentication failed."
+        );
+        assert_eq!(
+            server_text(r#"code: Some(Alert), info: Some("say \"hi\" \u{e9}")"#),
+            "[ALERT] say \"hi\" \u{e9}"
+        );
+        assert_eq!(server_text("code: None, info: None"), "(no reason given)");
+        assert_eq!(server_text("plain words"), "plain words");
     }
 
     #[test]

@@ -265,3 +265,81 @@ fn a_misspelt_key_suggests_the_right_one() {
         "{err}"
     );
 }
+
+#[test]
+fn a_refused_login_reads_as_the_servers_words_naming_the_account_once() {
+    let user = dovecot().new_user("words");
+    let env = TestEnv::new();
+    env.write_config(&wrong_password_account(&env, "alice", &user));
+    let out = run(&env, &["pull"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "login as `{}` refused: [AUTHENTICATIONFAILED] Authentication failed.",
+            user.name
+        )),
+        "{err}"
+    );
+    for internal in ["code: None", "Some(", "info:"] {
+        assert!(!err.contains(internal), "`{internal}` in:\n{err}");
+    }
+    assert_eq!(err.matches("`alice`").count(), 1, "{err}");
+    assert_eq!(
+        err.lines().last(),
+        Some("hint: check `user` and the password source")
+    );
+
+    // The same for an account that fails before connecting, and in check.
+    env.write_config(&unset_password_account(&env, "bob"));
+    for args in [&["pull"][..], &["check"]] {
+        let err = stderr(&run(&env, args));
+        assert_eq!(err.matches("`bob`").count(), 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn json_error_fields_carry_the_hint_apart() {
+    let user = seeded("json-hint");
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "{}{}",
+        env.account_toml("good", &user, ""),
+        wrong_password_account(&env, "bad", &user)
+    ));
+    let out = run(&env, &["pull", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json(&out);
+    let accounts = v["accounts"].as_array().unwrap();
+    let bad = accounts.iter().find(|a| a["account"] == "bad").unwrap();
+    let good = accounts.iter().find(|a| a["account"] == "good").unwrap();
+    let error = bad["error"].as_str().unwrap();
+    assert!(
+        error.contains("refused") && !error.contains('\n'),
+        "{error}"
+    );
+    assert_eq!(bad["hint"], "check `user` and the password source");
+    assert!(good["error"].is_null() && good["hint"].is_null(), "{good}");
+    for args in [
+        &["expunge", "--older-than", "1y", "--json"][..],
+        &["verify", "--server", "--json"],
+        &["quota", "--json"],
+    ] {
+        let v = json(&run(&env, args));
+        let bad = v["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["account"] == "bad")
+            .unwrap_or_else(|| panic!("{args:?}: {v}"));
+        // (verify finds no archive of `bad` before it gets to the server.)
+        assert!(
+            bad["hint"].as_str().is_some_and(|h| !h.is_empty()),
+            "{args:?}: {bad}"
+        );
+        assert!(
+            !bad["error"].as_str().unwrap().contains("hint:"),
+            "{args:?}"
+        );
+    }
+}

@@ -204,13 +204,16 @@ fn with_hint(e: &ArchiveError) -> String {
     }
 }
 
-/// The one-line account error for a failed connection, with a hint.
+/// The account error for a failed connection, with a hint. It names the
+/// server once and not the account: the line it goes on names that.
 pub fn connect_error(account: &Account, e: &RemoteError) -> String {
     let hint = e.hint().unwrap_or("run `imapbak check` for details");
-    format!(
-        "{}:{} (account `{}`): {e}\nhint: {hint}",
-        account.host, account.port, account.name
-    )
+    let server = format!("{}:{}", account.host, account.port);
+    if e.to_string().contains(&server) {
+        format!("{e}\nhint: {hint}")
+    } else {
+        format!("{server}: {e}\nhint: {hint}")
+    }
 }
 
 /// Pull's work on one mailbox for the pool: it connects only when the

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -23,7 +24,8 @@ const LONG_HELP: &str = "\
      DIR/ACCOUNT/MAILBOX/NNNNNN-YYYYMMDD-HHMMSS-UID.eml, numbered in date order \
      within each mailbox, each file the exact archived bytes with its mtime set \
      to the arrival time. Messages are ordered by mailbox, then date. Existing \
-     files are never overwritten.";
+     files are never overwritten. Files are created 0600 and directories 0700, \
+     as private as the archive (a stricter umask still applies).";
 
 /// Write archived messages out as an mbox file or as .eml files.
 #[derive(Debug, clap::Args)]
@@ -117,6 +119,7 @@ fn export_mbox(hits: &[Hit], file: &Path) -> Result<(u64, u64, u64)> {
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(PRIVATE_FILE)
                 .open(file)
                 .with_context(|| {
                     format!(
@@ -186,8 +189,22 @@ pub(crate) fn write_mboxrd(out: &mut impl Write, from_line: &str, body: &[u8]) -
     out.write_all(b"\n")
 }
 
+/// Exported mail is as private as the archive it came from (0600 files,
+/// 0700 directories); a stricter umask still applies.
+const PRIVATE_FILE: u32 = 0o600;
+const PRIVATE_DIR: u32 = 0o700;
+
+/// `mkdir -p` with [`PRIVATE_DIR`] for the directories it creates.
+fn create_private_dirs(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+        .with_context(|| format!("cannot create `{}`", dir.display()))
+}
+
 fn export_eml(hits: &[Hit], dir: &Path) -> Result<(u64, u64, u64)> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    create_private_dirs(dir)?;
     let (mut done, mut bytes, mut failed) = (0, 0, 0);
     let mut seq = 0u64;
     let mut current: Option<(&str, &[String])> = None;
@@ -204,10 +221,14 @@ fn export_eml(hits: &[Hit], dir: &Path) -> Result<(u64, u64, u64)> {
         };
         let path = eml_path(dir, h, seq);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create `{}`", parent.display()))?;
+            create_private_dirs(parent)?;
         }
-        let mut f = match OpenOptions::new().write(true).create_new(true).open(&path) {
+        let mut f = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 eprintln!(

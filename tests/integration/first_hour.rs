@@ -343,3 +343,35 @@ fn json_error_fields_carry_the_hint_apart() {
         );
     }
 }
+
+#[test]
+fn exports_are_as_private_as_the_archive() {
+    use std::os::unix::fs::PermissionsExt;
+    let user = seeded("private");
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    assert!(run(&env, &["pull"]).status.success());
+    let mbox = env.path().join("out.mbox");
+    let eml = env.path().join("eml");
+    for args in [
+        &["export", "--mbox", mbox.to_str().unwrap()][..],
+        &["export", "--eml", eml.to_str().unwrap()],
+    ] {
+        let out = run(&env, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&mbox), 0o600);
+    let mut files = 0;
+    for entry in walkdir::WalkDir::new(&eml) {
+        let entry = entry.unwrap();
+        let want = if entry.file_type().is_dir() {
+            0o700
+        } else {
+            0o600
+        };
+        assert_eq!(mode(entry.path()), want, "{}", entry.path().display());
+        files += usize::from(entry.file_type().is_file());
+    }
+    assert_eq!(files, 1);
+}

@@ -87,19 +87,19 @@ fn one_failed_account_of_two_exits_1_and_the_other_is_backed_up() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(json(&run(&env, &["pull", "--json"]))["exit_code"], 1);
 
-    // verify --server: the good account is compared, the other cannot log in.
-    let out = run(
-        &env,
-        &[
-            "verify",
-            "--server",
-            "--account",
-            "good",
-            "--account",
-            "badpw",
-        ],
+    // verify --server: both archives are whole (badpw shares good's), the
+    // server of one is compared, the other refuses the login.
+    let shared = wrong_password_account(&env, "badpw", &other).replace(
+        &toml_str(&env.archive("badpw").display().to_string()),
+        &toml_str(&env.archive("good").display().to_string()),
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    env.write_config(&format!("{}{shared}", env.account_toml("good", &user, "")));
+    let out = run(&env, &["verify", "--server"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("refused"), "{text}");
+    let out = run(&env, &["verify", "--server", "--account", "badpw"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 
     // expunge: the good account is expunged (its message is from 2019).
     let out = run(&env, &["expunge", "--older-than", "1y"]);

@@ -66,7 +66,8 @@ pub fn error_text(e: &anyhow::Error) -> String {
 }
 
 /// The `--json` text of a report. Every `error` field's `hint:` lines move
-/// to a `hint` field beside it (null when there is none), so a script gets
+/// to a `hint` field beside it (null when there is none), and an `errors`
+/// list of texts gets a `hints` list of the same length, so a script gets
 /// the cause and the remedy apart and neither holds a line break it did not
 /// ask for.
 pub fn json_text<T: Serialize + ?Sized>(report: &T) -> serde_json::Result<String> {
@@ -77,26 +78,39 @@ pub fn json_text<T: Serialize + ?Sized>(report: &T) -> serde_json::Result<String
 
 fn split_hints(value: &mut serde_json::Value) {
     use serde_json::Value;
+    /// Takes the hint out of a text value: the hint, or null.
+    fn take(v: &mut Value) -> Value {
+        match v {
+            Value::String(text) => {
+                let (cause, hint) = split_hint(text);
+                *text = cause;
+                hint.map_or(Value::Null, Value::String)
+            }
+            _ => Value::Null,
+        }
+    }
     match value {
         Value::Object(map) => {
             for child in map.values_mut() {
                 split_hints(child);
             }
-            let Some(at) = map.keys().position(|k| k == "error") else {
-                return;
-            };
-            if map.contains_key("hint") {
-                return;
-            }
-            let hint = match map.get_mut("error") {
-                Some(Value::String(text)) => {
-                    let (cause, hint) = split_hint(text);
-                    *text = cause;
-                    hint.map_or(Value::Null, Value::String)
+            for (field, beside) in [("error", "hint"), ("errors", "hints")] {
+                let Some(at) = map.keys().position(|k| k == field) else {
+                    continue;
+                };
+                if map.contains_key(beside) {
+                    continue;
                 }
-                _ => Value::Null,
-            };
-            map.shift_insert(at + 1, "hint".into(), hint);
+                let hint = match (field, map.get_mut(field)) {
+                    ("error", Some(v)) => take(v),
+                    ("errors", Some(Value::Array(items))) if items.iter().all(Value::is_string) => {
+                        Value::Array(items.iter_mut().map(take).collect())
+                    }
+                    // `errors` as a count, not a list of texts.
+                    _ => continue,
+                };
+                map.shift_insert(at + 1, beside.into(), hint);
+            }
         }
         Value::Array(items) => items.iter_mut().for_each(split_hints),
         _ => {}
@@ -173,6 +187,20 @@ mod tests {
         assert!(v["accounts"][1]["hint"].is_null());
         let keys: Vec<&String> = v["accounts"][0].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["account", "error", "hint", "n"]);
+    }
+
+    #[test]
+    fn json_error_lists_get_a_hints_list_of_the_same_length() {
+        let report = serde_json::json!({
+            "errors": 2,
+            "mailboxes": [{"name": "x", "errors": ["bad name\nhint: rename it", "boom"]}],
+        });
+        let v: serde_json::Value = serde_json::from_str(&json_text(&report).unwrap()).unwrap();
+        assert_eq!(v["errors"], 2);
+        assert!(v.get("hints").is_none());
+        let m = &v["mailboxes"][0];
+        assert_eq!(m["errors"], serde_json::json!(["bad name", "boom"]));
+        assert_eq!(m["hints"], serde_json::json!(["rename it", null]));
     }
 
     #[test]

@@ -63,9 +63,9 @@ not stored twice.
   errors, exit_code, and accounts: [{account, archive, error, hint,
   mailboxes: [{name, folder, outcome (fetched|unchanged|planned|failed),
   fetched, bytes, bytes_on_disk, flag_updates, deduplicated,
-  uidvalidity_changed, errors: [text]}]}]
+  uidvalidity_changed, errors: [text], hints: [text|null]}]}]
 Every `error` (null when all went well) has a `hint` beside it: what to
-do about it, or null.
+do about it, or null; every `errors` list a `hints` list of its length.
 
 Exit status: 0 success, 1 some mailboxes, messages or accounts failed
 (one account of two failing is 1), 2 usage or configuration error, 3

@@ -182,6 +182,7 @@ impl ExpungeRemote for Connection {
             // `[MODIFIED ...]`.
             let tag = self.send(&command).await?;
             let mut modseqs: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut unclear: Vec<u32> = Vec::new();
             for _ in 0..MAX_STORE_RESPONSES {
                 let done = self
                     .next(|r| {
@@ -196,9 +197,10 @@ impl ExpungeRemote for Connection {
                         }
                         if let Response::Fetch(_, attrs) = r {
                             if let Some((uid, m)) = modseq_of(attrs) {
-                                if uids.contains(&uid) {
-                                    let e = modseqs.entry(uid).or_insert(m);
-                                    *e = (*e).max(m);
+                                if uids.contains(&uid) && *modseqs.entry(uid).or_insert(m) != m {
+                                    // Changed again by someone else while we
+                                    // stored: which MODSEQ is ours is unclear.
+                                    unclear.push(uid);
                                 }
                             }
                         }
@@ -207,7 +209,7 @@ impl ExpungeRemote for Connection {
                     .await?;
                 if let Some(result) = done {
                     let modified = modified_of(&result?)?;
-                    for u in &modified {
+                    for u in modified.iter().chain(&unclear) {
                         modseqs.remove(u);
                     }
                     return Ok(StoreOutcome { modseqs, modified });

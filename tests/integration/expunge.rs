@@ -608,6 +608,56 @@ fn a_pending_uid_another_client_marks_after_a_cut_before_our_store_is_never_expu
 }
 
 #[test]
+fn a_run_cut_after_its_store_was_answered_is_finished_by_the_next() {
+    let (user, env) = pulled_four("exp-cutexp");
+    // The STORE is answered, then the connection is cut before UID EXPUNGE.
+    let proxy = CommandProxy::start(|conn, line| {
+        if conn == 0 && line.to_ascii_uppercase().contains(" UID EXPUNGE ") {
+            Line::Cut
+        } else {
+            Line::Forward
+        }
+    });
+    let direct = env.account_toml("a", &user, "timeout = 5");
+    env.write_config(&proxy.account_toml(&env, "a", &user, "timeout = 5"));
+    let out = env
+        .cmd()
+        .args(["expunge", "--older-than", "1y"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pending = env
+        .archive("a")
+        .join("state/mailboxes/INBOX/expunge-pending.json");
+    let record: Value = serde_json::from_slice(&std::fs::read(&pending).unwrap()).unwrap();
+    let server = modseqs(&mut user.imap(), "INBOX");
+    let marks = record["marks"].as_array().unwrap();
+    assert_eq!(marks.len(), 4, "{record:#}");
+    for m in marks {
+        let uid = m["uid"].as_u64().unwrap() as u32;
+        assert_eq!(m["state"], "stored", "{record:#}");
+        assert_eq!(
+            m["modseq"].as_u64(),
+            Some(server[&uid]),
+            "the MODSEQ of the STORE's answer: {record:#}"
+        );
+    }
+
+    env.write_config(&direct);
+    let (v, _) = json(&env, &["expunge", "--older-than", "1y"], 0);
+    assert_eq!(v["expunged"], 4, "{v:#}");
+    let msgs = v["accounts"][0]["messages"].as_array().unwrap();
+    assert!(msgs.iter().all(|m| m["resumed"] == true), "{v:#}");
+    assert!(uids(&user, "INBOX").is_empty());
+    assert!(!pending.exists());
+}
+
+#[test]
 fn a_mark_another_client_sets_between_our_last_check_and_our_store_is_not_taken_for_ours() {
     let (user, env) = pulled_four("exp-race");
     // Just before imapbak's STORE reaches the server, another client marks

@@ -66,7 +66,8 @@ impl ServerMeta {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreOutcome {
     /// The MODSEQ each stored message has now, from the FETCH responses
-    /// of the STORE (CONDSTORE servers).
+    /// of the STORE (CONDSTORE servers). A UID whose MODSEQ is not known
+    /// for sure (none sent, or two different ones) is absent.
     pub modseqs: std::collections::BTreeMap<u32, u64>,
     /// UIDs the server reported in `[MODIFIED ...]`: changed since the
     /// `UNCHANGEDSINCE` value, so not stored.

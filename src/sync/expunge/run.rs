@@ -14,7 +14,7 @@ use super::plan::{
 };
 use super::report::{AccountExpunge, MailboxExpunge, QuotaUsage};
 use super::state::{load_pending, save_pending, MarkState, Pending, PendingMark};
-use super::{ExpungeRemote, ServerMeta};
+use super::{ExpungeRemote, ServerMeta, StoreOutcome};
 use crate::archive::{hash_file, Archive, ArchiveError, Folder};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
@@ -129,6 +129,7 @@ pub async fn expunge_account<R: ExpungeRemote>(
             }
         }
     }
+    warn_left_alone(&mut run.report);
     conn.logout().await;
     run.report
 }
@@ -358,9 +359,6 @@ impl Run<'_> {
         let rep = &mut self.report.mailboxes[idx];
         rep.skipped = plan.skipped.clone();
         rep.ambiguous_marks = plan.ambiguous.clone();
-        if !plan.ambiguous.is_empty() {
-            rep.warnings.push(ambiguous_warning(&plan.ambiguous));
-        }
         for (uid, reason) in &plan.problems {
             rep.warnings.push(format!(
                 "UID {uid} not expunged: {reason}\nhint: the server copy is kept; `imapbak verify` checks the archive"
@@ -441,17 +439,19 @@ impl Run<'_> {
 
     /// Records messages left as they are in mailbox `i`: `ambiguous`
     /// carry a `\Deleted` mark that may not be ours, `moved` were changed
-    /// by another client between our last check and our STORE.
-    fn left_alone(&mut self, i: usize, mut ambiguous: Vec<u32>, mut moved: Vec<u32>) {
+    /// by another client between our last check and our STORE. Recorded at
+    /// once, so a connection lost later does not hide them; the warnings
+    /// come from [`warn_left_alone`] at the end of the run.
+    fn left_alone(&mut self, i: usize, ambiguous: &mut Vec<u32>, moved: &mut Vec<u32>) {
         let rep = &mut self.report.mailboxes[i];
         for (list, into, reason) in [
             (
-                &mut ambiguous,
+                ambiguous,
                 &mut rep.ambiguous_marks,
                 SkipReason::AmbiguousMark,
             ),
             (
-                &mut moved,
+                moved,
                 &mut rep.changed_during_run,
                 SkipReason::ChangedDuringRun,
             ),
@@ -463,17 +463,8 @@ impl Run<'_> {
                 continue;
             }
             *rep.skipped.entry(reason).or_default() += list.len() as u64;
-            into.extend(list.iter().copied());
+            into.append(list);
             into.sort_unstable();
-        }
-        if !ambiguous.is_empty() {
-            rep.warnings.push(ambiguous_warning(&ambiguous));
-        }
-        if !moved.is_empty() {
-            rep.warnings.push(format!(
-                "{} not expunged: changed by another client between imapbak's last check and its STORE\nhint: nothing of it was touched; a later run looks at it again",
-                uid_list(&moved)
-            ));
         }
     }
 
@@ -580,10 +571,15 @@ impl Run<'_> {
                     PendingDecision::NotPending => {}
                 }
             }
+            // Reported, then forgotten, as in pass 1.
+            pending.remove(&ambiguous);
+            save_pending(&state, &pending)?;
+            self.left_alone(i, &mut ambiguous, &mut moved);
             let since = unchanged_since(condstore, mine.iter().map(|u| &now[u]));
             let out = conn.set_deleted(&mine, false, since).await?;
             // Changed since our check: whose mark it carries now is unclear.
             ambiguous.extend(&out.modified);
+            self.left_alone(i, &mut ambiguous, &mut moved);
             pending.remove(chunk);
             save_pending(&state, &pending)?;
             self.report.mailboxes[i].unmarked += (mine.len() - out.modified.len()) as u64;
@@ -609,9 +605,8 @@ impl Run<'_> {
                     PendingDecision::NotPending => fresh.push(*p),
                 }
             }
-            if fresh.is_empty() && resumed.is_empty() {
-                continue;
-            }
+            pending.remove(&ambiguous);
+            self.left_alone(i, &mut ambiguous, &mut moved);
             // Recorded before the STORE, so an interruption leaves a trace;
             // only "intended", as the STORE may never reach the server.
             pending.uidvalidity = uv;
@@ -627,9 +622,14 @@ impl Run<'_> {
             // UNCHANGEDSINCE the newest MODSEQ we checked: any change after
             // our check gets a higher one and fails the STORE for that UID.
             let since = unchanged_since(condstore, fresh_uids.iter().map(|u| &now[u]));
-            let out = conn.set_deleted(&fresh_uids, true, since).await?;
+            let out = if fresh_uids.is_empty() {
+                StoreOutcome::default()
+            } else {
+                conn.set_deleted(&fresh_uids, true, since).await?
+            };
             pending.remove(&out.modified);
             moved.extend(&out.modified);
+            self.left_alone(i, &mut ambiguous, &mut moved);
             let mut go = resumed;
             for p in fresh.iter().filter(|p| !out.modified.contains(&p.uid)) {
                 pending.set(PendingMark {
@@ -679,12 +679,6 @@ impl Run<'_> {
             pending.remove(&gone);
             save_pending(&state, &pending)?;
         }
-        if !ambiguous.is_empty() {
-            // Reported, then forgotten, as in pass 1.
-            pending.remove(&ambiguous);
-            save_pending(&state, &pending)?;
-        }
-        self.left_alone(i, ambiguous, moved);
         if let Some(b) = self.boxes.get_mut(&i) {
             b.pending = pending;
         }
@@ -717,11 +711,22 @@ fn uid_list(uids: &[u32]) -> String {
     s
 }
 
-fn ambiguous_warning(uids: &[u32]) -> String {
-    format!(
-        "{} left marked \\Deleted: an interrupted run meant to mark it, but that the mark is imapbak's own cannot be shown (it may be another client's)\nhint: neither expunged nor unmarked; if the mark is unwanted, remove it with a mail client",
-        uid_list(uids)
-    )
+/// One warning per mailbox for the messages left as they are.
+fn warn_left_alone(report: &mut AccountExpunge) {
+    for m in &mut report.mailboxes {
+        if !m.ambiguous_marks.is_empty() {
+            m.warnings.push(format!(
+                "{} left marked \\Deleted: named in an interrupted run's record, but the mark cannot be shown to be imapbak's own (it may be another client's)\nhint: neither expunged nor unmarked; if the mark is unwanted, remove it with a mail client",
+                uid_list(&m.ambiguous_marks)
+            ));
+        }
+        if !m.changed_during_run.is_empty() {
+            m.warnings.push(format!(
+                "{} not expunged: changed by another client between imapbak's last check and its STORE\nhint: left as it is; a later run looks at it again",
+                uid_list(&m.changed_during_run)
+            ));
+        }
+    }
 }
 
 /// Re-hashes an archived copy: it must decompress to the size and SHA-256
@@ -758,7 +763,7 @@ fn verify(c: &Candidate) -> Result<(), (SkipReason, String)> {
 mod tests {
     use super::*;
     use crate::sync::expunge::state::PENDING;
-    use crate::sync::expunge::{QuotaResource, QuotaRoot, StoreOutcome};
+    use crate::sync::expunge::{QuotaResource, QuotaRoot};
     use crate::sync::remote::Selected;
     use globset::GlobSet;
     use std::path::Path;

@@ -755,3 +755,179 @@ fn expunge_never_runs_while_the_archive_is_locked_and_needs_an_archive() {
         .success();
     assert!(uids(&user, "INBOX").is_empty());
 }
+
+// --- the randomised interruption test -----------------------------------
+
+/// A small seeded generator (splitmix64): the test needs no `rand`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// `expunge` interrupted at random moments (kill -9, SIGINT, or the
+/// connection cut right before a random command), while another client
+/// adds mail, sets flags and marks messages `\Deleted` between runs, and
+/// pulls archive the new mail. Then: nothing another client marked is
+/// gone, nothing is gone from the server that the archive does not hold,
+/// and `verify` is clean. `IMAPBAK_CHAOS_SEED` replays a run,
+/// `IMAPBAK_CHAOS_ROUNDS` (default 20) makes it longer.
+#[test]
+fn chaos_expunge_interrupted_at_random_never_removes_foreign_marks_or_unarchived_mail() {
+    let seed = env_u64("IMAPBAK_CHAOS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    let rounds = env_u64("IMAPBAK_CHAOS_ROUNDS").unwrap_or(20);
+    println!("chaos expunge: IMAPBAK_CHAOS_SEED={seed} IMAPBAK_CHAOS_ROUNDS={rounds}");
+    let mut rng = Rng(seed);
+    let (user, env) = setup("exp-chaos");
+    let direct = env.account_toml("a", &user, "timeout = 5");
+    let mut imap = user.imap();
+    let mut next_body = 0u32;
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    let mut add = |imap: &mut support::Imap, all: &mut Vec<Vec<u8>>, n: u64| {
+        for _ in 0..n {
+            next_body += 1;
+            let body = mail::plain(next_body);
+            imap.append("INBOX", &["\\Seen"], OLD, &body);
+            all.push(body);
+        }
+    };
+    add(&mut imap, &mut all, 12);
+    pull(&env);
+    let pending = env
+        .archive("a")
+        .join("state/mailboxes/INBOX/expunge-pending.json");
+    // Bodies of messages another client marked `\Deleted` itself.
+    let mut foreign: Vec<Vec<u8>> = Vec::new();
+    let (mut kills, mut ints, mut cuts) = (0, 0, 0);
+    for round in 0..rounds {
+        // Another client acts between runs.
+        let server = imap.fetch_all("INBOX");
+        let unmarked: Vec<&support::ServerMessage> = server
+            .iter()
+            .filter(|m| !m.flags.iter().any(|f| f == "\\Deleted"))
+            .collect();
+        // Half the time it picks a UID an interrupted run recorded (old or
+        // new format): the sequence of issue 15.
+        let recorded: Vec<u64> = std::fs::read(&pending)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| {
+                let uids = v["uids"].as_array().cloned().unwrap_or_default();
+                let marks = v["marks"].as_array().cloned().unwrap_or_default();
+                uids.iter()
+                    .filter_map(Value::as_u64)
+                    .chain(marks.iter().filter_map(|m| m["uid"].as_u64()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let candidates: Vec<&support::ServerMessage> = match rng.below(2) {
+            0 => unmarked
+                .iter()
+                .copied()
+                .filter(|m| recorded.contains(&(m.uid as u64)))
+                .collect(),
+            _ => unmarked.clone(),
+        };
+        if !candidates.is_empty() && rng.below(3) != 0 {
+            let m = candidates[rng.below(candidates.len() as u64) as usize];
+            imap.store("INBOX", m.uid, "+FLAGS (\\Deleted)");
+            foreign.push(m.body.clone());
+        }
+        if let Some(m) =
+            (!server.is_empty()).then(|| &server[rng.below(server.len() as u64) as usize])
+        {
+            imap.store("INBOX", m.uid, "+FLAGS (\\Flagged)");
+        }
+        let fresh = rng.below(4);
+        add(&mut imap, &mut all, fresh);
+        if rng.below(3) == 0 {
+            env.write_config(&direct);
+            pull(&env);
+        }
+
+        // An expunge run, interrupted.
+        let max = (1 + rng.below(5)).to_string();
+        let args = ["expunge", "--older-than", "1y", "--max", &max];
+        let kind = rng.below(3);
+        let out = if kind == 2 {
+            cuts += 1;
+            // Before a random command, or (half the time) before the
+            // marking STORE itself, where issue 15 began.
+            let at_store = rng.below(2) == 0;
+            let at = rng.below(if at_store { 1 } else { 16 }) as usize;
+            let seen = std::sync::atomic::AtomicUsize::new(0);
+            let proxy = CommandProxy::start(move |conn, line| {
+                let counts = !at_store || is_marking_store(line);
+                if conn == 0 && counts && seen.fetch_add(1, Ordering::SeqCst) == at {
+                    Line::Cut
+                } else {
+                    Line::Forward
+                }
+            });
+            env.write_config(&proxy.account_toml(&env, "a", &user, "timeout = 5"));
+            let out = env.std_cmd().args(args).output().unwrap();
+            env.write_config(&direct);
+            out.status
+        } else {
+            env.write_config(&direct);
+            let mut child = env
+                .std_cmd()
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(rng.below(120)));
+            let sig = if kind == 0 {
+                kills += 1;
+                libc::SIGKILL
+            } else {
+                ints += 1;
+                libc::SIGINT
+            };
+            unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+            child.wait().unwrap()
+        };
+        assert_ne!(out.code(), Some(101), "seed {seed} round {round}: a panic");
+    }
+    println!("chaos expunge: {kills} kill -9, {ints} SIGINT, {cuts} cuts");
+
+    env.write_config(&direct);
+    let (v, _) = json(&env, &["expunge", "--older-than", "1y"], 0);
+    let server = user.imap().fetch_all("INBOX");
+    let archived = support::folder_messages(&env.archive("a"), "");
+    for body in &foreign {
+        let m = server.iter().find(|m| &m.body == body);
+        assert!(
+            m.is_some_and(|m| m.flags.iter().any(|f| f == "\\Deleted")),
+            "seed {seed}: a message another client marked \\Deleted was expunged or unmarked\n{v:#}"
+        );
+    }
+    for body in &all {
+        assert!(
+            server.iter().any(|m| &m.body == body) || archived.contains(body),
+            "seed {seed}: a message gone from the server is not in the archive"
+        );
+    }
+    env.cmd().arg("verify").assert().success();
+}

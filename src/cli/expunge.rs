@@ -29,10 +29,22 @@ summary. Nothing is downloaded: run `imapbak pull` first, or use
 
 Deletion is `UID STORE +FLAGS.SILENT (\\Deleted)` then `UID EXPUNGE` of the
 same UIDs, so the server needs UIDPLUS (or IMAP4rev2); without it expunge
-refuses. Messages another client marked \\Deleted are left alone. The UIDs
-about to be marked are recorded in the archive's state first: a run
-interrupted between the two commands is finished by the next one (after
-re-verifying), or its marks are taken back.
+refuses. Messages another client marked \\Deleted are left alone. On a
+server with CONDSTORE the STORE carries UNCHANGEDSINCE (the MODSEQ of the
+check made just before it), so a message another client changes in between
+is not marked; it is left and reported by UID (changed_during_run).
+
+The UIDs about to be marked are recorded in the archive's state first, as
+`intended`, and again once the server acknowledges the STORE, as
+`stored` with the MODSEQ its answer gave. The next run finishes an
+interrupted one (expunges after re-verifying, or takes the mark back) only
+where the mark is provably its own: `stored` and, with CONDSTORE, the
+MODSEQ unchanged. Any other recorded message that carries \\Deleted
+(`intended`: the STORE may never have reached the server; or a MODSEQ that
+moved) is neither expunged nor unmarked, and is reported once by UID
+(ambiguous_mark). Records of older versions are read as `intended`.
+Without CONDSTORE, a mark another client sets in the one round trip between
+the last check and the STORE cannot be told from ours.
 
 Give --older-than, --free-to, or both. With --free-to, the oldest verified
 messages of all selected mailboxes go first, until the STORAGE usage that
@@ -44,15 +56,18 @@ GETQUOTAROOT reports for INBOX is under the target.
 `limit_bytes`, `percent`), `expunged`, `bytes_freed`, `beyond_limit`,
 `skipped` (count per reason: uidvalidity_changed,
 deleted_by_another_client, kept_flagged, kept_unseen, not_archived,
-archived_copy_missing, size_differs, archived_copy_damaged), `mailboxes`
-(the same per mailbox, with `unmarked`, `warnings`, `errors`) and
+archived_copy_missing, size_differs, archived_copy_damaged, ambiguous_mark,
+changed_during_run), `mailboxes` (the same per mailbox, with `unmarked`,
+`ambiguous_marks` and `changed_during_run` (UIDs left as they are),
+`warnings`, `errors`) and
 `messages` (`mailbox`, `uid`, `internaldate`, `size`, `resumed`).
 
 Exit status: 0 when everything due was expunged or there was nothing to do
-(skips are reported, not failures); 1 when a mailbox failed or the server
-lacks UIDPLUS, or one account failed while another was expunged; 2 for a
-usage error (including --free-to without a storage limit); 3 connection;
-4 the archive is locked by a pull; 2-4 only when no account got anywhere.";
+(skips, including marks left as they are, are reported, not failures); 1
+when a mailbox failed or the server lacks UIDPLUS, or one account failed
+while another was expunged; 2 for a usage error (including --free-to
+without a storage limit); 3 connection; 4 the archive is locked by a pull;
+2-4 only when no account got anywhere.";
 
 /// Delete old mail from the server, only what is verified in the archive.
 #[derive(Debug, clap::Args)]

@@ -1,22 +1,31 @@
 //! The raw commands `expunge` and `quota` need: SELECT, metadata FETCH
-//! (never a body), `UID STORE ... \Deleted`, `UID EXPUNGE` and GETQUOTAROOT.
+//! (never a body), `UID STORE ... \Deleted` (conditional on CONDSTORE
+//! servers, RFC 7162 3.1.3), `UID EXPUNGE` and GETQUOTAROOT.
 //! No policy here; what to delete is decided in `sync::expunge`.
+
+use std::collections::BTreeMap;
 
 use async_imap::imap_proto::rfc2087::QuotaResourceName;
 use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, ResponseCode};
 
-use super::session::parse_internaldate;
+use super::session::{completion, parse_internaldate};
 use super::{quote, uid_set, Connection, ImapError};
-use crate::sync::expunge::{ExpungeRemote, QuotaResource, QuotaRoot, ServerMeta};
+use crate::sync::expunge::{ExpungeRemote, QuotaResource, QuotaRoot, ServerMeta, StoreOutcome};
 use crate::sync::remote::{ListedMailbox, Namespace, Remote, RemoteError, Selected};
+
+/// Responses one STORE may bring (its FETCHes, unsolicited updates)
+/// before we call the server hostile.
+const MAX_STORE_RESPONSES: usize = 1_000_000;
 
 /// A FETCH response that carries every item `metadata` asked for;
 /// unsolicited flag updates from other sessions yield `None`.
 fn meta_of(attrs: &[AttributeValue<'_>]) -> Option<ServerMeta> {
     let (mut uid, mut size, mut flags, mut date) = (None, None, None, None);
+    let mut modseq = None;
     for a in attrs {
         match a {
             AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::ModSeq(m) => modseq = Some(*m),
             AttributeValue::Rfc822Size(s) => size = Some(*s),
             AttributeValue::Flags(f) => flags = Some(f.iter().map(|s| s.to_string()).collect()),
             AttributeValue::InternalDate(d) => date = parse_internaldate(d).map(|d| d.timestamp()),
@@ -28,7 +37,49 @@ fn meta_of(attrs: &[AttributeValue<'_>]) -> Option<ServerMeta> {
         internaldate: date?,
         size: size?,
         flags: flags?,
+        modseq,
     })
+}
+
+/// UID and MODSEQ of a FETCH response, as a conditional STORE returns
+/// them (`* 1 FETCH (UID 4 MODSEQ (12121231000))`).
+fn modseq_of(attrs: &[AttributeValue<'_>]) -> Option<(u32, u64)> {
+    let (mut uid, mut modseq) = (None, None);
+    for a in attrs {
+        match a {
+            AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::ModSeq(m) => modseq = Some(*m),
+            _ => {}
+        }
+    }
+    Some((uid?, modseq?))
+}
+
+/// The UIDs of a `[MODIFIED <set>]` at the start of a tagged OK's text
+/// (imap-proto does not know the code, so it arrives as text).
+fn modified_of(text: &str) -> Result<Vec<u32>, ImapError> {
+    let Some(rest) = text.trim_start().strip_prefix("[MODIFIED ") else {
+        return Ok(Vec::new());
+    };
+    let bad = || ImapError::Protocol(format!("unreadable MODIFIED response code in `{text}`"));
+    let set = rest.split(']').next().ok_or_else(bad)?;
+    let mut out = Vec::new();
+    for part in set.split(',') {
+        let (a, b) = part.split_once(':').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        let (lo, hi) = (a.min(b), a.max(b));
+        // A set is only ever a subset of what we sent (at most a chunk).
+        if hi - lo > 1_000_000 {
+            return Err(bad());
+        }
+        out.extend(lo..=hi);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 impl ExpungeRemote for Connection {
@@ -50,7 +101,12 @@ impl ExpungeRemote for Connection {
 
     async fn select(&mut self, raw: &str) -> Result<Selected, RemoteError> {
         super::lift(async {
-            let command = format!("SELECT {}", quote(raw)?);
+            let condstore = self.caps.contains("CONDSTORE");
+            let command = format!(
+                "SELECT {}{}",
+                quote(raw)?,
+                if condstore { " (CONDSTORE)" } else { "" }
+            );
             let mut sel = Selected::default();
             // Selected or not, nothing stays EXAMINEd (RFC 3501 6.3.1).
             self.examined = false;
@@ -58,6 +114,7 @@ impl ExpungeRemote for Connection {
                 Response::Data { outcome, .. } => match outcome.code {
                     Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,
                     Some(ResponseCode::UidNext(v)) => sel.uidnext = v,
+                    Some(ResponseCode::HighestModSeq(v)) => sel.highestmodseq = Some(v),
                     _ => {}
                 },
                 Response::MailboxData(MailboxDatum::Exists(n)) => sel.exists = *n,
@@ -85,7 +142,12 @@ impl ExpungeRemote for Connection {
             };
             let wanted: Option<std::collections::HashSet<u32>> =
                 uids.map(|u| u.iter().copied().collect());
-            let command = format!("UID FETCH {set} (UID FLAGS INTERNALDATE RFC822.SIZE)");
+            let modseq = if self.caps.contains("CONDSTORE") {
+                " MODSEQ"
+            } else {
+                ""
+            };
+            let command = format!("UID FETCH {set} (UID FLAGS INTERNALDATE RFC822.SIZE{modseq})");
             let mut out = Vec::new();
             self.run(&command, |r| {
                 if let Response::Fetch(_, attrs) = r {
@@ -104,17 +166,64 @@ impl ExpungeRemote for Connection {
         .await
     }
 
-    async fn set_deleted(&mut self, uids: &[u32], mark: bool) -> Result<(), RemoteError> {
+    async fn set_deleted(
+        &mut self,
+        uids: &[u32],
+        mark: bool,
+        unchanged_since: Option<u64>,
+    ) -> Result<StoreOutcome, RemoteError> {
         super::lift(async {
             if uids.is_empty() {
-                return Ok(());
+                return Ok(StoreOutcome::default());
             }
+            let condition = unchanged_since
+                .map(|m| format!(" (UNCHANGEDSINCE {m})"))
+                .unwrap_or_default();
             let command = format!(
-                "UID STORE {} {}FLAGS.SILENT (\\Deleted)",
+                "UID STORE {}{condition} {}FLAGS.SILENT (\\Deleted)",
                 uid_set(uids),
                 if mark { '+' } else { '-' }
             );
-            self.run(&command, |_| {}).await
+            // Like `run`, but the tagged OK's text is kept: it may carry
+            // `[MODIFIED ...]`.
+            let tag = self.send(&command).await?;
+            let mut modseqs: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut unclear: Vec<u32> = Vec::new();
+            for _ in 0..MAX_STORE_RESPONSES {
+                let done = self
+                    .next(|r| {
+                        if let Some(result) = completion(r, &tag, &command) {
+                            let text = match r {
+                                Response::Done { outcome, .. } => {
+                                    outcome.information.as_deref().unwrap_or("").to_string()
+                                }
+                                _ => String::new(),
+                            };
+                            return Some(result.map(|()| text));
+                        }
+                        if let Response::Fetch(_, attrs) = r {
+                            if let Some((uid, m)) = modseq_of(attrs) {
+                                if uids.contains(&uid) && *modseqs.entry(uid).or_insert(m) != m {
+                                    // Changed again by someone else while we
+                                    // stored: which MODSEQ is ours is unclear.
+                                    unclear.push(uid);
+                                }
+                            }
+                        }
+                        None
+                    })
+                    .await?;
+                if let Some(result) = done {
+                    let modified = modified_of(&result?)?;
+                    for u in modified.iter().chain(&unclear) {
+                        modseqs.remove(u);
+                    }
+                    return Ok(StoreOutcome { modseqs, modified });
+                }
+            }
+            Err(ImapError::Protocol(format!(
+                "server sent more than {MAX_STORE_RESPONSES} responses to STORE"
+            )))
         })
         .await
     }
@@ -196,6 +305,7 @@ mod tests {
                 internaldate: 1706778672,
                 size: 42,
                 flags: vec!["\\Seen".into()],
+                modseq: None,
             })
         );
         let partial = b"* 1 FETCH (UID 7 FLAGS (\\Deleted))\r\n";
@@ -204,5 +314,23 @@ mod tests {
             panic!("not a FETCH")
         };
         assert_eq!(meta_of(&attrs), None);
+    }
+
+    #[test]
+    fn a_conditional_stores_answers_give_modseqs_and_modified_uids() {
+        let (_, r) = Response::parse(b"* 1 FETCH (UID 4 MODSEQ (12121231000))\r\n").unwrap();
+        let Response::Fetch(_, attrs) = r else {
+            panic!("not a FETCH")
+        };
+        assert_eq!(modseq_of(&attrs), Some((4, 12121231000)));
+        let (_, r) =
+            Response::parse(b"a1 OK [MODIFIED 7,9:11] Conditional STORE failed\r\n").unwrap();
+        let Response::Done { outcome, .. } = r else {
+            panic!("not tagged")
+        };
+        let text = outcome.information.as_deref().unwrap();
+        assert_eq!(modified_of(text).unwrap(), [7, 9, 10, 11]);
+        assert_eq!(modified_of("Store completed").unwrap(), Vec::<u32>::new());
+        assert!(modified_of("[MODIFIED x] no").is_err());
     }
 }

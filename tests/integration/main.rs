@@ -5,6 +5,7 @@
 mod support;
 
 mod archive_tools;
+mod command_proxy;
 mod expunge;
 mod fakes;
 mod faults;

@@ -5,11 +5,15 @@
 //! archived size, and (re-hashed now, never trusted from a cache) the
 //! archived file decompresses to the size and SHA-256 recorded at pull time.
 //! Nothing is downloaded. Messages another client marked `\Deleted` are
-//! left alone, deletion is `UID STORE +FLAGS.SILENT (\Deleted)` then
-//! `UID EXPUNGE` of the same UIDs (never `EXPUNGE` or `CLOSE`), and the UIDs
+//! left alone, deletion is `UID STORE +FLAGS.SILENT (\Deleted)` (with
+//! `UNCHANGEDSINCE` on CONDSTORE servers, so a mark set by someone else
+//! after our last check fails the STORE for that message) then
+//! `UID EXPUNGE` of the same UIDs (never `EXPUNGE` or `CLOSE`). The UIDs
 //! about to be marked are written to `expunge-pending.json` in the
-//! mailbox's state directory first, so an interrupted run is finished (or
-//! its marks taken back) by the next one.
+//! mailbox's state directory first ("intended"), and again once the STORE
+//! is acknowledged ("stored", with the MODSEQ it gave), so the next run
+//! finishes an interrupted one only where the `\Deleted` mark is provably
+//! its own; anything it cannot tell is left as it is and reported.
 //!
 //! This file holds what expunge needs from a server: [`ExpungeRemote`] and
 //! its plain types. `plan.rs` holds the pure, unit-tested parts (the options
@@ -31,13 +35,13 @@ mod run;
 mod state;
 
 pub use plan::{
-    bytes_to_free, order_candidates, parse_age, parse_percent, percent, plan_mailbox, ArchivedCopy,
-    Candidate, ExpungeAction, ExpungeOptions, Limits, MailboxFacts, MailboxPlan, Selection,
-    SkipReason,
+    bytes_to_free, decide_pending, order_candidates, parse_age, parse_percent, percent,
+    plan_mailbox, ArchivedCopy, Candidate, ExpungeAction, ExpungeOptions, Limits, MailboxFacts,
+    MailboxPlan, PendingDecision, Selection, SkipReason,
 };
 pub use report::{AccountExpunge, ExpungeReport, MailboxExpunge, QuotaUsage};
 pub use run::expunge_account;
-pub use state::{load_pending, Pending};
+pub use state::{load_pending, MarkState, Pending, PendingMark};
 
 /// Metadata of one message, as `UID FETCH (UID FLAGS INTERNALDATE
 /// RFC822.SIZE)` reports it. Never the body.
@@ -48,12 +52,26 @@ pub struct ServerMeta {
     pub internaldate: i64,
     pub size: u32,
     pub flags: Vec<String>,
+    /// MODSEQ, from servers with CONDSTORE.
+    pub modseq: Option<u64>,
 }
 
 impl ServerMeta {
     fn has_flag(&self, flag: &str) -> bool {
         self.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
     }
+}
+
+/// What a `UID STORE` of `\Deleted` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreOutcome {
+    /// The MODSEQ each stored message has now, from the FETCH responses
+    /// of the STORE (CONDSTORE servers). A UID whose MODSEQ is not known
+    /// for sure (none sent, or two different ones) is absent.
+    pub modseqs: std::collections::BTreeMap<u32, u64>,
+    /// UIDs the server reported in `[MODIFIED ...]`: changed since the
+    /// `UNCHANGEDSINCE` value, so not stored.
+    pub modified: Vec<u32>,
 }
 
 /// One quota root and its resources (GETQUOTAROOT, RFC 2087 / 9208).
@@ -98,18 +116,23 @@ pub trait ExpungeRemote: Send {
 
     /// Metadata of the selected mailbox's messages: all of them (`None`) or
     /// only `uids` (sorted). UIDs that no longer exist are simply absent.
+    /// With CONDSTORE each carries its MODSEQ.
     fn metadata(
         &mut self,
         uids: Option<&[u32]>,
     ) -> impl Future<Output = Result<Vec<ServerMeta>, RemoteError>> + Send;
 
     /// `UID STORE <uids> +FLAGS.SILENT (\Deleted)` (`mark == true`) or
-    /// `-FLAGS.SILENT (\Deleted)` on the selected mailbox.
+    /// `-FLAGS.SILENT (\Deleted)` on the selected mailbox; with
+    /// `unchanged_since` (CONDSTORE) as `UID STORE <uids> (UNCHANGEDSINCE
+    /// <m>) ...`, so messages changed after MODSEQ `m` are left untouched
+    /// and come back in [`StoreOutcome::modified`].
     fn set_deleted(
         &mut self,
         uids: &[u32],
         mark: bool,
-    ) -> impl Future<Output = Result<(), RemoteError>> + Send;
+        unchanged_since: Option<u64>,
+    ) -> impl Future<Output = Result<StoreOutcome, RemoteError>> + Send;
 
     /// `UID EXPUNGE <uids>` (UIDPLUS / IMAP4rev2): removes only those of
     /// `uids` that carry `\Deleted`, never anything else.

@@ -1,13 +1,14 @@
 //! The pure half of expunge: options, listing and archive facts in, a plan
 //! out. No I/O here, so every rule is unit-tested without a server.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
 use globset::GlobSet;
 use serde::Serialize;
 
+use super::state::{MarkState, Pending, PendingMark};
 use super::ServerMeta;
 use crate::report::human_bytes;
 
@@ -103,6 +104,12 @@ pub enum SkipReason {
     DateDiffers,
     /// The archived file does not decompress to the recorded size and hash.
     ArchivedCopyDamaged,
+    /// Named in an interrupted run's record and now `\Deleted`, but that
+    /// mark cannot be told to be ours: left marked, reported by UID.
+    AmbiguousMark,
+    /// Changed by another client between our last check and our STORE
+    /// (`[MODIFIED]`): not marked, left for a later run.
+    ChangedDuringRun,
 }
 
 impl SkipReason {
@@ -117,6 +124,10 @@ impl SkipReason {
             SkipReason::SizeDiffers => "server size differs from the archived copy",
             SkipReason::DateDiffers => "server INTERNALDATE differs from the archived copy",
             SkipReason::ArchivedCopyDamaged => "archived copy damaged",
+            SkipReason::AmbiguousMark => {
+                "marked \\Deleted, but not provably by imapbak (left as it is)"
+            }
+            SkipReason::ChangedDuringRun => "changed by another client during the run",
         }
     }
 
@@ -160,8 +171,10 @@ pub struct MailboxFacts<'a> {
     pub messages: &'a [ServerMeta],
     /// Archived copies of the server's generation, by UID.
     pub archived: &'a HashMap<u32, ArchivedCopy>,
-    /// UIDs this tool marked `\Deleted` in an interrupted run.
-    pub ours: &'a HashSet<u32>,
+    /// The interrupted run's record (`expunge-pending.json`).
+    pub pending: &'a Pending,
+    /// The server offers CONDSTORE, so MODSEQs are known.
+    pub condstore: bool,
 }
 
 /// Which messages are due, independent of the archive.
@@ -196,6 +209,9 @@ pub struct MailboxPlan {
     /// Our own marks from an interrupted run on messages that no longer
     /// qualify: to be taken back.
     pub unmark: Vec<u32>,
+    /// Recorded UIDs now `\Deleted` whose mark may not be ours: neither
+    /// expunged nor unmarked, reported.
+    pub ambiguous: Vec<u32>,
 }
 
 impl MailboxPlan {
@@ -207,6 +223,47 @@ impl MailboxPlan {
     }
 }
 
+/// What to do with a message an interrupted run recorded, given what the
+/// server says about it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingDecision {
+    /// Not recorded, or not `\Deleted` (so no mark of ours is there):
+    /// judged like any other message.
+    NotPending,
+    /// The `\Deleted` mark is provably ours: finish the work (expunge if
+    /// the archived copy verifies, otherwise take the mark back).
+    Finish,
+    /// `\Deleted`, but the mark may be another client's: neither expunge
+    /// nor unmark; report the UID.
+    LeaveAndReport,
+}
+
+/// Whether a `\Deleted` mark on a recorded message is ours. A mark is ours
+/// only if our STORE was acknowledged ("stored") and, on a CONDSTORE
+/// server, the message still has the MODSEQ that STORE gave it (nobody has
+/// touched it since). Without CONDSTORE the acknowledgement is all there
+/// is, so "stored" is enough; an "intended" mark is never taken for ours.
+pub fn decide_pending(
+    mark: Option<&PendingMark>,
+    now: &ServerMeta,
+    condstore: bool,
+) -> PendingDecision {
+    let Some(mark) = mark else {
+        return PendingDecision::NotPending;
+    };
+    if !now.has_flag("\\Deleted") {
+        return PendingDecision::NotPending;
+    }
+    match (mark.state, condstore) {
+        (MarkState::Intended, _) => PendingDecision::LeaveAndReport,
+        (MarkState::Stored, false) => PendingDecision::Finish,
+        (MarkState::Stored, true) => match (mark.modseq, now.modseq) {
+            (Some(ours), Some(now)) if ours == now => PendingDecision::Finish,
+            _ => PendingDecision::LeaveAndReport,
+        },
+    }
+}
+
 /// Decides, without I/O, which messages of one mailbox may go. Messages
 /// newer than the cut are not mentioned at all; every other message that
 /// is held back is counted with its reason.
@@ -215,11 +272,17 @@ pub fn plan_mailbox(facts: &MailboxFacts<'_>, sel: &Selection, mailbox: usize) -
     let same_generation =
         facts.server_uidvalidity != 0 && facts.server_uidvalidity == facts.archived_uidvalidity;
     for m in facts.messages {
-        let ours = facts.ours.contains(&m.uid) && m.has_flag("\\Deleted");
+        let decision = decide_pending(facts.pending.get(m.uid), m, facts.condstore);
+        let ours = decision == PendingDecision::Finish;
         if !same_generation {
             if sel.cut.is_none_or(|cut| m.internaldate < cut) {
                 plan.skip(m.uid, SkipReason::UidvalidityChanged);
             }
+            continue;
+        }
+        if decision == PendingDecision::LeaveAndReport {
+            plan.skip(m.uid, SkipReason::AmbiguousMark);
+            plan.ambiguous.push(m.uid);
             continue;
         }
         if !ours {
@@ -371,6 +434,7 @@ mod tests {
             internaldate: 1_000 * DAY - days_old * DAY,
             size,
             flags: flags.iter().map(|s| s.to_string()).collect(),
+            modseq: None,
         }
     }
 
@@ -393,7 +457,8 @@ mod tests {
     struct Fx {
         messages: Vec<ServerMeta>,
         archived: HashMap<u32, ArchivedCopy>,
-        ours: HashSet<u32>,
+        pending: Pending,
+        condstore: bool,
         server_uv: u32,
         archived_uv: u32,
         floor: u32,
@@ -408,7 +473,8 @@ mod tests {
             Fx {
                 messages,
                 archived,
-                ours: HashSet::new(),
+                pending: Pending::default(),
+                condstore: false,
                 server_uv: 7,
                 archived_uv: 7,
                 floor: 100,
@@ -423,7 +489,8 @@ mod tests {
                     floor: self.floor,
                     messages: &self.messages,
                     archived: &self.archived,
-                    ours: &self.ours,
+                    pending: &self.pending,
+                    condstore: self.condstore,
                 },
                 s,
                 0,
@@ -536,7 +603,7 @@ mod tests {
             meta(2, 400, 10, &["\\Deleted"]),
             meta(3, 400, 10, &["\\Deleted"]),
         ]);
-        fx.ours = [1, 2].into_iter().collect();
+        fx.pending = stored(&[1, 2]);
         fx.archived.insert(2, copy(99));
         let p = fx.plan(&sel(1));
         assert_eq!(uids(&p), [1]);
@@ -552,9 +619,119 @@ mod tests {
     #[test]
     fn a_pending_uid_without_deleted_is_treated_like_any_other() {
         let mut fx = Fx::new(vec![meta(1, 10, 10, &[])]);
-        fx.ours = [1].into_iter().collect();
+        fx.pending = stored(&[1]);
         let p = fx.plan(&sel(365));
         assert!(p.candidates.is_empty(), "not old enough, and not marked");
+        fx.pending = intended(&[1]);
+        let p = fx.plan(&sel(365));
+        assert!(p.candidates.is_empty() && p.ambiguous.is_empty());
+        let p = fx.plan(&sel(1));
+        assert_eq!(uids(&p), [1], "an intent that never reached the server");
+        assert!(!p.candidates[0].resumed);
+    }
+
+    fn marks(uids: &[u32], state: MarkState, modseq: Option<u64>) -> Pending {
+        let mut p = Pending::default();
+        for &uid in uids {
+            p.set(PendingMark { uid, state, modseq });
+        }
+        p
+    }
+
+    fn stored(uids: &[u32]) -> Pending {
+        marks(uids, MarkState::Stored, None)
+    }
+
+    fn intended(uids: &[u32]) -> Pending {
+        marks(uids, MarkState::Intended, None)
+    }
+
+    fn with_modseq(mut m: ServerMeta, modseq: u64) -> ServerMeta {
+        m.modseq = Some(modseq);
+        m
+    }
+
+    #[test]
+    fn only_an_acknowledged_store_makes_a_deleted_mark_ours() {
+        use PendingDecision::*;
+        let mark = |state, modseq| PendingMark {
+            uid: 1,
+            state,
+            modseq,
+        };
+        let deleted = with_modseq(meta(1, 400, 10, &["\\Deleted"]), 50);
+        let clean = with_modseq(meta(1, 400, 10, &["\\Seen"]), 50);
+        let intended = mark(MarkState::Intended, None);
+        let stored_50 = mark(MarkState::Stored, Some(50));
+        let stored_49 = mark(MarkState::Stored, Some(49));
+        let stored_unknown = mark(MarkState::Stored, None);
+        for condstore in [false, true] {
+            assert_eq!(decide_pending(None, &deleted, condstore), NotPending);
+            // Not marked: whatever the record says, no mark of ours is there.
+            for m in [&intended, &stored_50] {
+                assert_eq!(decide_pending(Some(m), &clean, condstore), NotPending);
+            }
+            // The STORE may or may not have reached the server.
+            assert_eq!(
+                decide_pending(Some(&intended), &deleted, condstore),
+                LeaveAndReport
+            );
+        }
+        // CONDSTORE: ours while nobody touched it since our STORE.
+        assert_eq!(decide_pending(Some(&stored_50), &deleted, true), Finish);
+        assert_eq!(
+            decide_pending(Some(&stored_49), &deleted, true),
+            LeaveAndReport,
+            "the MODSEQ moved: someone may have unmarked and marked it"
+        );
+        assert_eq!(
+            decide_pending(Some(&stored_unknown), &deleted, true),
+            LeaveAndReport
+        );
+        let mut no_modseq = deleted.clone();
+        no_modseq.modseq = None;
+        assert_eq!(
+            decide_pending(Some(&stored_50), &no_modseq, true),
+            LeaveAndReport
+        );
+        // Without CONDSTORE the acknowledgement is all there is.
+        assert_eq!(decide_pending(Some(&stored_49), &deleted, false), Finish);
+        assert_eq!(
+            decide_pending(Some(&stored_unknown), &deleted, false),
+            Finish
+        );
+    }
+
+    #[test]
+    fn an_ambiguous_mark_is_neither_expunged_nor_unmarked_and_is_reported() {
+        let mut fx = Fx::new(vec![
+            with_modseq(meta(1, 400, 10, &["\\Deleted"]), 10),
+            with_modseq(meta(2, 400, 10, &["\\Deleted"]), 11),
+            with_modseq(meta(3, 400, 10, &["\\Deleted"]), 12),
+            with_modseq(meta(4, 400, 10, &[]), 13),
+        ]);
+        fx.condstore = true;
+        let mut p = intended(&[1]);
+        p.set(PendingMark {
+            uid: 2,
+            state: MarkState::Stored,
+            modseq: Some(11),
+        });
+        p.set(PendingMark {
+            uid: 3,
+            state: MarkState::Stored,
+            modseq: Some(9),
+        });
+        fx.pending = p;
+        // UID 3's copy does not match either: still not ours to unmark.
+        fx.archived.insert(3, copy(99));
+        let plan = fx.plan(&sel(1));
+        assert_eq!(uids(&plan), [2, 4]);
+        assert!(plan.candidates[0].resumed && !plan.candidates[1].resumed);
+        assert_eq!(plan.ambiguous, [1, 3]);
+        assert!(plan.unmark.is_empty(), "{:?}", plan.unmark);
+        assert_eq!(plan.skipped[&SkipReason::AmbiguousMark], 2);
+        assert!(!plan.skipped.contains_key(&SkipReason::SizeDiffers));
     }
 
     #[test]

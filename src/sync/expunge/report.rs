@@ -53,7 +53,14 @@ pub struct MailboxExpunge {
     /// Our own `\Deleted` marks from an interrupted run taken back because
     /// the message no longer verifies.
     pub unmarked: u64,
-    /// One line per message held back for a problem in the archive.
+    /// UIDs an interrupted run recorded that now carry `\Deleted`, where
+    /// that mark cannot be shown to be ours: left as they are.
+    pub ambiguous_marks: Vec<u32>,
+    /// UIDs another client changed between our last check and our STORE
+    /// (`[MODIFIED]`, or marked meanwhile): left as they are.
+    pub changed_during_run: Vec<u32>,
+    /// One line per message held back for a problem in the archive (or a
+    /// mark left as it is).
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
 }

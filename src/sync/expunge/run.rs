@@ -1,17 +1,20 @@
 //! The executor: applies the expunge plan to one account through an
-//! [`ExpungeRemote`] and the archive, recording pending UIDs before each STORE.
+//! [`ExpungeRemote`] and the archive, recording pending UIDs before each
+//! STORE ("intended") and after its acknowledgement ("stored").
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::io;
 use std::sync::Arc;
 
 use super::plan::{
-    bytes_to_free, order_candidates, plan_mailbox, ArchivedCopy, Candidate, Chosen, ExpungeAction,
-    ExpungeOptions, Limits, MailboxFacts, Pick, Selection, SkipReason,
+    bytes_to_free, decide_pending, order_candidates, plan_mailbox, ArchivedCopy, Candidate, Chosen,
+    ExpungeAction, ExpungeOptions, Limits, MailboxFacts, PendingDecision, Pick, Selection,
+    SkipReason,
 };
 use super::report::{AccountExpunge, MailboxExpunge, QuotaUsage};
-use super::state::{load_pending, save_pending, Pending};
-use super::{ExpungeRemote, ServerMeta};
+use super::state::{load_pending, save_pending, MarkState, Pending, PendingMark};
+use super::{ExpungeRemote, ServerMeta, StoreOutcome};
 use crate::archive::{hash_file, Archive, ArchiveError, Folder};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
@@ -126,6 +129,7 @@ pub async fn expunge_account<R: ExpungeRemote>(
             }
         }
     }
+    warn_left_alone(&mut run.report);
     conn.logout().await;
     run.report
 }
@@ -307,18 +311,17 @@ impl Run<'_> {
         };
         let mut pending = load_pending(folder.state_dir())?;
         if pending.uidvalidity != selected.uidvalidity {
-            pending.uids.clear();
+            pending.marks.clear();
         }
-        // Only UIDs still on the server and still marked are ours to finish.
-        let before = pending.uids.len();
-        pending.uids.retain(|u| {
+        // Only UIDs still on the server and still marked are left to finish
+        // (or to report); an intent whose STORE never landed is forgotten.
+        let before = pending.marks.len();
+        pending.marks.retain(|p| {
             messages
                 .iter()
-                .any(|m| m.uid == *u && m.has_flag("\\Deleted"))
+                .any(|m| m.uid == p.uid && m.has_flag("\\Deleted"))
         });
-        if !self.opts.dry_run && pending.uids.len() != before {
-            save_pending(folder.state_dir(), &pending)?;
-        }
+        let mut changed = pending.marks.len() != before;
         let archived: HashMap<u32, ArchivedCopy> = index
             .entries
             .values()
@@ -336,18 +339,28 @@ impl Run<'_> {
                 ))
             })
             .collect();
-        let ours: HashSet<u32> = pending.uids.iter().copied().collect();
         let facts = MailboxFacts {
             server_uidvalidity: selected.uidvalidity,
             archived_uidvalidity: status.uidvalidity,
             floor: status.floor,
             messages: &messages,
             archived: &archived,
-            ours: &ours,
+            pending: &pending,
+            condstore: conn.has_capability("CONDSTORE"),
         };
         let plan = plan_mailbox(&facts, sel, idx);
+        // Reported once, then forgotten: from the next run on such a mark is
+        // simply another client's, which is never touched either.
+        if !plan.ambiguous.is_empty() {
+            pending.remove(&plan.ambiguous);
+            changed = true;
+        }
+        if !self.opts.dry_run && changed {
+            save_pending(folder.state_dir(), &pending)?;
+        }
         let rep = &mut self.report.mailboxes[idx];
         rep.skipped = plan.skipped.clone();
+        rep.ambiguous_marks = plan.ambiguous.clone();
         for (uid, reason) in &plan.problems {
             rep.warnings.push(format!(
                 "UID {uid} not expunged: {reason}\nhint: the server copy is kept; `imapbak verify` checks the archive"
@@ -424,6 +437,37 @@ impl Run<'_> {
         }
         self.progress.mailbox_finished("verify");
         chosen
+    }
+
+    /// Records messages left as they are in mailbox `i`: `ambiguous`
+    /// carry a `\Deleted` mark that may not be ours, `moved` were changed
+    /// by another client between our last check and our STORE. Recorded at
+    /// once, so a connection lost later does not hide them; the warnings
+    /// come from [`warn_left_alone`] at the end of the run.
+    fn left_alone(&mut self, i: usize, ambiguous: &mut Vec<u32>, moved: &mut Vec<u32>) {
+        let rep = &mut self.report.mailboxes[i];
+        for (list, into, reason) in [
+            (
+                ambiguous,
+                &mut rep.ambiguous_marks,
+                SkipReason::AmbiguousMark,
+            ),
+            (
+                moved,
+                &mut rep.changed_during_run,
+                SkipReason::ChangedDuringRun,
+            ),
+        ] {
+            list.sort_unstable();
+            list.dedup();
+            list.retain(|u| !into.contains(u));
+            if list.is_empty() {
+                continue;
+            }
+            *rep.skipped.entry(reason).or_default() += list.len() as u64;
+            into.append(list);
+            into.sort_unstable();
+        }
     }
 
     fn action(
@@ -511,57 +555,98 @@ impl Run<'_> {
                 b.name, selected.uidvalidity
             ))));
         }
-        // Take back our marks on messages that no longer verify.
+        let condstore = conn.has_capability("CONDSTORE");
+        let (mut ambiguous, mut moved) = (Vec::new(), Vec::new());
+        // Take back our marks on messages that no longer verify, where the
+        // mark is still provably ours.
         let mut unmark = ch.unmark.clone();
         unmark.sort_unstable();
         unmark.dedup();
         for chunk in unmark.chunks(CHUNK) {
-            conn.set_deleted(chunk, false).await?;
-            pending.uids.retain(|u| !chunk.contains(u));
+            let now = by_uid(conn.metadata(Some(chunk)).await?);
+            let mut mine = Vec::new();
+            for &u in chunk {
+                let Some(m) = now.get(&u) else { continue };
+                match decide_pending(pending.get(u), m, condstore) {
+                    PendingDecision::Finish => mine.push(u),
+                    PendingDecision::LeaveAndReport => ambiguous.push(u),
+                    PendingDecision::NotPending => {}
+                }
+            }
+            // Reported, then forgotten, as in pass 1.
+            pending.remove(&ambiguous);
             save_pending(&state, &pending)?;
-            self.report.mailboxes[i].unmarked += chunk.len() as u64;
+            self.left_alone(i, &mut ambiguous, &mut moved);
+            let since = unchanged_since(condstore, mine.iter().map(|u| &now[u]));
+            let out = conn.set_deleted(&mine, false, since).await?;
+            // Changed since our check: whose mark it carries now is unclear.
+            ambiguous.extend(&out.modified);
+            self.left_alone(i, &mut ambiguous, &mut moved);
+            pending.remove(chunk);
+            save_pending(&state, &pending)?;
+            self.report.mailboxes[i].unmarked += (mine.len() - out.modified.len()) as u64;
         }
         let mut uids = ch.uids.clone();
         uids.sort_unstable_by_key(|u| u.uid);
         for chunk in uids.chunks(CHUNK) {
             let set: Vec<u32> = chunk.iter().map(|u| u.uid).collect();
             // The world may have moved since pass 1: drop anything another
-            // client marked meanwhile, anything gone, anything resized.
-            let now: HashMap<u32, ServerMeta> = conn
-                .metadata(Some(&set))
-                .await?
-                .into_iter()
-                .map(|m| (m.uid, m))
-                .collect();
-            let ours: HashSet<u32> = pending.uids.iter().copied().collect();
-            let go: Vec<Pick> = chunk
-                .iter()
-                .filter(|p| match now.get(&p.uid) {
-                    Some(m) => {
-                        m.size as u64 == p.size
-                            && (!m.has_flag("\\Deleted") || ours.contains(&p.uid))
-                    }
-                    None => false,
-                })
-                .copied()
-                .collect();
+            // client marked or changed meanwhile, anything gone, anything
+            // resized.
+            let now = by_uid(conn.metadata(Some(&set)).await?);
+            let (mut fresh, mut resumed) = (Vec::new(), Vec::new());
+            for p in chunk {
+                let Some(m) = now.get(&p.uid) else { continue };
+                if m.size as u64 != p.size {
+                    continue;
+                }
+                match decide_pending(pending.get(p.uid), m, condstore) {
+                    PendingDecision::Finish => resumed.push(*p),
+                    PendingDecision::LeaveAndReport => ambiguous.push(p.uid),
+                    PendingDecision::NotPending if m.has_flag("\\Deleted") => moved.push(p.uid),
+                    PendingDecision::NotPending => fresh.push(*p),
+                }
+            }
+            pending.remove(&ambiguous);
+            self.left_alone(i, &mut ambiguous, &mut moved);
+            // Recorded before the STORE, so an interruption leaves a trace;
+            // only "intended", as the STORE may never reach the server.
+            pending.uidvalidity = uv;
+            for p in &fresh {
+                pending.set(PendingMark {
+                    uid: p.uid,
+                    state: MarkState::Intended,
+                    modseq: None,
+                });
+            }
+            save_pending(&state, &pending)?;
+            let fresh_uids: Vec<u32> = fresh.iter().map(|p| p.uid).collect();
+            // UNCHANGEDSINCE the newest MODSEQ we checked: any change after
+            // our check gets a higher one and fails the STORE for that UID.
+            let since = unchanged_since(condstore, fresh_uids.iter().map(|u| &now[u]));
+            let out = if fresh_uids.is_empty() {
+                StoreOutcome::default()
+            } else {
+                conn.set_deleted(&fresh_uids, true, since).await?
+            };
+            pending.remove(&out.modified);
+            moved.extend(&out.modified);
+            self.left_alone(i, &mut ambiguous, &mut moved);
+            let mut go = resumed;
+            for p in fresh.iter().filter(|p| !out.modified.contains(&p.uid)) {
+                pending.set(PendingMark {
+                    uid: p.uid,
+                    state: MarkState::Stored,
+                    modseq: out.modseqs.get(&p.uid).copied(),
+                });
+                go.push(*p);
+            }
+            save_pending(&state, &pending)?;
+            go.sort_unstable_by_key(|p| p.uid);
             let go_uids: Vec<u32> = go.iter().map(|u| u.uid).collect();
             if go_uids.is_empty() {
                 continue;
             }
-            // Recorded before the STORE, so an interruption leaves a trace.
-            pending.uidvalidity = uv;
-            let mut record: Vec<u32> = pending
-                .uids
-                .iter()
-                .copied()
-                .chain(go_uids.iter().copied())
-                .collect();
-            record.sort_unstable();
-            record.dedup();
-            pending.uids = record;
-            save_pending(&state, &pending)?;
-            conn.set_deleted(&go_uids, true).await?;
             conn.uid_expunge(&go_uids).await?;
             let left: HashSet<u32> = conn
                 .metadata(Some(&go_uids))
@@ -588,15 +673,61 @@ impl Run<'_> {
             }
             // Whatever is still there keeps its record, so the next run
             // finishes it (re-verified) or takes the mark back.
-            pending
-                .uids
-                .retain(|u| !go_uids.contains(u) || left.contains(u));
+            let gone: Vec<u32> = go_uids
+                .iter()
+                .copied()
+                .filter(|u| !left.contains(u))
+                .collect();
+            pending.remove(&gone);
             save_pending(&state, &pending)?;
         }
         if let Some(b) = self.boxes.get_mut(&i) {
             b.pending = pending;
         }
         Ok(())
+    }
+}
+
+fn by_uid(metas: Vec<ServerMeta>) -> HashMap<u32, ServerMeta> {
+    metas.into_iter().map(|m| (m.uid, m)).collect()
+}
+
+/// The `UNCHANGEDSINCE` value for a STORE on messages last seen as `seen`:
+/// the newest of their MODSEQs (none without CONDSTORE).
+fn unchanged_since<'a>(condstore: bool, seen: impl Iterator<Item = &'a ServerMeta>) -> Option<u64> {
+    if !condstore {
+        return None;
+    }
+    seen.filter_map(|m| m.modseq).max()
+}
+
+/// `UID 4` or `UIDs 4, 7, 9`.
+fn uid_list(uids: &[u32]) -> String {
+    let mut s = String::from(if uids.len() == 1 { "UID " } else { "UIDs " });
+    for (n, u) in uids.iter().enumerate() {
+        if n > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{u}");
+    }
+    s
+}
+
+/// One warning per mailbox for the messages left as they are.
+fn warn_left_alone(report: &mut AccountExpunge) {
+    for m in &mut report.mailboxes {
+        if !m.ambiguous_marks.is_empty() {
+            m.warnings.push(format!(
+                "{} left marked \\Deleted: named in an interrupted run's record, but the mark cannot be shown to be imapbak's own (it may be another client's)\nhint: neither expunged nor unmarked; if the mark is unwanted, remove it with a mail client",
+                uid_list(&m.ambiguous_marks)
+            ));
+        }
+        if !m.changed_during_run.is_empty() {
+            m.warnings.push(format!(
+                "{} not expunged: changed by another client between imapbak's last check and its STORE\nhint: left as it is; a later run looks at it again",
+                uid_list(&m.changed_during_run)
+            ));
+        }
     }
 }
 
@@ -643,14 +774,39 @@ mod tests {
 
     use std::sync::Mutex;
 
+    /// What another client does to the server at a chosen moment.
+    type OtherClient = Box<dyn FnOnce(&mut Server) + Send>;
+
     #[derive(Default)]
     struct Server {
         messages: Vec<ServerMeta>,
         /// The next UID EXPUNGE loses the connection (after the STORE).
         drop_on_expunge: bool,
+        /// The next marking STORE is lost before it reaches the server.
+        drop_on_store: bool,
+        /// Another client acts just before the next marking STORE lands.
+        before_store: Option<OtherClient>,
         commands: Vec<String>,
         /// STORAGE (usage, limit) in KiB, never updated: a lagging server.
         quota: Option<(u64, u64)>,
+        /// HIGHESTMODSEQ: every change of a message's flags takes the next.
+        modseq: u64,
+    }
+
+    impl Server {
+        /// Changes the flags of `uid` as another client would.
+        fn other_client(&mut self, uid: u32, add: &str) {
+            self.modseq += 1;
+            let modseq = self.modseq;
+            let m = self.messages.iter_mut().find(|m| m.uid == uid).unwrap();
+            m.flags.push(add.into());
+            m.modseq = Some(modseq);
+        }
+
+        fn flags(&self, uid: u32) -> Vec<String> {
+            let m = self.messages.iter().find(|m| m.uid == uid).unwrap();
+            m.flags.clone()
+        }
     }
 
     struct Fake {
@@ -692,22 +848,59 @@ mod tests {
         }
         async fn metadata(&mut self, uids: Option<&[u32]>) -> Result<Vec<ServerMeta>, RemoteError> {
             let s = self.server.lock().unwrap();
+            let condstore = self.caps.contains(&"CONDSTORE");
             Ok(s.messages
                 .iter()
                 .filter(|m| uids.is_none_or(|u| u.contains(&m.uid)))
                 .cloned()
+                .map(|mut m| {
+                    if !condstore {
+                        m.modseq = None;
+                    }
+                    m
+                })
                 .collect())
         }
-        async fn set_deleted(&mut self, uids: &[u32], mark: bool) -> Result<(), RemoteError> {
+        async fn set_deleted(
+            &mut self,
+            uids: &[u32],
+            mark: bool,
+            unchanged_since: Option<u64>,
+        ) -> Result<StoreOutcome, RemoteError> {
             let mut s = self.server.lock().unwrap();
-            s.commands.push(format!("STORE {uids:?} {mark}"));
+            s.commands
+                .push(format!("STORE {uids:?} {mark} since {unchanged_since:?}"));
+            if mark && std::mem::take(&mut s.drop_on_store) {
+                return Err(RemoteError::broken("connection lost"));
+            }
+            if mark {
+                if let Some(f) = s.before_store.take() {
+                    f(&mut s);
+                }
+            }
+            let condstore = self.caps.contains(&"CONDSTORE");
+            let mut out = StoreOutcome::default();
+            let mut next = s.modseq;
             for m in s.messages.iter_mut().filter(|m| uids.contains(&m.uid)) {
+                if unchanged_since.is_some_and(|u| m.modseq.unwrap_or(0) > u) {
+                    out.modified.push(m.uid);
+                    continue;
+                }
+                let had = m.has_flag("\\Deleted");
                 m.flags.retain(|f| f != "\\Deleted");
                 if mark {
                     m.flags.push("\\Deleted".into());
                 }
+                if had != mark {
+                    next += 1;
+                    m.modseq = Some(next);
+                }
+                if condstore {
+                    out.modseqs.insert(m.uid, m.modseq.unwrap_or(0));
+                }
             }
-            Ok(())
+            s.modseq = next;
+            Ok(out)
         }
         async fn uid_expunge(&mut self, uids: &[u32]) -> Result<(), RemoteError> {
             let mut s = self.server.lock().unwrap();
@@ -775,8 +968,10 @@ mod tests {
                 internaldate: 1_000,
                 size: body.len() as u32,
                 flags: flags.iter().map(|f| f.to_string()).collect(),
+                modseq: Some(uid as u64),
             });
         }
+        server.modseq = n as u64;
         folder
             .save_status(&crate::archive::Status {
                 mailbox: "INBOX".into(),
@@ -860,7 +1055,9 @@ mod tests {
         assert_eq!(r.exit_code(), ExitCode::Connection, "{r:?}");
         // Marked on the server, not expunged, and recorded.
         let state = Archive::at(dir.path()).folder("").state_dir().to_path_buf();
-        assert_eq!(load_pending(&state).unwrap().uids, [1, 2, 3]);
+        let p = load_pending(&state).unwrap();
+        assert_eq!(p.uids().collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(p.marks.iter().all(|m| m.state == MarkState::Stored));
         assert!(server
             .lock()
             .unwrap()
@@ -888,5 +1085,112 @@ mod tests {
         assert!(!s.messages[0].has_flag("\\Deleted"));
         assert!(!state.join(PENDING).exists());
         assert!(s.commands.iter().all(|c| !c.starts_with("CLOSE")));
+    }
+
+    fn state_of(dir: &Path) -> std::path::PathBuf {
+        Archive::at(dir).folder("").state_dir().to_path_buf()
+    }
+
+    fn uids_on(server: &Arc<Mutex<Server>>) -> Vec<u32> {
+        server
+            .lock()
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| m.uid)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_mark_set_between_the_last_check_and_the_store_fails_unchangedsince_and_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acc, server) = pulled(dir.path(), 3, &["\\Seen"]);
+        server.lock().unwrap().before_store =
+            Some(Box::new(|s: &mut Server| s.other_client(2, "\\Deleted")));
+        let r = run_once(&acc, &server, &["UIDPLUS", "CONDSTORE"]).await;
+        assert_eq!(r.exit_code(), ExitCode::Success, "{r:?}");
+        assert_eq!(r.expunged, 2);
+        assert_eq!(r.mailboxes[0].changed_during_run, [2]);
+        assert_eq!(r.mailboxes[0].skipped[&SkipReason::ChangedDuringRun], 1);
+        assert!(r.mailboxes[0].warnings.iter().any(|w| w.contains("UID 2")));
+        assert_eq!(uids_on(&server), [2]);
+        let s = server.lock().unwrap();
+        assert!(
+            s.flags(2).contains(&"\\Deleted".to_string()),
+            "theirs, kept"
+        );
+        assert!(
+            s.commands.iter().any(|c| c.contains("true since Some(3)")),
+            "UNCHANGEDSINCE the newest MODSEQ checked: {:?}",
+            s.commands
+        );
+        assert!(!state_of(dir.path()).join(PENDING).exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_intent_cut_before_its_store_never_expunges_a_mark_another_client_set_later() {
+        for caps in [&["UIDPLUS"][..], &["UIDPLUS", "CONDSTORE"][..]] {
+            let dir = tempfile::tempdir().unwrap();
+            let (acc, server) = pulled(dir.path(), 3, &["\\Seen"]);
+            server.lock().unwrap().drop_on_store = true;
+            let r = run_once(&acc, &server, caps).await;
+            assert_eq!(r.exit_code(), ExitCode::Connection, "{caps:?} {r:?}");
+            let p = load_pending(&state_of(dir.path())).unwrap();
+            assert_eq!(p.uids().collect::<Vec<_>>(), [1, 2, 3]);
+            assert!(p.marks.iter().all(|m| m.state == MarkState::Intended));
+
+            server.lock().unwrap().other_client(2, "\\Deleted");
+            let r = run_once(&acc, &server, caps).await;
+            assert_eq!(r.exit_code(), ExitCode::Success, "{caps:?} {r:?}");
+            assert_eq!(r.expunged, 2, "{caps:?}");
+            assert!(r.messages.iter().all(|m| !m.resumed));
+            assert_eq!(r.mailboxes[0].ambiguous_marks, [2], "{caps:?}");
+            assert_eq!(r.mailboxes[0].unmarked, 0);
+            assert_eq!(uids_on(&server), [2]);
+            assert!(server
+                .lock()
+                .unwrap()
+                .flags(2)
+                .contains(&"\\Deleted".to_string()));
+            assert!(!state_of(dir.path()).join(PENDING).exists());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn with_condstore_a_stored_mark_is_finished_only_while_its_modseq_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acc, server) = pulled(dir.path(), 3, &["\\Seen"]);
+        server.lock().unwrap().drop_on_expunge = true;
+        let caps = &["UIDPLUS", "CONDSTORE"];
+        let r = run_once(&acc, &server, caps).await;
+        assert_eq!(r.exit_code(), ExitCode::Connection, "{r:?}");
+        let p = load_pending(&state_of(dir.path())).unwrap();
+        assert_eq!(
+            p.marks
+                .iter()
+                .map(|m| (m.uid, m.state, m.modseq))
+                .collect::<Vec<_>>(),
+            [
+                (1, MarkState::Stored, Some(4)),
+                (2, MarkState::Stored, Some(5)),
+                (3, MarkState::Stored, Some(6))
+            ],
+            "the MODSEQs the STORE answered with"
+        );
+        // Someone touched UID 2 after our STORE: whose is its mark now?
+        server.lock().unwrap().other_client(2, "\\Flagged");
+        let r = run_once(&acc, &server, caps).await;
+        assert_eq!(r.exit_code(), ExitCode::Success, "{r:?}");
+        assert_eq!(r.expunged, 2);
+        assert!(r.messages.iter().all(|m| m.resumed));
+        assert_eq!(r.mailboxes[0].ambiguous_marks, [2]);
+        assert_eq!(r.mailboxes[0].unmarked, 0);
+        assert_eq!(uids_on(&server), [2]);
+        assert!(server
+            .lock()
+            .unwrap()
+            .flags(2)
+            .contains(&"\\Deleted".to_string()));
+        assert!(!state_of(dir.path()).join(PENDING).exists());
     }
 }

@@ -463,6 +463,14 @@ async fn fetch_planned<R: Remote>(
     };
     let mut not_sent: Vec<u32> = Vec::new();
     for batch in &plan.batches {
+        if crate::sync::interrupt::requested().is_some() {
+            // What is not stored stays below the floor for the next run.
+            first_error = Some(Failure::Remote(RemoteError::new(
+                crate::sync::remote::ErrorKind::Refused,
+                "interrupted; the rest is fetched by the next run",
+            )));
+            break;
+        }
         // Reserve what the batch will bring before asking for it.
         let kib = batch
             .iter()

@@ -65,8 +65,13 @@ not stored twice.
   bytes, bytes_on_disk, flag_updates, deduplicated, uidvalidity_changed,
   errors: [text]}]}]
 
+Ctrl-C or SIGTERM stops after the FETCH in flight (at most 10 s; a second
+Ctrl-C quits at once); what arrived is stored and the next run fetches the
+rest.
+
 Exit status: 0 success, 1 some mailboxes or messages failed, 2 usage or
-configuration error, 3 connection/TLS/login failure, 4 archive locked.";
+configuration error, 3 connection/TLS/login failure, 4 archive locked,
+130 stopped by Ctrl-C, 143 stopped by SIGTERM.";
 
 pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let accounts = load_accounts(config, &cmd.accounts)?;

@@ -135,13 +135,19 @@ where
             ..Default::default()
         });
     }
-    // Whatever no worker could reach (every connection lost) is reported.
+    // Whatever no worker could reach (every connection lost, or Ctrl-C)
+    // is reported.
+    let why = if crate::sync::interrupt::requested().is_some() {
+        "not pulled: interrupted; the next run pulls it"
+    } else {
+        "not pulled: no connection to the server"
+    };
     for t in done.left {
         report.mailboxes.push(MailboxReport {
             name: t.mailbox.name,
             folder: t.folder,
             outcome: "failed",
-            errors: vec!["not pulled: no connection to the server".into()],
+            errors: vec![why.into()],
             ..Default::default()
         });
     }

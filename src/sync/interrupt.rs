@@ -35,15 +35,6 @@ pub fn requested() -> Option<Interrupt> {
     }
 }
 
-/// Sets the flag as a signal would (for tests of the executors).
-pub fn request(i: Interrupt) {
-    let sig = match i {
-        Interrupt::Int => libc::SIGINT,
-        Interrupt::Term => libc::SIGTERM,
-    };
-    SIGNAL.store(sig, Ordering::SeqCst);
-}
-
 fn status_of(sig: i32) -> i32 {
     128 + sig
 }

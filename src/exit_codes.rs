@@ -17,6 +17,10 @@ pub enum ExitCode {
     Internal,
     /// The target server is over quota; the run stopped (restore).
     QuotaFull,
+    /// Stopped by SIGINT (Ctrl-C) after the commands in flight.
+    Interrupted,
+    /// Stopped by SIGTERM after the commands in flight.
+    Terminated,
 }
 
 impl ExitCode {
@@ -29,6 +33,9 @@ impl ExitCode {
             ExitCode::Locked => 4,
             ExitCode::Internal => 5,
             ExitCode::QuotaFull => 6,
+            // 128 + the signal's number, as shells report a death by signal.
+            ExitCode::Interrupted => 130,
+            ExitCode::Terminated => 143,
         }
     }
 
@@ -58,15 +65,17 @@ impl ExitCode {
     /// The table printed in `--help` and the man page.
     pub const TABLE: &'static str = "\
 Exit status:
-  0  success (also: nothing to do)
-  1  partial failure: some messages, mailboxes or accounts failed, the rest
-     was done (with several accounts, any account that failed while another
-     succeeded gives 1)
-  2  usage or configuration error; nothing was done
-  3  connection, TLS or authentication failure; nothing was done
-  4  the archive is locked by another imapbak run
-  5  internal error
-  6  restore stopped: the target server is over quota";
+    0  success (also: nothing to do)
+    1  partial failure: some messages, mailboxes or accounts failed, the
+       rest was done (with several accounts, any account that failed while
+       another succeeded gives 1)
+    2  usage or configuration error; nothing was done
+    3  connection, TLS or authentication failure; nothing was done
+    4  the archive is locked by another imapbak run
+    5  internal error
+    6  restore stopped: the target server is over quota
+  130  stopped by Ctrl-C (SIGINT) after the commands in flight; run it again
+  143  stopped by SIGTERM after the commands in flight; run it again";
 }
 
 #[cfg(test)]

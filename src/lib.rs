@@ -17,10 +17,11 @@
 //!             read-only views for verify/search/export
 //! sync/       the engine; one folder per command, the same files in each:
 //!   pull/       plan.rs (pure) · run.rs (executor, writer thread) · report.rs
-//!   restore/    plan.rs · run.rs · report.rs · state.rs (APPENDUID memory)
+//!   restore/    plan.rs · run.rs · report.rs · state.rs (APPENDUIDs, intents)
 //!   expunge/    plan.rs · run.rs · report.rs · state.rs (expunge-pending.json)
 //!   remote.rs   the Remote trait, its plain types and RemoteError
 //!   pool.rs     queue, connect on demand, retry (pull and restore)
+//!   interrupt.rs the Ctrl-C/SIGTERM flag executors check before a command
 //!   mailboxes.rs which listed mailboxes a run works on
 //! progress    one trait; bars on a terminal, nothing elsewhere
 //! report      the Summary trait every run report implements, error text

@@ -95,6 +95,24 @@ pub enum Command {
 
 /// Runs the parsed command line; the exit code says how it went.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    use crate::sync::interrupt::{self, Interrupt};
+    // The commands that write stop cleanly on Ctrl-C and SIGTERM; the
+    // others keep the default (die at once), which is harmless for them.
+    if matches!(
+        cli.command,
+        Command::Pull(_) | Command::Restore(_) | Command::Expunge(_)
+    ) {
+        interrupt::install();
+    }
+    let code = run_command(cli)?;
+    Ok(match interrupt::requested() {
+        Some(Interrupt::Int) => ExitCode::Interrupted,
+        Some(Interrupt::Term) => ExitCode::Terminated,
+        None => code,
+    })
+}
+
+fn run_command(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(cmd) => check::run(cmd, cli.config.as_deref()),
         Command::Pull(cmd) => pull::run(cmd, cli.config.as_deref()),

@@ -67,10 +67,14 @@ not stored twice.
 Every `error` (null when all went well) has a `hint` beside it: what to
 do about it, or null; every `errors` list a `hints` list of its length.
 
+Ctrl-C or SIGTERM stops after the FETCH in flight (at most 10 s; a second
+Ctrl-C quits at once); what arrived is stored and the next run fetches the
+rest.
+
 Exit status: 0 success, 1 some mailboxes, messages or accounts failed
 (one account of two failing is 1), 2 usage or configuration error, 3
 connection/TLS/login failure, 4 archive locked; 2-4 only when no account
-could be pulled at all.";
+could be pulled at all; 130 stopped by Ctrl-C, 143 stopped by SIGTERM.";
 
 pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let accounts = load_accounts(config, &cmd.accounts)?;

@@ -29,9 +29,18 @@ messages without one) and skips those: a second run appends nothing, and a
 run that was killed or stopped over quota can simply be run again. The
 archive is only read.
 
+A killed run's APPENDs may still land after a rerun has looked. Each batch's
+intent (mailbox, UIDNEXT, messages) is recorded before it is sent and
+cleared when its answer is in; a rerun that finds one left fingerprints the
+mailbox again after appending and removes (UID STORE \\Deleted + UID EXPUNGE
+of exactly those UIDs; needs UIDPLUS, else only reported) the copies beyond
+the archive's count that restore itself appended: UIDs it recorded from
+APPENDUID, or UIDs at or above the intent's UIDNEXT carrying one of its
+messages. Nothing else is ever removed.
+
 What was restored is recorded (APPENDUID) under
 $XDG_STATE_HOME/imapbak/restore/ARCHIVE->TARGET/ so reruns are cheap;
-deleting it loses nothing.
+deleting it between runs loses nothing but the intents of a killed run.
 
 Examples:
   imapbak restore --account work                 # back to the account's own server
@@ -43,7 +52,10 @@ Examples:
 A message the server rejects is reported with the server's words and the run
 goes on (exit status 1). A full target (OVERQUOTA) stops the run with exit
 status 6; raise the quota and run the same command again. A dropped
-connection or throttling is retried with backoff (5 attempts per mailbox).")]
+connection or throttling is retried with backoff (5 attempts per mailbox).
+Ctrl-C or SIGTERM stops after the APPEND batch in flight is answered (at
+most 10 s; a second Ctrl-C quits at once) with exit status 130 or 143; run
+the same command again.")]
 pub struct RestoreCmd {
     /// The account whose archive is restored
     #[arg(short, long, value_name = "NAME")]

@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use super::session::{async_to_imap, done_status};
 use super::{quote, uid_set, Connection, ImapError};
 use crate::sync::remote::Remote;
-use crate::sync::remote::RemoteError;
+use crate::sync::remote::{RemoteError, Selected};
 use crate::sync::restore::{message_id_of, RestoreTarget, TargetMessage, Upload};
 
 /// Appends sent but not answered yet; bounded so the server's replies never
@@ -65,11 +65,14 @@ impl RestoreTarget for Connection {
         .await
     }
 
-    async fn fingerprints(&mut self, raw: &str) -> Result<(u32, Vec<TargetMessage>), RemoteError> {
+    async fn fingerprints(
+        &mut self,
+        raw: &str,
+    ) -> Result<(Selected, Vec<TargetMessage>), RemoteError> {
         super::lift(async {
             let sel = self.examine(raw).await?;
             if sel.exists == 0 {
-                return Ok((sel.uidvalidity, Vec::new()));
+                return Ok((sel, Vec::new()));
             }
             let mut out = Vec::new();
             let mut bad = None;
@@ -114,7 +117,43 @@ impl RestoreTarget for Connection {
             }
             out.sort_by_key(|m| m.uid);
             out.dedup_by_key(|m| m.uid);
-            Ok((sel.uidvalidity, out))
+            Ok((sel, out))
+        })
+        .await
+    }
+
+    async fn remove_copies(
+        &mut self,
+        raw: &str,
+        uidvalidity: u32,
+        uids: &[u32],
+    ) -> Result<(), RemoteError> {
+        super::lift(async {
+            if uids.is_empty() {
+                return Ok(());
+            }
+            let mut uv = 0;
+            self.run(&format!("SELECT {}", quote(raw)?), |r| {
+                if let Response::Data { outcome, .. } = r {
+                    if let Some(ResponseCode::UidValidity(v)) = outcome.code {
+                        uv = v;
+                    }
+                }
+            })
+            .await?;
+            if uv != uidvalidity {
+                // Another mailbox under the same name: these UIDs are not ours.
+                return Err(ImapError::Protocol(format!(
+                    "UIDVALIDITY of `{raw}` changed ({uidvalidity} -> {uv}); no copy removed"
+                )));
+            }
+            let set = uid_set(uids);
+            self.run(
+                &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
+                |_| {},
+            )
+            .await?;
+            self.run(&format!("UID EXPUNGE {set}"), |_| {}).await
         })
         .await
     }

@@ -4,12 +4,14 @@
 //! through traits), `report.rs`, and `state.rs` where the command keeps
 //! state of its own. Shared: the [`remote::Remote`] trait and its plain
 //! types, [`pool`] (queue, connect on demand, retry) and [`mailboxes`]
-//! (which listed mailboxes a run works on).
+//! (which listed mailboxes a run works on), and [`interrupt`] (the
+//! Ctrl-C/SIGTERM flag every executor checks before a new command).
 //!
 //! Nothing here imports the IMAP layer: the engine sees traits and plain
 //! types only (checked by `sync_and_archive_never_import_imap` in lib.rs).
 
 pub mod expunge;
+pub mod interrupt;
 pub mod mailboxes;
 pub mod pool;
 pub mod pull;

@@ -49,7 +49,8 @@ pub trait Task: Send + Sync + 'static {
     ) -> impl Future<Output = Step<Self::Report>> + Send;
 
     /// True once the whole run must stop (e.g. the target is over quota):
-    /// no worker takes another item.
+    /// no worker takes another item. Ctrl-C and SIGTERM
+    /// ([`super::interrupt`]) stop every task the same way.
     fn stopped(&self) -> bool {
         false
     }
@@ -123,7 +124,7 @@ async fn worker<T: Task>(
 ) -> Vec<T::Report> {
     let mut reports = Vec::new();
     'items: loop {
-        if task.stopped() {
+        if task.stopped() || super::interrupt::requested().is_some() {
             break;
         }
         let Some(mut item) = queue.lock().expect("queue lock").pop_front() else {

@@ -552,3 +552,127 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>) {
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
 }
+
+// ---------------------------------------------------------------------------
+// The holding proxy: APPENDs kept in flight
+// ---------------------------------------------------------------------------
+
+/// A proxy that passes each connection's first `hold_after` client bytes
+/// to the server and holds the rest until [`HoldProxy::release`]: what a
+/// killed client had already sent, still on its way. A client that goes
+/// away does not close its server connection, so released bytes still
+/// reach the server and are executed there; every server connection is
+/// closed when the proxy is dropped.
+pub struct HoldProxy {
+    pub port: u16,
+    conns: Arc<Mutex<Vec<Arc<Held>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+struct Held {
+    /// (bytes waiting, released)
+    state: Mutex<(Vec<u8>, bool)>,
+    server: TcpStream,
+}
+
+impl Drop for HoldProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        for c in self.conns.lock().unwrap().iter() {
+            let _ = c.server.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl HoldProxy {
+    pub fn start(target: u16, hold_after: usize) -> HoldProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<Arc<Held>>>> = Arc::default();
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut client) = client else { continue };
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let held = Arc::new(Held {
+                    state: Mutex::new((Vec::new(), false)),
+                    server: server.try_clone().unwrap(),
+                });
+                conns2.lock().unwrap().push(held.clone());
+                let mut to_client = client.try_clone().unwrap();
+                let mut from_server = server.try_clone().unwrap();
+                thread::spawn(move || {
+                    // Server to client; a dead client's answers are drained.
+                    let mut buf = [0u8; 16 * 1024];
+                    let mut alive = true;
+                    while let Ok(n @ 1..) = from_server.read(&mut buf) {
+                        alive = alive && to_client.write_all(&buf[..n]).is_ok();
+                    }
+                    let _ = to_client.shutdown(Shutdown::Both);
+                });
+                thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    let mut passed = 0usize;
+                    while let Ok(n @ 1..) = client.read(&mut buf) {
+                        let mut st = held.state.lock().unwrap();
+                        let free = if st.1 {
+                            n
+                        } else {
+                            hold_after.saturating_sub(passed).min(n)
+                        };
+                        if server.write_all(&buf[..free]).is_err() {
+                            break;
+                        }
+                        passed += free;
+                        st.0.extend_from_slice(&buf[free..n]);
+                    }
+                    // The client is gone (or done): its server connection stays.
+                });
+            }
+        });
+        HoldProxy { port, conns, stop }
+    }
+
+    /// Client bytes held on connection `n` (0 before it exists).
+    pub fn held(&self, n: usize) -> usize {
+        self.conns
+            .lock()
+            .unwrap()
+            .get(n)
+            .map_or(0, |c| c.state.lock().unwrap().0.len())
+    }
+
+    /// Waits until connection `n` holds at least `min` bytes and has not
+    /// grown for 300 ms (the client has sent what it will send).
+    pub fn wait_held(&self, n: usize, min: usize, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        let mut last = (0, std::time::Instant::now());
+        while start.elapsed() < limit {
+            let h = self.held(n);
+            if h != last.0 {
+                last = (h, std::time::Instant::now());
+            } else if h >= min && last.1.elapsed() >= Duration::from_millis(300) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends what connection `n` holds on to the server, and everything
+    /// after it straight through.
+    pub fn release(&self, n: usize) {
+        let c = self.conns.lock().unwrap()[n].clone();
+        let mut st = c.state.lock().unwrap();
+        let data = std::mem::take(&mut st.0);
+        st.1 = true;
+        let _ = (&c.server).write_all(&data);
+    }
+}

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use walkdir::WalkDir;
 
-use crate::fakes::{certs, fetch_response, FakeMailbox, FakeServer, Fault, Greeting, Hook, Proxy};
+use crate::fakes::{
+    certs, fetch_response, FakeMailbox, FakeServer, Fault, Greeting, HoldProxy, Hook, Proxy,
+};
 use crate::support::{self, dovecot, mail, TestEnv, User};
 
 const PW: &str = "fake-Secret-pw-7731";
@@ -828,6 +830,11 @@ fn a_torn_journal_and_leftovers_of_a_crashed_rewrite_are_harmless() {
 /// A user with 40 messages of ~20 KiB in INBOX, pulled into account `a`;
 /// account `b` reaches `target` through `proxy`.
 fn restore_env(target: &User, proxy: &Proxy) -> (User, TestEnv) {
+    restore_env_on(target, proxy.port, "timeout = 3")
+}
+
+/// [`restore_env`] with account `b` on `port` and `extra` settings.
+fn restore_env_on(target: &User, port: u16, extra: &str) -> (User, TestEnv) {
     let source = dovecot().new_user("rsource");
     let mut imap = source.imap();
     for n in 0..40 {
@@ -836,9 +843,9 @@ fn restore_env(target: &User, proxy: &Proxy) -> (User, TestEnv) {
         imap.append("INBOX", &["\\Seen"], "01-Feb-2022 10:00:00 +0000", &m);
     }
     let env = TestEnv::new();
-    let b = env.account_toml("b", target, "timeout = 3").replace(
+    let b = env.account_toml("b", target, extra).replace(
         &format!("port = {}", dovecot().imaps_port),
-        &format!("port = {}", proxy.port),
+        &format!("port = {port}"),
     );
     env.write_config(&format!("{}{b}", env.account_toml("a", &source, "")));
     env.cmd().args(["pull", "-a", "a"]).assert().success();
@@ -881,6 +888,181 @@ fn restore_survives_a_cut_and_a_stall_with_every_message_exactly_once() {
                 .success();
         }
         assert_restored_once(&source, &target);
+    }
+}
+
+/// Client bytes after which the holding proxy keeps the rest: past LOGIN,
+/// LIST and the fingerprint FETCH, well inside the 40-message APPEND.
+const HOLD_AFTER: usize = 64 * 1024;
+/// Held bytes that prove the APPEND batch was sent (it is about 800 KiB).
+const HELD_BATCH: usize = 200 * 1024;
+const RESTORE_ARGS: [&str; 7] = ["restore", "-a", "a", "--to", "b", "--jobs", "1"];
+
+fn messages_in_inbox(user: &User) -> u32 {
+    user.imap().status("INBOX").2
+}
+
+fn wait_for_messages(user: &User, n: u32) {
+    let start = Instant::now();
+    while messages_in_inbox(user) < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {} of {n} messages arrived",
+            messages_in_inbox(user)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_quiet(cmd: &mut Command) -> std::process::Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn restore_rerun_right_after_kill_9_with_appends_in_flight_restores_each_message_once() {
+    // The sequence, made deterministic: the first run's APPENDs sit
+    // in the proxy when it is killed; the rerun fingerprints an empty
+    // target and appends; only then do the dead run's APPENDs reach the
+    // server (and land), before the rerun's own.
+    let target = dovecot().new_user("rkill");
+    let proxy = HoldProxy::start(dovecot().imaps_port, HOLD_AFTER);
+    let (source, env) = restore_env_on(&target, proxy.port, "timeout = 30");
+    let mut dead = spawn_quiet(env.std_cmd().args(RESTORE_ARGS));
+    assert!(
+        proxy.wait_held(0, HELD_BATCH, Duration::from_secs(60)),
+        "the first run never sent its APPENDs"
+    );
+    dead.kill().unwrap(); // SIGKILL
+    dead.wait().unwrap();
+    assert_eq!(messages_in_inbox(&target), 0, "nothing may land yet");
+    let rerun = spawn_quiet(env.std_cmd().args(RESTORE_ARGS).arg("--json"));
+    assert!(
+        proxy.wait_held(1, HELD_BATCH, Duration::from_secs(60)),
+        "the rerun never appended"
+    );
+    proxy.release(0);
+    wait_for_messages(&target, 40);
+    proxy.release(1);
+    let out = rerun.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_restored_once(&source, &target);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["appended"], 40, "{report}");
+    assert_eq!(report["removed"], 40, "{report}");
+    // And the next run finds nothing to do.
+    let out = env
+        .cmd()
+        .args(["restore", "-a", "a", "--to", "b", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["appended"], 0, "{report}");
+    assert_restored_once(&source, &target);
+}
+
+#[test]
+fn restore_stops_on_ctrl_c_after_the_answers_in_flight_with_status_130() {
+    let target = dovecot().new_user("rint");
+    let proxy = HoldProxy::start(dovecot().imaps_port, HOLD_AFTER);
+    let (source, env) = restore_env_on(&target, proxy.port, "timeout = 30");
+    let child = spawn_quiet(env.std_cmd().args(RESTORE_ARGS));
+    assert!(proxy.wait_held(0, HELD_BATCH, Duration::from_secs(60)));
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // The batch's answer arrives after the signal: it is read and recorded.
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.release(0);
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(messages_in_inbox(&target), 40);
+    let out = env
+        .cmd()
+        .args(["restore", "-a", "a", "--to", "b", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["appended"], 0, "the answers were recorded: {report}");
+    assert_restored_once(&source, &target);
+}
+
+#[test]
+fn a_second_ctrl_c_quits_at_once_and_a_rerun_restores_each_message_once() {
+    let target = dovecot().new_user("rint2");
+    let proxy = HoldProxy::start(dovecot().imaps_port, HOLD_AFTER);
+    let (source, env) = restore_env_on(&target, proxy.port, "timeout = 30");
+    let child = spawn_quiet(env.std_cmd().args(RESTORE_ARGS));
+    assert!(proxy.wait_held(0, HELD_BATCH, Duration::from_secs(60)));
+    let start = Instant::now();
+    for _ in 0..2 {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    // Its APPENDs are still in flight: they land while the rerun runs.
+    let rerun = spawn_quiet(env.std_cmd().args(RESTORE_ARGS));
+    assert!(proxy.wait_held(1, HELD_BATCH, Duration::from_secs(60)));
+    proxy.release(0);
+    wait_for_messages(&target, 40);
+    proxy.release(1);
+    let out = rerun.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_restored_once(&source, &target);
+}
+
+#[test]
+fn pull_stops_on_sigterm_with_status_143_and_a_rerun_completes() {
+    let user = seeded_user("pterm");
+    let proxy = Proxy::start(
+        dovecot().imaps_port,
+        Fault::Trickle {
+            chunk: 16 * 1024,
+            pause_ms: 20,
+        },
+    );
+    let env = proxied_env(&user, &proxy, "");
+    let child = spawn_quiet(env.std_cmd().args(["pull", "--jobs", "1"]));
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        start.elapsed()
+    );
+    let archive = env.archive("a");
+    for f in support::folder_files(&archive, ".Big") {
+        support::read_zstd(&f); // every file outside tmp/ is whole
+    }
+    let out = env.cmd().arg("pull").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (folder, name) in [(".Big", "Big"), (".Small", "Small")] {
+        let server = user.imap().fetch_all(name);
+        let got = support::folder_messages(&archive, folder);
+        assert_eq!(got.len(), server.len(), "`{name}`");
+        for m in server {
+            assert_eq!(got.iter().filter(|g| **g == m.body).count(), 1);
+        }
     }
 }
 

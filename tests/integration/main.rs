@@ -5,6 +5,7 @@
 mod support;
 
 mod archive_tools;
+mod chaos;
 mod command_proxy;
 mod expunge;
 mod fakes;

@@ -142,13 +142,19 @@ where
             ..Default::default()
         });
     }
-    // Whatever no worker could reach (every connection lost) is reported.
+    // Whatever no worker could reach (every connection lost, or Ctrl-C)
+    // is reported.
+    let why = if crate::sync::interrupt::requested().is_some() {
+        "not pulled: interrupted; the next run pulls it"
+    } else {
+        "not pulled: no connection to the server"
+    };
     for t in done.left {
         report.mailboxes.push(MailboxReport {
             name: t.mailbox.name,
             folder: t.folder,
             outcome: "failed",
-            errors: vec!["not pulled: no connection to the server".into()],
+            errors: vec![why.into()],
             ..Default::default()
         });
     }
@@ -489,6 +495,14 @@ async fn fetch_planned<R: Remote>(
     };
     let mut not_sent: Vec<u32> = Vec::new();
     for batch in &plan.batches {
+        if crate::sync::interrupt::requested().is_some() {
+            // What is not stored stays below the floor for the next run.
+            first_error = Some(Failure::Remote(RemoteError::new(
+                crate::sync::remote::ErrorKind::Refused,
+                "interrupted; the rest is fetched by the next run",
+            )));
+            break;
+        }
         // Reserve what the batch will bring before asking for it.
         let kib = batch
             .iter()

@@ -6,11 +6,19 @@
 //! before appending into a mailbox we fingerprint its messages (size +
 //! INTERNALDATE + Message-ID, or + SHA-256 of the bytes when there is no
 //! Message-ID) and append only archive messages without a match, matching
-//! one to one so that true duplicates in the archive stay duplicates. A run
-//! killed at any point leaves each message either on the server or not, and
-//! the next run sees which. What we remember (APPENDUID, in a state
-//! directory outside the archive) only saves reading archived headers again
-//! for messages whose recorded UID still holds the same date.
+//! one to one so that true duplicates in the archive stay duplicates.
+//!
+//! A killed run's APPENDs can still be on their way when the rerun
+//! fingerprints, so the rerun appends those messages too. Before sending a
+//! batch, a run records its intent (mailbox, UIDNEXT, the messages) outside
+//! the archive, and removes the record once the answer is in. A run that
+//! finds unanswered intents for a mailbox fingerprints it again after
+//! appending and removes the surplus copies it can prove are restore's own
+//! (a recorded APPENDUID, or a UID at or above the intent's UIDNEXT with
+//! the key of a message the intent carried): [`surplus_copies`]. A copy
+//! anyone else made is never removed. What we remember (APPENDUID, in a
+//! state directory outside the archive) also saves reading archived headers
+//! again for messages whose recorded UID still holds the same date.
 //!
 //! This file holds what restore needs from a server ([`RestoreTarget`] and
 //! its plain types). Planning is pure, in `plan.rs` ([`plan_mailboxes`],
@@ -22,7 +30,7 @@
 use std::future::Future;
 
 use crate::sync::remote::Remote;
-use crate::sync::remote::RemoteError;
+use crate::sync::remote::{RemoteError, Selected};
 
 mod plan;
 mod report;
@@ -30,13 +38,13 @@ mod run;
 mod state;
 
 pub use plan::{
-    is_quota, is_throttle, message_id_of, missing_messages, plan_mailboxes, target_uids_to_hash,
-    upload_batches, upload_flags, MailboxPlan, Refused, RestoreOptions, SourceMailbox,
-    SourceMessage,
+    is_quota, is_throttle, message_id_of, missing_messages, plan_mailboxes, surplus_copies,
+    target_uids_to_hash, upload_batches, upload_flags, MailboxPlan, MessageKey, Refused,
+    RestoreOptions, SourceMailbox, SourceMessage, Unanswered,
 };
 pub use report::{RestoreMailboxReport, RestoreReport};
 pub use run::{read_archive, restore_account};
-pub use state::RestoreState;
+pub use state::{Intent, RestoreState};
 
 /// One message already on the target, as cheaply as it can be told apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,12 +77,23 @@ pub trait RestoreTarget: Remote {
     /// Creates `raw` (modified UTF-7); an existing mailbox is not an error.
     fn create(&mut self, raw: &str) -> impl Future<Output = Result<(), RemoteError>> + Send;
 
-    /// EXAMINEs `raw` and returns its UIDVALIDITY and every message's
-    /// fingerprint, without marking anything seen.
+    /// EXAMINEs `raw` and returns what EXAMINE said (UIDVALIDITY, UIDNEXT)
+    /// and every message's fingerprint, without marking anything seen.
     fn fingerprints(
         &mut self,
         raw: &str,
-    ) -> impl Future<Output = Result<(u32, Vec<TargetMessage>), RemoteError>> + Send;
+    ) -> impl Future<Output = Result<(Selected, Vec<TargetMessage>), RemoteError>> + Send;
+
+    /// Removes exactly `uids` from `raw`: SELECT (refusing if UIDVALIDITY
+    /// is no longer `uidvalidity`), `UID STORE +FLAGS.SILENT (\Deleted)`,
+    /// `UID EXPUNGE` of those UIDs. Needs UIDPLUS (the caller checks); only
+    /// ever called with copies restore itself appended.
+    fn remove_copies(
+        &mut self,
+        raw: &str,
+        uidvalidity: u32,
+        uids: &[u32],
+    ) -> impl Future<Output = Result<(), RemoteError>> + Send;
 
     /// SHA-256 (hex) of the bytes of `uids` (sorted) of the selected mailbox.
     fn body_hashes(

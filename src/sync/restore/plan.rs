@@ -337,6 +337,101 @@ pub fn missing_messages<E>(
     Ok(missing)
 }
 
+/// What tells one message from another on both sides: size, INTERNALDATE
+/// and Message-ID, or the SHA-256 of the bytes when there is no Message-ID
+/// (the same identity [`missing_messages`] matches by).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageKey {
+    pub size: u64,
+    pub secs: i64,
+    /// `id:<Message-ID>` or `sha256:<hex>`.
+    pub ident: String,
+}
+
+impl MessageKey {
+    pub fn new(
+        size: u64,
+        secs: i64,
+        message_id: Option<&str>,
+        sha256: Option<&str>,
+    ) -> Option<MessageKey> {
+        let ident = match (message_id, sha256) {
+            (Some(id), _) => format!("id:{id}"),
+            (None, Some(h)) => format!("sha256:{h}"),
+            (None, None) => return None,
+        };
+        Some(MessageKey { size, secs, ident })
+    }
+}
+
+/// One batch of APPENDs whose answer was never read (a killed run, a lost
+/// connection): the keys of the archived messages it carried, and the
+/// mailbox's UIDNEXT before it was sent, below which none of its copies can
+/// be.
+#[derive(Debug, Clone)]
+pub struct Unanswered {
+    pub uidnext: u32,
+    pub keys: HashSet<MessageKey>,
+}
+
+/// The copies to remove so that each archived message is on the target
+/// as many times as the archive holds it, and never more. Only copies that
+/// restore itself appended are candidates: a UID it was told by APPENDUID
+/// (`ours`, from this run or a recorded earlier one), or a UID at or above
+/// an [`Unanswered`] batch's UIDNEXT whose key is one that batch carried
+/// (a killed run's APPEND landing after the rerun looked). A key with more
+/// copies than the archive holds loses its surplus, APPENDUID copies first
+/// (certainly ours), newest first; copies that are not candidates are never
+/// touched, so a duplicate someone else made stays.
+///
+/// `archive` holds the keys of the archived messages of the mailbox (only
+/// the ones that matter need be there: those sharing a key with a
+/// candidate); `target` the keys of the target's messages by UID (`None`:
+/// not comparable, never removed).
+pub fn surplus_copies(
+    archive: &[MessageKey],
+    target: &[(u32, Option<MessageKey>)],
+    ours: &HashSet<u32>,
+    unanswered: &[Unanswered],
+) -> Vec<u32> {
+    let mut wanted: HashMap<&MessageKey, usize> = HashMap::new();
+    for k in archive {
+        *wanted.entry(k).or_default() += 1;
+    }
+    let mut copies: HashMap<&MessageKey, Vec<u32>> = HashMap::new();
+    for (uid, k) in target {
+        if let Some(k) = k {
+            copies.entry(k).or_default().push(*uid);
+        }
+    }
+    let mut out = Vec::new();
+    for (key, uids) in copies {
+        // A key the archive does not hold is not restore's business.
+        let Some(&want) = wanted.get(key) else {
+            continue;
+        };
+        if uids.len() <= want {
+            continue;
+        }
+        let landed = |u: u32| {
+            unanswered
+                .iter()
+                .any(|b| u >= b.uidnext && b.keys.contains(key))
+        };
+        let mut sure: Vec<u32> = uids.iter().copied().filter(|u| ours.contains(u)).collect();
+        let mut late: Vec<u32> = uids
+            .iter()
+            .copied()
+            .filter(|&u| !ours.contains(&u) && landed(u))
+            .collect();
+        sure.sort_unstable_by(|a, b| b.cmp(a));
+        late.sort_unstable_by(|a, b| b.cmp(a));
+        out.extend(sure.into_iter().chain(late).take(uids.len() - want));
+    }
+    out.sort_unstable();
+    out
+}
+
 /// Splits messages to append into batches of at most `max_count` messages
 /// and `max_bytes` (a larger message goes alone), keeping their order.
 pub fn upload_batches(sizes: &[u64], max_bytes: u64, max_count: usize) -> Vec<(usize, usize)> {
@@ -690,6 +785,74 @@ mod tests {
         );
         assert_eq!(upload_batches(&[1, 1, 1], 100, 2), [(0, 2), (2, 3)]);
         assert!(upload_batches(&[], 1, 1).is_empty());
+    }
+
+    fn key(n: u64) -> MessageKey {
+        MessageKey::new(n, 1, Some(&format!("<{n}>")), None).unwrap()
+    }
+
+    fn late(uidnext: u32, keys: &[u64]) -> Unanswered {
+        Unanswered {
+            uidnext,
+            keys: keys.iter().map(|&k| key(k)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_killed_runs_late_copies_and_our_own_leave_one_copy() {
+        // The dead run sent 1 and 2 (UIDNEXT was 1) and never heard back;
+        // the rerun saw nothing, appended both (UIDs 1, 2), then the dead
+        // run's copies landed (3, 4).
+        let archive = [key(1), key(2)];
+        let target = [
+            (1, Some(key(1))),
+            (2, Some(key(2))),
+            (3, Some(key(1))),
+            (4, Some(key(2))),
+        ];
+        let ours: HashSet<u32> = [1, 2].into();
+        let remove = surplus_copies(&archive, &target, &ours, &[late(1, &[1, 2])]);
+        assert_eq!(remove, [1, 2], "our own APPENDUID copies go first");
+    }
+
+    #[test]
+    fn late_copies_are_removed_even_when_the_rerun_got_no_appenduid() {
+        let archive = [key(1)];
+        let target = [(5, Some(key(1))), (9, Some(key(1)))];
+        let remove = surplus_copies(&archive, &target, &HashSet::new(), &[late(5, &[1])]);
+        assert_eq!(remove, [9], "one copy stays, the newest goes");
+    }
+
+    #[test]
+    fn a_duplicate_someone_else_made_is_never_removed() {
+        let archive = [key(1), key(2)];
+        // UID 2 existed before the dead batch (UIDNEXT 5); UID 7 carries a
+        // key the batch did not carry; neither is ours.
+        let target = [
+            (2, Some(key(1))),
+            (6, Some(key(1))),
+            (7, Some(key(2))),
+            (8, Some(key(2))),
+        ];
+        let remove = surplus_copies(&archive, &target, &HashSet::new(), &[late(5, &[1])]);
+        assert_eq!(remove, [6]);
+        // Without any unanswered batch or APPENDUID nothing is a candidate.
+        assert!(surplus_copies(&archive, &target, &HashSet::new(), &[]).is_empty());
+    }
+
+    #[test]
+    fn duplicates_the_archive_holds_are_kept_and_unknown_keys_ignored() {
+        let archive = [key(1), key(1)];
+        let target = [
+            (1, Some(key(1))),
+            (2, Some(key(1))),
+            (3, None),
+            (4, Some(key(3))),
+        ];
+        let ours: HashSet<u32> = [1, 2, 3, 4].into();
+        assert!(surplus_copies(&archive, &target, &ours, &[late(1, &[1, 3])]).is_empty());
+        let target = [(1, Some(key(1))), (2, Some(key(1))), (3, Some(key(1)))];
+        assert_eq!(surplus_copies(&archive, &target, &ours, &[]), [3]);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct RestoreMailboxReport {
     pub bytes: u64,
     /// Archived messages (after the filters) already on the target.
     pub present: u64,
+    /// Extra copies removed: ones an interrupted run's APPENDs added after
+    /// this run had looked (see `surplus_copies`).
+    pub removed: u64,
     /// One line per failure, with the server's words.
     pub errors: Vec<String>,
 }
@@ -45,6 +48,7 @@ pub struct RestoreReport {
     pub appended: u64,
     pub bytes: u64,
     pub present: u64,
+    pub removed: u64,
     pub errors: u64,
     pub exit_code: i32,
     #[serde(skip)]
@@ -58,6 +62,7 @@ impl RestoreReport {
         self.appended = self.mailboxes.iter().map(|m| m.appended).sum();
         self.bytes = self.mailboxes.iter().map(|m| m.bytes).sum();
         self.present = self.mailboxes.iter().map(|m| m.present).sum();
+        self.removed = self.mailboxes.iter().map(|m| m.removed).sum();
         self.errors = self
             .mailboxes
             .iter()
@@ -114,7 +119,15 @@ impl fmt::Display for RestoreReport {
             self.present,
             plural(self.errors, "error"),
             self.seconds
-        )
+        )?;
+        if self.removed > 0 {
+            write!(
+                f,
+                " ({} left by an interrupted run removed)",
+                plural(self.removed, "extra copy").replace("copys", "copies")
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +168,7 @@ mod tests {
                     appended: 2,
                     bytes: 2048,
                     present: 1,
+                    removed: 0,
                     errors: vec![],
                 },
                 RestoreMailboxReport {

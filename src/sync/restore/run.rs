@@ -1,7 +1,7 @@
 //! Restore's executor: reads the archive, then applies the plan through
 //! [`RestoreTarget`] on `jobs` connections, retrying and stopping by scope.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::Read;
@@ -9,21 +9,22 @@ use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::plan::{
-    is_quota, is_throttle, message_id_of, missing_messages, plan_mailboxes, target_uids_to_hash,
-    upload_batches, upload_flags, MailboxPlan, RestoreOptions, SourceMailbox, SourceMessage,
+    is_quota, is_throttle, message_id_of, missing_messages, plan_mailboxes, surplus_copies,
+    target_uids_to_hash, upload_batches, upload_flags, MailboxPlan, MessageKey, RestoreOptions,
+    SourceMailbox, SourceMessage, Unanswered,
 };
 use super::report::{RestoreMailboxReport, RestoreReport};
-use super::state::RestoreState;
-use super::{RestoreTarget, Upload};
+use super::state::{Intent, RestoreState};
+use super::{RestoreTarget, TargetMessage, Upload};
 use crate::archive::names::levels_for;
 use crate::archive::{hash_file, read_message, Archive};
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
+use crate::sync::interrupt;
 use crate::sync::pool::{self, Slot, Step, Task};
-use crate::sync::remote::{ErrorKind, RemoteError};
+use crate::sync::remote::{ErrorKind, RemoteError, Selected};
 
 /// Lists every archived mailbox and its messages, reading nothing but
 /// directory entries and `dovecot-keywords`. Folders whose name is not one
@@ -259,15 +260,6 @@ where
     ready.sort_by_key(|p| std::cmp::Reverse(p.messages.len()));
 
     let jobs = opts.jobs.clamp(1, ready.len().max(1));
-    let settle_first = match &state {
-        Some(s) if !opts.dry_run => s.begin_run(),
-        _ => false,
-    };
-    if settle_first {
-        log::warn!(
-            "the previous restore into `{target_name}` did not finish; waiting for the server to settle before checking what it holds"
-        );
-    }
     let jobs_list: Vec<Job> = ready
         .into_iter()
         .map(|plan| Job {
@@ -277,7 +269,6 @@ where
                 created: plan.create,
                 ..Default::default()
             },
-            settle: settle_first,
             plan,
         })
         .collect();
@@ -299,15 +290,12 @@ where
         report.error = Some(format!("internal error: {e}"));
     }
     let ctx = &task.ctx;
-    if let Some(s) = &ctx.state {
-        if !ctx.opts.dry_run {
-            s.end_run();
-        }
-    }
     let quota = ctx.quota.lock().expect("quota lock").clone();
     for p in done.left.into_iter().map(|j| j.plan) {
         let why = if quota.is_some() {
             "not restored: the target is over quota"
+        } else if interrupt::requested().is_some() {
+            "not restored: interrupted; run the same command again"
         } else {
             "not restored: no connection to the server"
         };
@@ -332,13 +320,11 @@ where
     report
 }
 
-/// One mailbox on its way through the pool: the plan, its report so far
-/// (counts add up over attempts) and whether to let the server settle
-/// before fingerprinting (after a killed run or a lost connection).
+/// One mailbox on its way through the pool: the plan and its report so
+/// far (counts add up over attempts).
 struct Job {
     plan: MailboxPlan,
     rep: RestoreMailboxReport,
-    settle: bool,
 }
 
 /// Restore's work on one mailbox for the pool: up to [`ATTEMPTS`] tries,
@@ -390,11 +376,12 @@ where
             }
         };
         job.rep.errors.clear();
-        match restore_mailbox(c, &job.plan, ctx, &mut job.rep, job.settle).await {
+        match restore_mailbox(c, &job.plan, ctx, &mut job.rep).await {
             Ok(()) => Step::Done(std::mem::take(&mut job.rep)),
             Err(Stop::Retry(why)) if attempt < ATTEMPTS => {
-                // Appends sent on the lost connection may still land.
-                job.settle = true;
+                // Appends sent on the lost connection may still land: their
+                // intent stays recorded and the next attempt removes any
+                // copy of them beyond the first.
                 log::warn!(
                     "`{}`: {why}; retrying (attempt {} of {ATTEMPTS})",
                     job.plan.target,
@@ -448,16 +435,19 @@ async fn restore_mailbox<R: RestoreTarget>(
     plan: &MailboxPlan,
     ctx: &Ctx,
     rep: &mut RestoreMailboxReport,
-    settle: bool,
 ) -> Result<(), Stop> {
     let dry = ctx.opts.dry_run;
-    if settle && !(plan.create && dry) {
-        settle_mailbox(conn, &plan.raw).await.map_err(classify)?;
-    }
-    let (uv, target) = if plan.create && dry {
-        (0, Vec::new())
+    let (sel, target) = if plan.create && dry {
+        (Selected::default(), Vec::new())
     } else {
         conn.fingerprints(&plan.raw).await.map_err(classify)?
+    };
+    let uv = sel.uidvalidity;
+    // Batches a killed run (or a lost connection) sent without reading the
+    // answer; their copies may land at any moment, even after this look.
+    let unanswered = match &ctx.state {
+        Some(s) if uv != 0 && !dry => s.intents(&plan.raw, uv),
+        _ => Vec::new(),
     };
     let recorded = match &ctx.state {
         Some(s) if uv != 0 => s.load(&plan.raw, uv),
@@ -498,53 +488,153 @@ async fn restore_mailbox<R: RestoreTarget>(
                 "unchanged"
             };
         }
-        return Ok(());
+    } else {
+        rep.outcome = "restored";
+        let total: u64 = todo.iter().map(|m| m.size).sum();
+        ctx.progress
+            .mailbox_started(&plan.target, todo.len() as u64, total);
+        let result = append_all(conn, plan, &todo, ctx, rep, sel).await;
+        ctx.progress.mailbox_finished(&plan.target);
+        result?;
     }
-    rep.outcome = "restored";
-    let total: u64 = todo.iter().map(|m| m.size).sum();
-    ctx.progress
-        .mailbox_started(&plan.target, todo.len() as u64, total);
-    let result = append_all(conn, plan, &todo, ctx, rep).await;
-    ctx.progress.mailbox_finished(&plan.target);
-    if !rep.errors.is_empty() && result.is_ok() {
+    if !unanswered.is_empty() && interrupt::requested().is_none() {
+        remove_surplus(conn, plan, ctx, rep, uv, &unanswered).await?;
+        if let Some(s) = &ctx.state {
+            for i in &unanswered {
+                s.resolve(i);
+            }
+        }
+    }
+    if !rep.errors.is_empty() {
         rep.outcome = "failed";
     }
-    result
+    Ok(())
 }
 
-/// How long the mailbox must stay unchanged, and the most we wait.
-const SETTLE_QUIET: Duration = Duration::from_secs(1);
-const SETTLE_MAX: Duration = Duration::from_secs(60);
-
-/// Waits until `raw` stops growing. A server keeps executing the APPENDs a
-/// killed or disconnected client had fully sent; fingerprinting before they
-/// land would append those messages a second time.
-async fn settle_mailbox<R: RestoreTarget>(conn: &mut R, raw: &str) -> Result<(), RemoteError> {
-    let start = std::time::Instant::now();
-    let mut last = conn.examine(raw).await?;
-    loop {
-        tokio::time::sleep(SETTLE_QUIET).await;
-        let now = conn.examine(raw).await?;
-        if (now.uidnext, now.exists) == (last.uidnext, last.exists) {
-            return Ok(());
-        }
-        if start.elapsed() > SETTLE_MAX {
-            log::warn!("`{raw}` is still changing after {SETTLE_MAX:?}; going on");
-            return Ok(());
-        }
-        last = now;
+/// The second look, after appending into a mailbox for which unanswered
+/// batches were recorded: fingerprints it again and removes the copies of
+/// those batches' messages beyond the archive's count that restore can
+/// prove it appended ([`surplus_copies`]). Without UIDPLUS (no UID EXPUNGE
+/// of exactly those UIDs) the surplus is reported, never removed.
+async fn remove_surplus<R: RestoreTarget>(
+    conn: &mut R,
+    plan: &MailboxPlan,
+    ctx: &Ctx,
+    rep: &mut RestoreMailboxReport,
+    uv: u32,
+    unanswered: &[Intent],
+) -> Result<(), Stop> {
+    let (sel, target) = conn.fingerprints(&plan.raw).await.map_err(classify)?;
+    if sel.uidvalidity != uv {
+        // A new mailbox under the same name: nothing of those batches is in it.
+        return Ok(());
     }
+    let by_base: HashMap<&str, &SourceMessage> =
+        plan.messages.iter().map(|m| (m.base.as_str(), m)).collect();
+    let relevant: HashSet<(u64, i64)> = unanswered
+        .iter()
+        .flat_map(|i| i.bases.iter())
+        .filter_map(|b| by_base.get(b.as_str()))
+        .map(|m| (m.size, m.secs))
+        .collect();
+    let keyed: Vec<(&str, MessageKey)> = tokio::task::block_in_place(|| {
+        plan.messages
+            .iter()
+            .filter(|m| relevant.contains(&(m.size, m.secs)))
+            .map(|m| {
+                let id = read_header(&m.path).map(|h| message_id_of(&h))?;
+                let hash = match id {
+                    Some(_) => None,
+                    None => Some(hash_file(&m.path)?.1),
+                };
+                let key = MessageKey::new(m.size, m.secs, id.as_deref(), hash.as_deref())
+                    .expect("an id or a hash");
+                Ok((m.base.as_str(), key))
+            })
+            .collect::<Result<_, crate::archive::ArchiveError>>()
+    })
+    .map_err(|e| Stop::Failed(e.to_string()))?;
+    let near: Vec<&TargetMessage> = target
+        .iter()
+        .filter(|t| relevant.contains(&(t.size, t.secs)))
+        .collect();
+    let to_hash: Vec<u32> = near
+        .iter()
+        .filter(|t| t.message_id.is_none())
+        .map(|t| t.uid)
+        .collect();
+    let hashes: HashMap<u32, String> = conn
+        .body_hashes(&to_hash)
+        .await
+        .map_err(classify)?
+        .into_iter()
+        .collect();
+    let target_keys: Vec<(u32, Option<MessageKey>)> = near
+        .iter()
+        .map(|t| {
+            let hash = hashes.get(&t.uid).map(String::as_str);
+            (
+                t.uid,
+                MessageKey::new(t.size, t.secs, t.message_id.as_deref(), hash),
+            )
+        })
+        .collect();
+    let key_of: HashMap<&str, &MessageKey> = keyed.iter().map(|(b, k)| (*b, k)).collect();
+    let batches: Vec<Unanswered> = unanswered
+        .iter()
+        .map(|i| Unanswered {
+            uidnext: i.uidnext,
+            keys: i
+                .bases
+                .iter()
+                .filter_map(|b| key_of.get(b.as_str()).map(|k| (*k).clone()))
+                .collect(),
+        })
+        .collect();
+    let ours: HashSet<u32> = match &ctx.state {
+        Some(s) => s.recorded_uids(&plan.raw, uv),
+        None => HashSet::new(),
+    };
+    let archive_keys: Vec<MessageKey> = keyed.into_iter().map(|(_, k)| k).collect();
+    let surplus = surplus_copies(&archive_keys, &target_keys, &ours, &batches);
+    if surplus.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = surplus.iter().map(u32::to_string).collect();
+    if !conn.has_capability("UIDPLUS") {
+        rep.errors.push(format!(
+            "UID {} are extra copies that an interrupted restore appended; not removed: the server lacks UIDPLUS, so they cannot be expunged alone\nhint: delete them with a mail client",
+            list.join(", ")
+        ));
+        return Ok(());
+    }
+    conn.remove_copies(&plan.raw, uv, &surplus)
+        .await
+        .map_err(classify)?;
+    log::info!(
+        "`{}`: removed {} extra cop{} left by an interrupted restore (UID {})",
+        plan.target,
+        surplus.len(),
+        if surplus.len() == 1 { "y" } else { "ies" },
+        list.join(", ")
+    );
+    rep.removed += surplus.len() as u64;
+    Ok(())
 }
 
 /// Reads messages on a thread (bounded: one batch ahead) and appends them
-/// batch by batch, recording each APPENDUID.
+/// batch by batch: each batch's intent is recorded before it is sent and
+/// removed once its answer (each APPENDUID) is recorded.
 async fn append_all<R: RestoreTarget>(
     conn: &mut R,
     plan: &MailboxPlan,
     todo: &[&SourceMessage],
     ctx: &Ctx,
     rep: &mut RestoreMailboxReport,
+    sel: Selected,
 ) -> Result<(), Stop> {
+    // No copy of the next batch can get a UID below this.
+    let mut floor = sel.uidnext;
     let sizes: Vec<u64> = todo.iter().map(|m| m.size).collect();
     let batches = upload_batches(&sizes, BATCH_BYTES, BATCH_COUNT);
     type Batch = Vec<(SourceMessage, Result<Upload, String>)>;
@@ -586,6 +676,26 @@ async fn append_all<R: RestoreTarget>(
                     .push(format!("cannot read archived message: {e}")),
             }
         }
+        if uploads.is_empty() {
+            continue;
+        }
+        let intent = match &ctx.state {
+            Some(state) => {
+                let bases: Vec<&str> = sources.iter().map(|m| m.base.as_str()).collect();
+                match state.intend(&plan.raw, sel.uidvalidity, floor, &bases) {
+                    Ok(i) => Some(i),
+                    Err(e) => {
+                        // Unrecorded, a killed run's copies could not be told apart.
+                        outcome = Err(Stop::Failed(format!(
+                            "cannot record the batch about to be appended in `{}`: {e}\nhint: check that the state directory is writable",
+                            state.dir().display()
+                        )));
+                        break;
+                    }
+                }
+            }
+            None => None,
+        };
         let mut records = Vec::new();
         let mut stop: Option<Stop> = None;
         let r = conn
@@ -610,8 +720,15 @@ async fn append_all<R: RestoreTarget>(
                 },
             })
             .await;
+        if let Some(max) = records.iter().map(|(_, uid, _)| *uid).max() {
+            floor = floor.max(max.saturating_add(1));
+        }
         if let Some(state) = &ctx.state {
             state.record(&plan.raw, &records);
+            if let (Some(i), Ok(())) = (&intent, &r) {
+                // Every message of the batch was answered.
+                state.resolve(i);
+            }
         }
         if let Err(e) = r {
             outcome = Err(classify(e));
@@ -622,6 +739,11 @@ async fn append_all<R: RestoreTarget>(
             break;
         }
         if ctx.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if interrupt::requested().is_some() {
+            rep.errors
+                .push("interrupted; run the same command again to restore the rest".into());
             break;
         }
     }

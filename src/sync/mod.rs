@@ -10,6 +10,7 @@
 //! types only (checked by `sync_and_archive_never_import_imap` in lib.rs).
 
 pub mod expunge;
+pub mod gmail;
 pub mod mailboxes;
 pub mod pool;
 pub mod pull;

@@ -8,6 +8,7 @@ mod archive_tools;
 mod expunge;
 mod fakes;
 mod faults;
+mod gmail;
 mod harness;
 mod namespace;
 mod perf;

@@ -403,6 +403,7 @@ mod tests {
             delimiter: Some('/'),
             selectable: true,
             status: None,
+            special_use: None,
         }
     }
 

@@ -51,6 +51,8 @@ struct AccountFile {
     timeout: Option<u64>,
     max_message_size: Option<u64>,
     compress: Option<bool>,
+    gmail: Option<bool>,
+    gmail_spam_and_trash: Option<bool>,
 }
 
 /// Where the password comes from; the password itself is only read when a
@@ -91,6 +93,10 @@ pub struct Account {
     pub max_message_size: u64,
     /// Ask for COMPRESS=DEFLATE (RFC 4978) when the server offers it.
     pub compress: bool,
+    /// Gmail mode when the server announces X-GM-EXT-1 (default on).
+    pub gmail: bool,
+    /// In Gmail mode, also pull Spam and Trash (as ordinary folders).
+    pub gmail_spam_and_trash: bool,
 }
 
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
@@ -246,6 +252,8 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
         // Off by default: measured on loopback, the server's deflate costs
         // more than it saves; on a 20 Mbit/s link it saves about a quarter.
         compress: a.compress.unwrap_or(false),
+        gmail: a.gmail.unwrap_or(true),
+        gmail_spam_and_trash: a.gmail_spam_and_trash.unwrap_or(false),
     })
 }
 

@@ -600,6 +600,41 @@ impl Folder {
     pub fn journal(&self, entries: &[JournalEntry]) -> Result<(), ArchiveError> {
         journal::append(&self.state, entries)
     }
+
+    /// Hard-links the archived file at `src` into `cur/` under `name` (a
+    /// Gmail label folder holds links to All Mail's files, so each message's
+    /// bytes are on disk once). False when that name is already there.
+    pub fn link_from(&self, src: &Path, name: &FileName) -> Result<bool, ArchiveError> {
+        let to = self.path.join("cur").join(name.full());
+        match fs::hard_link(src, &to) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(ArchiveError::Io {
+                what: "cannot link into",
+                path: to,
+                source: e,
+            }),
+        }
+    }
+
+    /// Removes one of this folder's files (a link whose label is gone; the
+    /// message stays in All Mail).
+    pub fn unlink(&self, file: &ArchivedFile) -> Result<(), ArchiveError> {
+        let path = self.path.join(file.subdir).join(file.name.full());
+        fs::remove_file(&path).map_err(ArchiveError::io("cannot remove", &path))
+    }
+
+    /// Drops the journal entries of `keys` (UIDVALIDITY, UID), after their
+    /// files were removed on purpose.
+    pub fn forget(&self, keys: &std::collections::HashSet<(u32, u32)>) -> Result<(), ArchiveError> {
+        let (entries, _) = journal::read(&self.state)?;
+        let kept: Vec<JournalEntry> = entries
+            .into_iter()
+            .filter(|e| !keys.contains(&(e.uidvalidity, e.uid)))
+            .collect();
+        make_dir(&self.state)?;
+        journal::rewrite(&self.state, &kept)
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

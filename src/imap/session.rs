@@ -22,8 +22,8 @@ use super::probe::{await_greeting, is_plain_imap, FirstBytes};
 use super::{quote, uid_set, ImapError};
 use crate::mutf7;
 use crate::sync::remote::{
-    FetchedMessage, ListedMailbox, MailboxStatus, MessageSink, Namespace, Remote, RemoteError,
-    RemoteFlags, Selected,
+    FetchedMessage, GmailMeta, ListedMailbox, MailboxStatus, MessageSink, Namespace, Remote,
+    RemoteError, RemoteFlags, Selected, SpecialUse,
 };
 
 /// The byte stream under the IMAP session: TLS, optionally wrapped in
@@ -541,6 +541,43 @@ pub(crate) fn parse_internaldate(s: &str) -> Option<DateTime<chrono::FixedOffset
     DateTime::parse_from_str(s.trim(), "%d-%b-%Y %H:%M:%S %z").ok()
 }
 
+/// A label of X-GM-LABELS as Gmail means it. Gmail sends system labels as
+/// quoted strings with the backslash escaped (`"\\Inbox"`), and imap-proto
+/// 0.17 hands quoted strings back without undoing escapes (PROVIDERS.md,
+/// "Gmail"), so `\\` and `\"` are undone here; user labels are modified
+/// UTF-7 (sent as atoms or quoted) and are decoded.
+pub(crate) fn gmail_label(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' && matches!(chars.peek(), Some('\\') | Some('"')) {
+            out.push(chars.next().expect("peeked"));
+        } else {
+            out.push(c);
+        }
+    }
+    if out.starts_with('\\') {
+        return out;
+    }
+    mutf7::decode(&out).unwrap_or(out)
+}
+
+fn special_use_of(a: &NameAttribute<'_>) -> Option<SpecialUse> {
+    Some(match a {
+        NameAttribute::All => SpecialUse::All,
+        NameAttribute::Archive => SpecialUse::Archive,
+        NameAttribute::Drafts => SpecialUse::Drafts,
+        NameAttribute::Flagged => SpecialUse::Flagged,
+        NameAttribute::Junk => SpecialUse::Junk,
+        NameAttribute::Sent => SpecialUse::Sent,
+        NameAttribute::Trash => SpecialUse::Trash,
+        NameAttribute::Extension(e) if e.eq_ignore_ascii_case("\\Important") => {
+            SpecialUse::Important
+        }
+        _ => return None,
+    })
+}
+
 fn status_of(attrs: &[StatusAttribute]) -> MailboxStatus {
     let mut st = MailboxStatus::default();
     for a in attrs {
@@ -597,12 +634,14 @@ impl Remote for Connection {
                             }
                         }
                     };
+                    let special_use = data.name_attributes.iter().find_map(special_use_of);
                     listed.push(ListedMailbox {
                         raw,
                         name,
                         delimiter,
                         selectable,
                         status: None,
+                        special_use,
                     });
                 }
                 Response::MailboxData(MailboxDatum::Status { mailbox, status }) => {
@@ -692,6 +731,48 @@ impl Remote for Connection {
             .await?;
             out.sort_unstable();
             out.dedup_by_key(|e| e.0);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn gmail_meta(
+        &mut self,
+        changed_since: Option<u64>,
+    ) -> Result<Vec<GmailMeta>, RemoteError> {
+        super::lift(async {
+            let items = "UID FLAGS X-GM-MSGID X-GM-THRID X-GM-LABELS";
+            let command = match changed_since {
+                Some(m) => format!("UID FETCH 1:* ({items}) (CHANGEDSINCE {m})"),
+                None => format!("UID FETCH 1:* ({items})"),
+            };
+            let mut out = Vec::new();
+            self.run(&command, |r| {
+                let Response::Fetch(_, attrs) = r else { return };
+                let mut m = GmailMeta::default();
+                let (mut uid, mut flags) = (None, None);
+                for a in attrs {
+                    match a {
+                        AttributeValue::Uid(u) => uid = Some(*u),
+                        AttributeValue::Flags(f) => {
+                            flags = Some(f.iter().map(|s| s.to_string()).collect())
+                        }
+                        AttributeValue::GmailMsgId(id) => m.msgid = *id,
+                        AttributeValue::GmailThrId(id) => m.thrid = *id,
+                        AttributeValue::GmailLabels(l) => {
+                            m.labels = l.iter().map(|l| gmail_label(l)).collect()
+                        }
+                        _ => {}
+                    }
+                }
+                // A FETCH without these is an unsolicited update.
+                if let (Some(uid), Some(flags), true) = (uid, flags, m.msgid != 0) {
+                    m.uid = uid;
+                    m.flags = flags;
+                    out.push(m);
+                }
+            })
+            .await?;
             Ok(out)
         })
         .await
@@ -1005,6 +1086,15 @@ fn take_body(mut buf: bytes::BytesMut, range: std::ops::Range<usize>) -> Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gmail_labels_are_unescaped_and_decoded() {
+        assert_eq!(gmail_label(r"\\Inbox"), r"\Inbox");
+        assert_eq!(gmail_label(r"\Sent"), r"\Sent");
+        assert_eq!(gmail_label("Work/Projects"), "Work/Projects");
+        assert_eq!(gmail_label("Entw&APw-rfe"), "Entwürfe");
+        assert_eq!(gmail_label(r#"say \"hi\""#), r#"say "hi""#);
+    }
 
     #[test]
     fn internaldate_with_space_padded_day_parses() {

@@ -165,6 +165,7 @@ mod tests {
                 messages,
                 highestmodseq: Some(5),
             }),
+            special_use: None,
         }
     }
 

@@ -11,6 +11,7 @@
 //! types only (checked by `sync_and_archive_never_import_imap` in lib.rs).
 
 pub mod expunge;
+pub mod gmail;
 pub mod interrupt;
 pub mod mailboxes;
 pub mod pool;

@@ -103,6 +103,36 @@ pub struct ListedMailbox {
     pub selectable: bool,
     /// Present when the server answered LIST-STATUS (RFC 5819) or STATUS.
     pub status: Option<MailboxStatus>,
+    /// The special-use attribute the server gave it (RFC 6154), if any.
+    pub special_use: Option<SpecialUse>,
+}
+
+/// What a mailbox is for (RFC 6154 and Gmail's `\Important`). Localised
+/// servers name these mailboxes in the user's language: find them by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum SpecialUse {
+    All,
+    Archive,
+    Drafts,
+    Flagged,
+    Junk,
+    Sent,
+    Trash,
+    Important,
+}
+
+/// Gmail's view of one message of `\All` (X-GM-EXT-1).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GmailMeta {
+    pub uid: u32,
+    /// X-GM-MSGID: the same for the message in every folder.
+    pub msgid: u64,
+    /// X-GM-THRID: its thread.
+    pub thrid: u64,
+    /// X-GM-LABELS, unescaped: system labels as `\Inbox`, `\Sent`,
+    /// `\Draft`, `\Starred`, `\Important`; user labels by name.
+    pub labels: Vec<String>,
+    pub flags: Vec<String>,
 }
 
 /// The personal namespace (RFC 2342): `INBOX.` with `.` on Courier and
@@ -210,6 +240,17 @@ pub trait Remote: Send {
     ) -> impl Future<Output = Result<Vec<u32>, RemoteError>> + Send {
         let all = uids.to_vec();
         async move { Ok(all) }
+    }
+
+    /// Gmail only: UID, flags, X-GM-MSGID, X-GM-THRID and X-GM-LABELS of
+    /// every message of the selected mailbox, or of those changed since
+    /// `changed_since` (CONDSTORE). Other servers: an error.
+    fn gmail_meta(
+        &mut self,
+        changed_since: Option<u64>,
+    ) -> impl Future<Output = Result<Vec<GmailMeta>, RemoteError>> + Send {
+        let _ = changed_since;
+        async { Err(RemoteError::broken("the server does not offer X-GM-EXT-1")) }
     }
 
     /// Ends the session politely; errors are ignored.

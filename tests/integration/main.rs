@@ -11,6 +11,7 @@ mod expunge;
 mod fakes;
 mod faults;
 mod first_hour;
+mod gmail;
 mod harness;
 mod namespace;
 mod perf;

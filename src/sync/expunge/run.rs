@@ -827,6 +827,7 @@ mod tests {
                 delimiter: Some('/'),
                 selectable: true,
                 status: None,
+                special_use: None,
             }])
         }
         async fn examine(&mut self, _: &str) -> Result<Selected, RemoteError> {
@@ -949,6 +950,8 @@ mod tests {
             timeout: std::time::Duration::from_secs(5),
             max_message_size: 1 << 20,
             compress: false,
+            gmail: false,
+            gmail_spam_and_trash: false,
         }
     }
 

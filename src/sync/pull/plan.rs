@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::PullOptions;
 use crate::archive::{flags_to_letters, FolderIndex, Keywords, Status};
 use crate::report::human_bytes;
-use crate::sync::remote::{MailboxStatus, RemoteFlags, Selected};
+use crate::sync::remote::{GmailMeta, MailboxStatus, RemoteFlags, Selected};
 
 /// True when the listing proves nothing changed since the last pull: same
 /// UIDVALIDITY, no new UID, nothing left behind, and (with CONDSTORE) no
@@ -134,6 +134,19 @@ pub fn flag_query(prior: &Status, sel: &Selected, nothing_held: bool) -> FlagQue
     }
 }
 
+/// Gmail's labels with flags ([`FlagQuery`] for `gmail_meta`): skipped
+/// only when the MODSEQ proves nothing changed (a label change moves it),
+/// never just because nothing is archived yet, since new messages need
+/// their labels as much as their bodies.
+pub fn gmail_query(prior: &Status, sel: &Selected) -> FlagQuery {
+    let same_gen = prior.uidvalidity == sel.uidvalidity;
+    match (prior.highestmodseq, sel.highestmodseq) {
+        (Some(p), Some(s)) if same_gen && p == s => FlagQuery::Skip,
+        (Some(p), Some(_)) if same_gen => FlagQuery::ChangedSince(p),
+        _ => FlagQuery::All,
+    }
+}
+
 /// Where to list UIDs from: the generation's floor, or lower when an
 /// archived file of this generation has vanished (it is fetched again).
 pub fn fetch_from(prior: &Status, index: &FolderIndex, uidvalidity: u32) -> u32 {
@@ -162,6 +175,8 @@ pub struct Examined {
     pub sizes: Vec<(u32, u32)>,
     /// The UID the listing started at ([`fetch_from`]).
     pub from: u32,
+    /// Gmail mode: labels and ids of the messages `flags` covers.
+    pub gmail: Vec<GmailMeta>,
 }
 
 /// What pull will do to one mailbox. `Display` is the `--dry-run` line,

@@ -13,8 +13,8 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::plan::{
-    fetch_from, flag_query, needs_listing, next_floor, plan_mailbox, unchanged, Examined,
-    FlagQuery, MailboxPlan,
+    fetch_from, flag_query, gmail_query, needs_listing, next_floor, plan_mailbox, unchanged,
+    Examined, FlagQuery, MailboxPlan,
 };
 use super::report::{AccountReport, MailboxReport};
 use super::PullOptions;
@@ -24,11 +24,14 @@ use crate::archive::{sha256_hex, Keywords, Status, UnchangedRun};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
+use crate::sync::gmail::{self, Layout};
 use crate::sync::mailboxes::{choose_mailboxes_in, record, Naming, Target};
 use crate::sync::pool::{self, Slot, Step, Task};
-use crate::sync::remote::{FetchedMessage, MessageSink, Remote, RemoteError};
+use crate::sync::remote::{FetchedMessage, MessageSink, Remote, RemoteError, RemoteFlags};
 
 struct Ctx {
+    /// Gmail mode: where bodies come from and where labels go.
+    gmail: Option<Layout>,
     archive: Archive,
     account: Arc<Account>,
     opts: PullOptions,
@@ -109,7 +112,35 @@ where
             log::warn!("cannot record the server's namespace: {e}");
         }
     }
-    let (targets, refused) = choose_mailboxes_in(&listed, &naming, |n| account.wants(n));
+    let gmail = if account.gmail && gmail::is_gmail(|c| first.has_capability(c)) {
+        match gmail::layout(
+            &listed,
+            &naming,
+            |n| account.wants(n),
+            account.gmail_spam_and_trash,
+        ) {
+            Ok(layout) => Some(layout),
+            Err(e) => {
+                report.code = Some(ExitCode::Partial);
+                report.error = Some(e);
+                first.logout().await;
+                return report;
+            }
+        }
+    } else {
+        None
+    };
+    let (targets, refused) = match &gmail {
+        Some(layout) => {
+            for w in &layout.warnings {
+                log::warn!("{w}");
+            }
+            let mut t = vec![layout.all.clone()];
+            t.extend(layout.plain.iter().cloned());
+            (t, Vec::new())
+        }
+        None => choose_mailboxes_in(&listed, &naming, |n| account.wants(n)),
+    };
     for r in refused {
         report.mailboxes.push(MailboxReport {
             name: r.name,
@@ -122,6 +153,7 @@ where
     let jobs = opts.jobs;
     let task = Arc::new(PullTask {
         ctx: Ctx {
+            gmail,
             archive,
             account: account.clone(),
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
@@ -298,7 +330,8 @@ async fn pull_mailbox<T: Task>(
     })?;
     let mut keywords = folder.load_keywords()?;
     let conn = slot.get(task).await.map_err(Failure::Unreached)?;
-    let examined = examine(conn, &t.mailbox.raw, &prior, &index).await?;
+    let gmail = ctx.gmail.as_ref().filter(|l| l.all.folder == t.folder);
+    let examined = examine(conn, &t.mailbox.raw, &prior, &index, gmail.is_some()).await?;
     let plan = plan_mailbox(
         &t.mailbox.name,
         &prior,
@@ -317,10 +350,37 @@ async fn pull_mailbox<T: Task>(
             plan.uidvalidity
         );
     }
-    apply(
+    let applied = apply(
         conn, t, ctx, rep, &folder, &index, keywords, &examined, plan,
     )
-    .await
+    .await;
+    match gmail {
+        Some(layout) if !dry => {
+            let linked = tokio::task::block_in_place(|| {
+                let keywords = folder.load_keywords()?;
+                gmail::apply_links(
+                    &ctx.archive,
+                    layout,
+                    &examined.gmail,
+                    examined.selected.uidvalidity,
+                    &keywords,
+                )
+            });
+            if applied.is_err() || linked.is_err() {
+                // Labels of what failed are asked for again next time.
+                let mut status = folder.load_status()?;
+                status.highestmodseq = prior.highestmodseq;
+                folder.save_status(&status)?;
+            }
+            if let Ok(n) = linked {
+                rep.flag_updates += n as u64;
+            }
+            applied?;
+            linked?;
+            Ok(())
+        }
+        _ => applied,
+    }
 }
 
 /// Asks the server what the planner needs: EXAMINE, then the flags and
@@ -330,14 +390,31 @@ async fn examine<R: Remote>(
     raw: &str,
     prior: &Status,
     index: &FolderIndex,
+    gmail: bool,
 ) -> Result<Examined, Failure> {
     let selected = conn.examine(raw).await?;
     let uv = selected.uidvalidity;
     let nothing_held = index.uids(uv).next().is_none();
-    let flags = match flag_query(prior, &selected, nothing_held) {
-        FlagQuery::Skip => Vec::new(),
-        FlagQuery::All => conn.flags(None).await?,
-        FlagQuery::ChangedSince(modseq) => conn.flags(Some(modseq)).await?,
+    let mut meta = Vec::new();
+    let flags = if gmail {
+        // Labels, flags and ids in one FETCH; new messages need their labels too.
+        meta = match gmail_query(prior, &selected) {
+            FlagQuery::Skip => Vec::new(),
+            FlagQuery::All => conn.gmail_meta(None).await?,
+            FlagQuery::ChangedSince(modseq) => conn.gmail_meta(Some(modseq)).await?,
+        };
+        meta.iter()
+            .map(|m| RemoteFlags {
+                uid: m.uid,
+                flags: m.flags.clone(),
+            })
+            .collect()
+    } else {
+        match flag_query(prior, &selected, nothing_held) {
+            FlagQuery::Skip => Vec::new(),
+            FlagQuery::All => conn.flags(None).await?,
+            FlagQuery::ChangedSince(modseq) => conn.flags(Some(modseq)).await?,
+        }
     };
     let from = fetch_from(prior, index, uv);
     let sizes = if needs_listing(&selected, from) {
@@ -350,6 +427,7 @@ async fn examine<R: Remote>(
         flags,
         sizes,
         from,
+        gmail: meta,
     })
 }
 

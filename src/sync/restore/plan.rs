@@ -498,6 +498,7 @@ mod tests {
             delimiter: Some('/'),
             selectable: true,
             status: None,
+            special_use: None,
         }
     }
 

@@ -1,0 +1,27 @@
+//! Gmail done right, in one place that pull asks (and, later, expunge and
+//! restore): every label is a folder on Gmail, plus All Mail (`\All`), so
+//! a tool that backs up every folder stores each message once per label.
+//! In Gmail mode (the server announces X-GM-EXT-1; account key
+//! `gmail = false` turns it off) bodies come from `\All` only, once each,
+//! into its folder; every label is a folder of hard links to those files,
+//! so a Dovecot serving the archive shows Gmail's folders and each
+//! message's bytes are on disk once. Labels come from X-GM-LABELS, and
+//! label changes are mirrored by adding, removing and renaming links,
+//! never by downloading a body again.
+//!
+//! - `plan.rs`: pure: the listing -> [`Layout`]; labels + links -> changes
+//! - `run.rs`: applies the link changes to the archive
+//!
+//! Spam and Trash are not labels of `\All` messages; they are pulled as
+//! ordinary folders only when the account asks (`gmail-spam-and-trash`).
+
+pub mod plan;
+mod run;
+
+pub use plan::{layout, plan_links, Layout, LinkChange};
+pub use run::apply_links;
+
+/// Whether a server is Gmail (X-GM-EXT-1, per Google's "IMAP Extensions").
+pub fn is_gmail(has_capability: impl Fn(&str) -> bool) -> bool {
+    has_capability("X-GM-EXT-1")
+}

@@ -586,3 +586,32 @@ fn gmail_mode_off_backs_up_every_folder_and_no_all_mail_is_an_error_with_the_set
     assert!(err.contains("Show in IMAP"), "{err}");
     assert!(!env.archive("g").join("mail/cur").exists());
 }
+
+#[test]
+fn expunge_refuses_gmail_and_deletes_nothing() {
+    let store = seeded();
+    let server = start(store.clone());
+    let env = TestEnv::new();
+    config(&env, server.port, "");
+    run(&env, &["pull"]);
+    let out = env
+        .cmd()
+        .env("IMAPBAK_FAKE_PW", PW)
+        .args(["expunge", "--older-than", "1d"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("Gmail") && err.contains("hint:"), "{err}");
+    let stores: Vec<String> = server
+        .commands()
+        .into_iter()
+        .filter(|c| {
+            c.split(' ')
+                .skip(1)
+                .take(2)
+                .any(|w| w.eq_ignore_ascii_case("STORE") || w.eq_ignore_ascii_case("EXPUNGE"))
+        })
+        .collect();
+    assert!(stores.is_empty(), "sent {stores:?}");
+}

@@ -96,6 +96,20 @@ pub async fn expunge_account<R: ExpungeRemote>(
             ),
         );
     }
+    if crate::sync::gmail::is_gmail(|c| conn.has_capability(c)) {
+        conn.logout().await;
+        // An EXPUNGE in a label folder only removes that label, and one in
+        // All Mail frees nothing under Gmail's default settings
+        // (PROVIDERS.md, "Gmail"): refusing is the only safe answer until
+        // expunge moves mail to Trash the way Gmail frees quota.
+        return report.fail(
+            ExitCode::Usage,
+            format!(
+                "server `{}` is Gmail, where an EXPUNGE frees no quota and strips labels; nothing was deleted\nhint: expunge does not support Gmail yet; delete old mail in Gmail itself (search `older_than:1y`), it is safe in the archive",
+                account.host
+            ),
+        );
+    }
     if opts.free_to.is_some() && !conn.has_capability("QUOTA") {
         conn.logout().await;
         return report.fail(

@@ -9,6 +9,7 @@ mod expunge;
 mod fakes;
 mod faults;
 mod harness;
+mod interop;
 mod perf;
 mod pull;
 mod restore;

@@ -12,6 +12,9 @@
 #![allow(dead_code)]
 
 pub mod mail;
+pub mod servers;
+
+pub use servers::{courier, cyrus, ImapServer, Kind};
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -89,6 +92,19 @@ struct Cleanup {
 static CLEANUP: OnceLock<Cleanup> = OnceLock::new();
 /// The second server's cleanup (see [`dovecot_dot`]).
 static CLEANUP_DOT: OnceLock<Cleanup> = OnceLock::new();
+/// The cleanups of the private Cyrus and Courier ([`cyrus`], [`courier`]).
+static CLEANUP_CYRUS: OnceLock<Cleanup> = OnceLock::new();
+static CLEANUP_COURIER: OnceLock<Cleanup> = OnceLock::new();
+static ATEXIT: std::sync::Once = std::sync::Once::new();
+
+fn register_atexit() {
+    ATEXIT.call_once(|| {
+        // SAFETY: registering a plain extern "C" fn.
+        unsafe {
+            libc::atexit(cleanup_at_exit);
+        }
+    });
+}
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -153,7 +169,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 extern "C" fn cleanup_at_exit() {
-    for c in [CLEANUP.get(), CLEANUP_DOT.get()].into_iter().flatten() {
+    let all = [
+        CLEANUP.get(),
+        CLEANUP_DOT.get(),
+        CLEANUP_CYRUS.get(),
+        CLEANUP_COURIER.get(),
+    ];
+    for c in all.into_iter().flatten() {
         cleanup_one(c);
     }
 }
@@ -194,15 +216,17 @@ fn cleanup_one(c: &Cleanup) {
 /// Removes server directories left by test processes that were killed
 /// (SIGKILL, Ctrl-C: no exit handler runs) more than an hour ago.
 fn sweep_stale_dirs() {
+    sweep_stale("imapbak-dovecot-", "srv/run/master.pid");
+}
+
+/// [`sweep_stale_dirs`] for directories named `prefix*` whose server
+/// wrote its pid to `pidfile` (relative to the directory).
+fn sweep_stale(prefix: &str, pidfile: &str) {
     let Ok(rd) = fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for e in rd.flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .starts_with("imapbak-dovecot-")
-        {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
             continue;
         }
         let old = e
@@ -211,7 +235,7 @@ fn sweep_stale_dirs() {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > Duration::from_secs(3600));
-        let pid = fs::read_to_string(e.path().join("srv/run/master.pid"))
+        let pid = fs::read_to_string(e.path().join(pidfile))
             .ok()
             .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
         // SAFETY: kill(pid, 0) only probes for existence.
@@ -339,18 +363,11 @@ impl Dovecot {
             pid,
             exited,
         };
-        match CLEANUP.set(cleanup) {
-            Ok(()) => {
-                // SAFETY: registering a plain extern "C" fn.
-                unsafe {
-                    libc::atexit(cleanup_at_exit);
-                }
-            }
-            // The second server: the handler registered for the first covers it.
-            Err(cleanup) => {
-                let _ = CLEANUP_DOT.set(cleanup);
-            }
+        if let Err(cleanup) = CLEANUP.set(cleanup) {
+            // The second Dovecot.
+            let _ = CLEANUP_DOT.set(cleanup);
         }
+        register_atexit();
         let meta = fs::metadata(dir.join("mail")).expect("stat the server's mail dir");
         eprintln!(
             "private dovecot: pid {pid}, imap 127.0.0.1:{imap_port}, imaps 127.0.0.1:{imaps_port}, dir {}",
@@ -1228,18 +1245,18 @@ impl TestEnv {
     }
 
     /// Like `account_toml_with` for a user of the server `d` (e.g.
-    /// [`dovecot_dot`]).
+    /// [`dovecot_dot`], [`cyrus`], [`courier`]).
     pub fn account_toml_on(
         &self,
-        d: &Dovecot,
+        d: &dyn ImapServer,
         name: &str,
         user: &User,
         tls: Tls,
         extra: &str,
     ) -> String {
         let (port, tls) = match tls {
-            Tls::Implicit => (d.imaps_port, "implicit"),
-            Tls::Starttls => (d.imap_port, "starttls"),
+            Tls::Implicit => (d.imaps_port(), "implicit"),
+            Tls::Starttls => (d.imap_port(), "starttls"),
         };
         let var = Self::password_var(name);
         self.passwords
@@ -1255,7 +1272,7 @@ impl TestEnv {
              ca-file = {cert}\n\
              archive = {archive}\n",
             user_name = toml_str(&user.name),
-            cert = toml_str(&d.cert.display().to_string()),
+            cert = toml_str(&d.cert().display().to_string()),
             archive = toml_str(&self.archive(name).display().to_string()),
         );
         if !extra.is_empty() {

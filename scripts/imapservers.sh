@@ -39,7 +39,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${IMAPBAK_SERVERS_CACHE:-$REPO/target/imap-servers}
 # Bump when the package lists below change, so old caches are redone.
-CACHE_VERSION=1
+CACHE_VERSION=2
 
 # The uid the mail belongs to. Cyrus runs its services as `nobody` (it
 # refuses root: "must run as the Cyrus user", cyrus-master(8) / imapd.conf(5)
@@ -65,8 +65,11 @@ EOF
 # lacks are added by `missing_lib_deps` (direct Depends only: a recursive
 # closure drags in an MTA, perl modules and ~40 packages).
 CYRUS_PKGS=(cyrus-imapd cyrus-common sasl2-bin libsasl2-modules libsasl2-modules-db)
+# gamin: courier-imap depends on it; libgamin0 spawns /usr/libexec/gam_server
+# (in the /usr overlay below), and without it every login gets "* OK
+# [ALERT] Filesystem notification initialization error".
 COURIER_PKGS=(courier-imap courier-base courier-authlib courier-authdaemon
-  courier-authlib-userdb)
+  courier-authlib-userdb gamin)
 # Direct dependencies we never load: libclamav12 is only for cyr_virusscan,
 # libzephyr4 only for notifyd (checked with ldd on every binary of
 # cyrus-common); both are large and pull in more.
@@ -77,7 +80,7 @@ CYRUS_BINS=(usr/lib/cyrus/bin/master usr/lib/cyrus/bin/imapd
   usr/lib/cyrus/bin/ctl_cyrusdb usr/sbin/saslpasswd2)
 COURIER_BINS=(usr/sbin/couriertcpd usr/bin/couriertls usr/bin/imapd
   usr/lib/courier/courier/imaplogin usr/lib/courier/courier-authlib/authdaemond
-  usr/lib/courier/courier-authlib/makedatprog)
+  usr/lib/courier/courier-authlib/makedatprog usr/libexec/gam_server)
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -143,6 +146,7 @@ install_one() {
     echo "unpacked $name is incomplete:$missing" >&2
     return 1
   fi
+  rm -f "$CACHE/.complete-$name-v"*
   touch "$stamp"
 }
 
@@ -231,6 +235,8 @@ EOF
 # Runs "$@" (the server in the foreground) either exec'd (FOREGROUND=1) or
 # in the background with DIR/run/server.pid, then waits until it answers.
 launch() {
+  # The signal that stops it (`stop`; the Rust harness reads it too).
+  echo "${STOP_SIGNAL:-TERM}" >"$DIR/run/stop-signal"
   if [[ ${FOREGROUND:-} == 1 ]]; then
     echo $$ >"$DIR/run/server.pid"
     exec "$@"
@@ -359,24 +365,202 @@ cyrus_adduser() {
 }
 
 # --- Courier --------------------------------------------------------------------
+#
+# Courier has its paths compiled in: strings(1) on the unpacked binaries
+# shows /etc/courier/authdaemonrc and /run/courier/authdaemon/socket
+# (authdaemond, libcourierauth.so.0), /etc/courier/userdb.dat and
+# userdbshadow.dat (libauthuserdb.so), /usr/lib/courier-authlib (the auth
+# modules authdaemond loads), /usr/bin/couriertls. None of them exist on
+# this host, and none may be touched. So the server runs in a private mount
+# namespace (`unshare -m --propagation private`: nothing leaks back), where
+#   /usr  is an overlay of the unpacked packages' usr/ over the host's /usr
+#         (read-only: two lowerdirs, no upperdir),
+#   /etc  is an overlay of the packages' etc/ over the host's /etc, and the
+#         test's DIR/etc is bind-mounted over /etc/courier,
+#   /run  is an overlay that adds an empty /run/courier, with DIR/run
+#         bind-mounted over it.
+# Plain bind mounts alone do not do: their mount points (/etc/courier,
+# /usr/lib/courier-authlib) would have to be created on the host; overlayfs
+# makes them exist inside the namespace only.
+#
+# The daemons run directly, not through Debian's /usr/sbin/imapd and
+# /usr/sbin/authdaemond wrappers, which daemonize through courierlogger:
+#   authdaemond (foreground: strings shows "authdaemond no longer handles
+#     its own daemonizing"), module authuserdb only;
+#   couriertcpd (foreground without -pid, couriertcpd(1)) on IMAP_PORT,
+#     running imaplogin + imapd, STARTTLS through couriertls;
+#   couriertcpd on IMAPS_PORT running `couriertls -server -tcpd` + imaplogin
+#     + imapd with IMAP_TLS=1 (as Debian's /usr/sbin/imapd-ssl does, without
+#     `-user=courier`: there is no courier user here).
+# Their settings are the environment Debian's /etc/courier/imapd and
+# imapd-ssl give (DIR/etc/imapd.env), minus IMAP_EMPTYTRASH (deletes Trash
+# mail older than 7 days) and the access file.
+# Users: userdb (text DIR/etc/userdb, compiled with the unpacked makedatprog
+# into userdb.dat + userdbshadow.dat the way makeuserdb(8) does), with a
+# real crypt(3) password (`systempw`, SHA-512 crypt from `openssl passwd
+# -6`), uid MAIL_UID, mail in DIR/mail/NAME (Maildir). Namespace: `INBOX.`,
+# `.`. Courier logs to syslog, absent here: what its daemons write to stderr
+# goes to the start script's output.
 
 start_courier() {
-  echo "courier: not yet" >&2
-  exit 1
+  need_installed courier
+  local root=$CACHE/courier
+  mkdir -p "$DIR"/{run,log,tls,etc,mail,skel/run/courier}
+  mkdir -p "$DIR/run/authdaemon"
+  make_cert
+  chmod 0755 "$DIR" "$DIR/mail" "$DIR/run" "$DIR/etc"
+  chown "$MAIL_UID:$MAIL_GID" "$DIR/mail"
+  chmod 0750 "$DIR/run/authdaemon"
+  # couriertls reads the key and the certificate from one PEM file.
+  cat "$DIR/tls/key.pem" "$DIR/tls/cert.pem" >"$DIR/etc/imapd.pem"
+  chmod 0600 "$DIR/etc/imapd.pem"
+  # DH parameters (Debian's TLS_DHPARAMS): RFC 7919's ffdhe2048 group costs
+  # nothing to write out, unlike `openssl dhparam`.
+  if [[ ! -s $DIR/etc/dhparams.pem ]]; then
+    openssl genpkey -genparam -algorithm DH -pkeyopt group:ffdhe2048 \
+      -out "$DIR/etc/dhparams.pem" 2>/dev/null
+  fi
+  [[ -e $DIR/etc/userdb ]] || : >"$DIR/etc/userdb"
+  chmod 0600 "$DIR/etc/userdb"
+  courier_makeuserdb
+  write_env courier "$MAIL_UID" "$MAIL_GID"
+  # libgamin names its socket after the user of the uid (getpwuid): with no
+  # passwd entry for MAIL_UID, every LOGIN, CREATE and SELECT waited 1.2 s
+  # and LOGIN said "* OK [ALERT] Filesystem notification initialization
+  # error". The namespace gets a copy of the host's passwd/group with one
+  # more line, bind-mounted over /etc/passwd and /etc/group.
+  { grep -v "^imapbak-mail:" /etc/passwd; echo "imapbak-mail:x:$MAIL_UID:$MAIL_GID::/nonexistent:/usr/sbin/nologin"; } >"$DIR/passwd"
+  { grep -v "^imapbak-mail:" /etc/group; echo "imapbak-mail:x:$MAIL_GID:"; } >"$DIR/group"
+  chmod 0644 "$DIR/passwd" "$DIR/group"
+
+  cat >"$DIR/etc/authdaemonrc" <<'END_RC'
+# Generated by scripts/imapservers.sh -- overwritten on every start.
+authmodulelist="authuserdb"
+daemons=3
+authdaemonvar=/run/courier/authdaemon
+DEBUG_LOGIN=0
+DEFAULTOPTIONS=""
+LOGGEROPTS=""
+END_RC
+
+  cat >"$DIR/etc/imapd.env" <<'END_ENV'
+# Generated by scripts/imapservers.sh: the environment of imapd, as Debian's
+# /etc/courier/imapd and imapd-ssl set it.
+IMAP_CAPABILITY="IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT QUOTA IDLE"
+IMAP_CAPABILITY_TLS="$IMAP_CAPABILITY AUTH=PLAIN"
+IMAP_KEYWORDS=1
+IMAP_ACL=1
+IMAP_PROXY=0
+IMAP_IDLE_TIMEOUT=60
+IMAP_MAILBOX_SANITY_CHECK=1
+IMAP_DISABLETHREADSORT=0
+IMAP_CHECK_ALL_FOLDERS=0
+IMAP_OBSOLETE_CLIENT=0
+IMAP_UMASK=022
+IMAP_USELOCKS=1
+IMAP_ENHANCEDIDLE=0
+IMAP_TRASHFOLDERNAME=Trash
+IMAP_EMPTYTRASH=
+IMAP_MOVE_EXPUNGE_TO_TRASH=0
+IMAP_SHAREDINDEXFILE=/etc/courier/shared/index
+IMAP_STARTTLS=YES
+IMAP_TLS_REQUIRED=0
+COURIERTLS=/usr/bin/couriertls
+TLS_CERTFILE=/etc/courier/imapd.pem
+TLS_DHPARAMS=/etc/courier/dhparams.pem
+TLS_VERIFYPEER=NONE
+MAILDIRPATH=Maildir
+END_ENV
+
+  # Runs inside the namespace; stops its daemons when it gets SIGTERM.
+  cat >"$DIR/ns-run.sh" <<END_NS
+# Generated by scripts/imapservers.sh: runs in Courier's mount namespace.
+set -euo pipefail
+mount -t overlay imapbak-courier-usr -o lowerdir=$root/usr:/usr /usr
+mount -t overlay imapbak-courier-etc -o lowerdir=$root/etc:/etc /etc
+mount --bind $DIR/etc /etc/courier
+mount --bind $DIR/passwd /etc/passwd
+mount --bind $DIR/group /etc/group
+mount -t overlay imapbak-courier-run -o lowerdir=$DIR/skel/run:/run /run
+mount --bind $DIR/run /run/courier
+cd /
+pids=()
+stop() { kill -TERM "\${pids[@]}" 2>/dev/null || true; wait || true; exit 0; }
+trap stop TERM INT HUP
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+env -i PATH=\$PATH bash -c 'set -a; . /etc/courier/authdaemonrc; exec /usr/lib/courier/courier-authlib/authdaemond' &
+pids+=(\$!)
+for i in \$(seq 1 100); do [[ -S /run/courier/authdaemon/socket ]] && break; sleep 0.05; done
+tcpd="/usr/sbin/couriertcpd -address=127.0.0.1 -maxprocs=200 -maxperip=200 -nodnslookup -noidentlookup"
+env -i PATH=\$PATH tcpd="\$tcpd" bash -c 'set -a; . /etc/courier/imapd.env; exec \$tcpd $IMAP_PORT /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir' &
+pids+=(\$!)
+env -i PATH=\$PATH tcpd="\$tcpd" bash -c 'set -a; . /etc/courier/imapd.env; IMAP_TLS=1; exec \$tcpd $IMAPS_PORT /usr/bin/couriertls -server -tcpd /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir' &
+pids+=(\$!)
+# One daemon gone: stop the others, so the caller sees the server die.
+wait -n || true
+echo "a Courier daemon exited; stopping" >&2
+stop
+END_NS
+
+  # Also a private pid namespace whose init is ns-run.sh: when it exits the
+  # kernel kills every process left in it (imapd starts one gam_server per
+  # user, which never exits by itself). unshare(1) with --fork blocks
+  # SIGTERM (tried: `kill -TERM` left it and its children running), so it is
+  # stopped with SIGKILL, and --kill-child hands ns-run.sh a SIGTERM then.
+  SERVER=courier STOP_SIGNAL=KILL
+  launch unshare -m -p --fork --kill-child=TERM --mount-proc \
+    --propagation private bash "$DIR/ns-run.sh"
+}
+
+# userdb.dat / userdbshadow.dat from the text DIR/etc/userdb, as
+# makeuserdb(8) (a perl script hard-wired to /etc/courier/userdb) does:
+# fields named *pw go to the shadow file, the rest to userdb.dat;
+# makedatprog reads "key<TAB>value" lines ended by "." and renames the
+# result into place.
+courier_makeuserdb() {
+  local root=$CACHE/courier etc=$DIR/etc lp
+  local makedat=$root/usr/lib/courier/courier-authlib/makedatprog
+  lp=$(libpath_of "$root")
+  # shellcheck disable=SC2016
+  local split='NF == 2 { n = split($2, f, "|"); out = "";
+      for (i = 1; i <= n; i++) if ((f[i] ~ /^[^=]*pw=/) == shadow) out = out (out == "" ? "" : "|") f[i];
+      if (out != "") print $1 "\t" out } END { print "." }'
+  awk -F'\t' -v shadow=0 "$split" "$etc/userdb" |
+    LD_LIBRARY_PATH=$lp "$makedat" - "$etc/userdb.tmp" "$etc/userdb.dat"
+  (
+    umask 066
+    awk -F'\t' -v shadow=1 "$split" "$etc/userdb" |
+      LD_LIBRARY_PATH=$lp "$makedat" - "$etc/userdbshadow.tmp" "$etc/userdbshadow.dat"
+  )
 }
 
 courier_adduser() {
-  echo "courier: not yet" >&2
-  exit 1
+  local name=$1 pw=$2 hash home
+  home=$DIR/mail/$name
+  mkdir -p "$home"/{cur,new,tmp}
+  chown -R "$MAIL_UID:$MAIL_GID" "$home"
+  chmod 0700 "$home"
+  hash=$(openssl passwd -6 "$pw")
+  printf '%s\tuid=%s|gid=%s|home=%s|mail=%s|systempw=%s\n' \
+    "$name" "$MAIL_UID" "$MAIL_GID" "$home" "$home" "$hash" >>"$DIR/etc/userdb"
+  # A 10 GiB Maildir++ quota (maildirsize: limit line, then usage lines), so
+  # QUOTA has a root with a STORAGE limit. A userdb `quota=` field alone
+  # changes nothing here: without the file imapd answers GETQUOTAROOT with
+  # a bare `* QUOTA "ROOT"` (no resource list, which RFC 2087's grammar
+  # does not allow).
+  printf '10737418240S\n0 0\n' >"$home/maildirsize"
+  chown "$MAIL_UID:$MAIL_GID" "$home/maildirsize"
+  courier_makeuserdb
 }
 
 # --- stop -------------------------------------------------------------------------
 
 stop() {
-  local pidfile=$DIR/run/server.pid pid i
+  local pidfile=$DIR/run/server.pid pid i sig
   [[ -s $pidfile ]] || { echo "not running (no $pidfile)"; return 0; }
   pid=$(cat "$pidfile")
-  kill -TERM "$pid" 2>/dev/null || { echo "not running (stale pid $pid)"; return 0; }
+  sig=$(cat "$DIR/run/stop-signal" 2>/dev/null || echo TERM)
+  kill -"$sig" "$pid" 2>/dev/null || { echo "not running (stale pid $pid)"; return 0; }
   for i in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || { echo "stopped (pid $pid)"; return 0; }
     sleep 0.1

@@ -87,6 +87,8 @@ struct Cleanup {
     root: PathBuf,
     pid: u32,
     exited: Arc<Mutex<Option<ExitStatus>>>,
+    /// What stops the server (SIGTERM; Courier's unshare needs SIGKILL).
+    signal: libc::c_int,
 }
 
 static CLEANUP: OnceLock<Cleanup> = OnceLock::new();
@@ -125,7 +127,15 @@ fn free_ports() -> (u16, u16) {
 /// Spawns `cmd` from a thread that never exits, with PR_SET_PDEATHSIG so
 /// the child is sent SIGTERM when that thread (hence this process) dies.
 /// Returns the child's pid and a slot filled with its exit status.
-fn spawn_bound_to_process(mut cmd: Command) -> io::Result<(u32, Arc<Mutex<Option<ExitStatus>>>)> {
+fn spawn_bound_to_process(cmd: Command) -> io::Result<(u32, Arc<Mutex<Option<ExitStatus>>>)> {
+    spawn_bound_with(cmd, libc::SIGTERM)
+}
+
+/// [`spawn_bound_to_process`] with `signal` instead of SIGTERM.
+fn spawn_bound_with(
+    mut cmd: Command,
+    signal: libc::c_int,
+) -> io::Result<(u32, Arc<Mutex<Option<ExitStatus>>>)> {
     let exited = Arc::new(Mutex::new(None));
     let slot = Arc::clone(&exited);
     let (tx, rx) = mpsc::channel();
@@ -135,8 +145,8 @@ fn spawn_bound_to_process(mut cmd: Command) -> io::Result<(u32, Arc<Mutex<Option
             // SAFETY: prctl is async-signal-safe; nothing else runs between
             // fork and exec.
             unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                         return Err(io::Error::last_os_error());
                     }
                     Ok(())
@@ -183,7 +193,7 @@ extern "C" fn cleanup_at_exit() {
 fn cleanup_one(c: &Cleanup) {
     // SAFETY: plain kill(2) on our own child.
     unsafe {
-        libc::kill(c.pid as libc::pid_t, libc::SIGTERM);
+        libc::kill(c.pid as libc::pid_t, c.signal);
     }
     if std::env::var_os("IMAPBAK_TEST_KEEP").is_some_and(|v| v == "1") {
         return;
@@ -362,6 +372,7 @@ impl Dovecot {
             root: root.clone(),
             pid,
             exited,
+            signal: libc::SIGTERM,
         };
         if let Err(cleanup) = CLEANUP.set(cleanup) {
             // The second Dovecot.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     free_ports, lock, password_for, port_ready, read_lossy, register_atexit, script,
-    spawn_bound_to_process, sweep_stale, tail, Cleanup, Dovecot, Imap, User, CLEANUP_COURIER,
+    spawn_bound_with, sweep_stale, tail, Cleanup, Dovecot, Imap, User, CLEANUP_COURIER,
     CLEANUP_CYRUS, STARTUP_TIMEOUT,
 };
 
@@ -199,8 +199,13 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        // scripts/imapservers.sh: Courier's unshare(1) blocks SIGTERM.
+        let signal = match kind {
+            Kind::Courier => libc::SIGKILL,
+            _ => libc::SIGTERM,
+        };
         let (pid, exited) =
-            spawn_bound_to_process(cmd).map_err(|e| (format!("spawn: {e}"), false))?;
+            spawn_bound_with(cmd, signal).map_err(|e| (format!("spawn: {e}"), false))?;
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(status) = *lock(&exited) {
@@ -220,7 +225,7 @@ impl Server {
             if Instant::now() > deadline {
                 // SAFETY: kill(2) on our own child.
                 unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                    libc::kill(pid as libc::pid_t, signal);
                 }
                 return Err((
                     format!(
@@ -236,6 +241,7 @@ impl Server {
             root: root.clone(),
             pid,
             exited,
+            signal,
         };
         let slot = match kind {
             Kind::Cyrus => &CLEANUP_CYRUS,

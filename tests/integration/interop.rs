@@ -503,3 +503,108 @@ fn quota_reports_the_accounts_quota(s: Srv) {
         assert_eq!(storage["limit"], 10_485_760, "{report:#}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Migration between servers with different namespaces
+// ---------------------------------------------------------------------------
+
+/// The name a user sees for the server's `name`: without the personal
+/// namespace prefix, levels joined by `/`; INBOX stays INBOX.
+fn user_path(s: Srv, name: &str) -> String {
+    if name.eq_ignore_ascii_case("INBOX") {
+        return "INBOX".into();
+    }
+    let rest = name.strip_prefix(s.prefix()).unwrap_or(name);
+    rest.chars()
+        .map(|c| if c == s.sep() { '/' } else { c })
+        .collect()
+}
+
+/// Every selectable folder of `user`, by the name a user sees.
+fn as_user_sees(s: Srv, user: &User) -> BTreeMap<String, Vec<Seen>> {
+    everything(user)
+        .into_iter()
+        .map(|(n, c)| (user_path(s, &n), c))
+        .collect()
+}
+
+/// Pulls a seeded account from `from`, restores it into a new account on
+/// `to`, and checks that a user sees the same folders (`Sent`,
+/// `Archive/2024/Q1`; INBOX as INBOX) with the same messages, flags and
+/// dates. The target may also have folders it gives every new user (empty)
+/// and the empty parents it makes for nested folders.
+fn migrate(from: Srv, to: Srv) {
+    let a = from.new_user("io-mig-a");
+    let b = to.new_user("io-mig-b");
+    let seeded = seed(from, &a);
+    let baseline = as_user_sees(to, &b);
+    let env = TestEnv::new();
+    let mut toml = env.account_toml_on(from, "a", &a, support::Tls::Implicit, "");
+    toml.push_str(&env.account_toml_on(to, "b", &b, support::Tls::Implicit, ""));
+    env.write_config(&toml);
+    run(&env, &["pull", "--account", "a", "--quiet"], 0);
+    let (stdout, stderr) = run(&env, &["restore", "-a", "a", "--to", "b", "--json"], 0);
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    let route = format!(
+        "{:?} ({:?}) -> {:?} ({:?})",
+        from.kind(),
+        from.prefix(),
+        to.kind(),
+        to.prefix()
+    );
+    assert_eq!(report["appended"], seeded, "{route}: {report:#}");
+
+    let want = as_user_sees(from, &a);
+    let have = as_user_sees(to, &b);
+    for (name, w) in &want {
+        let h = have.get(name).unwrap_or_else(|| {
+            panic!(
+                "{route}: `{name}` missing on the target; it shows {:?}",
+                have.keys().collect::<Vec<_>>()
+            )
+        });
+        assert_eq!(w.len(), h.len(), "{route}: message count of `{name}`");
+        for (w, h) in w.iter().zip(h) {
+            assert!(w.0 == h.0, "{route}: bytes differ in `{name}`");
+            assert_eq!((&w.1, w.2), (&h.1, h.2), "{route}: flags/date in `{name}`");
+        }
+    }
+    for (name, h) in &have {
+        if want.contains_key(name) || baseline.contains_key(name) {
+            continue;
+        }
+        let parent = want.keys().any(|w| w.starts_with(&format!("{name}/")));
+        assert!(
+            parent && h.is_empty(),
+            "{route}: unexpected folder `{name}` on the target ({} messages); source shows {:?}",
+            h.len(),
+            want.keys().collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn migrate_courier_to_cyrus_without_prefix() {
+    migrate(support::courier(), support::cyrus_flat());
+}
+
+#[test]
+fn migrate_courier_to_dovecot() {
+    migrate(support::courier(), support::dovecot());
+}
+
+#[test]
+fn migrate_cyrus_to_dovecot() {
+    migrate(support::cyrus(), support::dovecot());
+}
+
+#[test]
+fn migrate_dovecot_to_courier() {
+    migrate(support::dovecot(), support::courier());
+}
+
+#[test]
+fn migrate_cyrus_without_prefix_to_courier() {
+    migrate(support::cyrus_flat(), support::courier());
+}

@@ -14,7 +14,7 @@
 pub mod mail;
 pub mod servers;
 
-pub use servers::{courier, cyrus, ImapServer, Kind};
+pub use servers::{courier, cyrus, cyrus_flat, ImapServer, Kind};
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -97,6 +97,7 @@ static CLEANUP_DOT: OnceLock<Cleanup> = OnceLock::new();
 /// The cleanups of the private Cyrus and Courier ([`cyrus`], [`courier`]).
 static CLEANUP_CYRUS: OnceLock<Cleanup> = OnceLock::new();
 static CLEANUP_COURIER: OnceLock<Cleanup> = OnceLock::new();
+static CLEANUP_CYRUS_FLAT: OnceLock<Cleanup> = OnceLock::new();
 static ATEXIT: std::sync::Once = std::sync::Once::new();
 
 fn register_atexit() {
@@ -184,6 +185,7 @@ extern "C" fn cleanup_at_exit() {
         CLEANUP_DOT.get(),
         CLEANUP_CYRUS.get(),
         CLEANUP_COURIER.get(),
+        CLEANUP_CYRUS_FLAT.get(),
     ];
     for c in all.into_iter().flatten() {
         cleanup_one(c);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::{
     free_ports, lock, password_for, port_ready, read_lossy, register_atexit, script,
     spawn_bound_with, sweep_stale, tail, Cleanup, Dovecot, Imap, User, CLEANUP_COURIER,
-    CLEANUP_CYRUS, STARTUP_TIMEOUT,
+    CLEANUP_CYRUS, CLEANUP_CYRUS_FLAT, STARTUP_TIMEOUT,
 };
 
 /// Which server software.
@@ -102,24 +102,35 @@ pub struct Server {
     /// Pid of the start script, which became the server (Cyrus: master;
     /// Courier: the shell holding the private mount namespace).
     pub pid: u32,
+    /// The personal namespace: prefix and delimiter.
+    prefix: &'static str,
+    sep: char,
     root: PathBuf,
     users: Mutex<()>,
     next_user: AtomicU32,
 }
 
 static CYRUS: OnceLock<Server> = OnceLock::new();
+static CYRUS_FLAT: OnceLock<Server> = OnceLock::new();
 static COURIER: OnceLock<Server> = OnceLock::new();
 
 /// The process-wide private Cyrus IMAP (Debian's namespace: `INBOX.`, `.`),
 /// started on first use.
 pub fn cyrus() -> &'static Server {
-    CYRUS.get_or_init(|| Server::start(Kind::Cyrus))
+    CYRUS.get_or_init(|| Server::start(Kind::Cyrus, false))
+}
+
+/// A second private Cyrus with upstream's namespace (no prefix, `/`:
+/// `altnamespace` and `unixhierarchysep` on), for migrations between
+/// namespaces.
+pub fn cyrus_flat() -> &'static Server {
+    CYRUS_FLAT.get_or_init(|| Server::start(Kind::Cyrus, true))
 }
 
 /// The process-wide private Courier-IMAP (`INBOX.`, `.`), started on first
 /// use.
 pub fn courier() -> &'static Server {
-    COURIER.get_or_init(|| Server::start(Kind::Courier))
+    COURIER.get_or_init(|| Server::start(Kind::Courier, false))
 }
 
 impl Kind {
@@ -152,7 +163,7 @@ fn imapservers(args: &[&str]) -> Result<String, String> {
 }
 
 impl Server {
-    fn start(kind: Kind) -> Server {
+    fn start(kind: Kind, flat: bool) -> Server {
         let name = kind.script_name();
         // Fetches and unpacks the packages once (a stamp file makes later
         // calls instant); scripts/test.sh has normally done it already.
@@ -161,7 +172,7 @@ impl Server {
         }
         let mut last_err = String::new();
         for _attempt in 0..4 {
-            match Self::try_start(kind) {
+            match Self::try_start(kind, flat) {
                 Ok(s) => return s,
                 Err((msg, retry)) => {
                     last_err = msg;
@@ -174,7 +185,7 @@ impl Server {
         panic!("could not start the private {name}:\n{last_err}");
     }
 
-    fn try_start(kind: Kind) -> Result<Server, (String, bool)> {
+    fn try_start(kind: Kind, flat: bool) -> Result<Server, (String, bool)> {
         let name = kind.script_name();
         let prefix = format!("imapbak-{name}-");
         sweep_stale(&prefix, "srv/run/server.pid");
@@ -196,6 +207,7 @@ impl Server {
             .env("FOREGROUND", "1")
             .env("IMAP_PORT", imap_port.to_string())
             .env("IMAPS_PORT", imaps_port.to_string())
+            .env("CYRUS_NAMESPACE", if flat { "flat" } else { "debian" })
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -243,8 +255,9 @@ impl Server {
             exited,
             signal,
         };
-        let slot = match kind {
-            Kind::Cyrus => &CLEANUP_CYRUS,
+        let slot = match (kind, flat) {
+            (Kind::Cyrus, false) => &CLEANUP_CYRUS,
+            (Kind::Cyrus, true) => &CLEANUP_CYRUS_FLAT,
             _ => &CLEANUP_COURIER,
         };
         let _ = slot.set(cleanup);
@@ -260,6 +273,8 @@ impl Server {
             imap_port,
             imaps_port,
             pid,
+            prefix: if flat { "" } else { "INBOX." },
+            sep: if flat { '/' } else { '.' },
             root,
             users: Mutex::new(()),
             next_user: AtomicU32::new(1),
@@ -365,10 +380,10 @@ impl ImapServer for Server {
         self.add_user(prefix)
     }
     fn prefix(&self) -> &str {
-        "INBOX."
+        self.prefix
     }
     fn sep(&self) -> char {
-        '.'
+        self.sep
     }
     fn log(&self) -> String {
         self.start_log()

@@ -48,6 +48,7 @@ per_server!(
     restore_into_a_second_user_gives_the_same_folders_messages_flags_and_dates,
     expunge_older_than_removes_only_verified_old_mail,
     quota_reports_the_accounts_quota,
+    no_change_pull_opens_one_connection,
 );
 
 // ---------------------------------------------------------------------------
@@ -504,6 +505,43 @@ fn quota_reports_the_accounts_quota(s: Srv) {
     }
 }
 
+fn no_change_pull_opens_one_connection(s: Srv) {
+    let user = s.new_user("io-one-conn");
+    seed(s, &user);
+    let env = env_for(s, &user);
+    run(&env, &["pull", "--quiet"], 0);
+    // Issue 13: "The no-change pull opens exactly one connection whatever
+    // the scheduling" (also where, as on Courier, no LIST-STATUS proves a
+    // mailbox unchanged and each one must be examined). Several runs: the
+    // count must not depend on how the workers race.
+    for attempt in 0..3 {
+        let (_, stderr) = run(&env, &["-vv", "pull"], 0);
+        // rustls logs one line per TLS handshake, i.e. per connection.
+        let connections = stderr.matches("Using ciphersuite").count();
+        let commands: Vec<&str> = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("info: > "))
+            .collect();
+        if attempt == 0 {
+            // For the issue's table: what a no-change pull sends.
+            eprintln!("{:?} no-change pull sends: {commands:?}", s.kind());
+        }
+        assert_eq!(
+            connections,
+            1,
+            "{:?}: a no-change pull (run {attempt}) opened {connections} connections; it sent {commands:?}",
+            s.kind()
+        );
+        // Without CONDSTORE (Courier) `UID FETCH 1:* (UID FLAGS)` is how
+        // flag changes show; bodies are never fetched.
+        assert!(
+            !commands.iter().any(|c| c.contains("BODY")),
+            "{:?}: a no-change pull fetched bodies: {commands:?}",
+            s.kind()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Migration between servers with different namespaces
 // ---------------------------------------------------------------------------
@@ -607,4 +645,150 @@ fn migrate_dovecot_to_courier() {
 #[test]
 fn migrate_cyrus_without_prefix_to_courier() {
     migrate(support::cyrus_flat(), support::courier());
+}
+
+// ---------------------------------------------------------------------------
+// Dovecot announcing a provider's capabilities
+// ---------------------------------------------------------------------------
+
+/// Runs `imapbak -vv ARGS --json` (exit 0): the report and every command
+/// the `-vv` log shows it sent (`> ...` lines).
+fn run_vv(env: &TestEnv, args: &[&str]) -> (Value, Vec<String>) {
+    let (stdout, stderr) = run(env, &[&["-vv"], args, &["--json"]].concat(), 0);
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    let sent = stderr
+        .lines()
+        .filter_map(|l| l.split_once("> ").map(|(_, c)| c.to_string()))
+        .collect();
+    (report, sent)
+}
+
+/// Pull, no-change rerun, rerun after one new message and one flag change,
+/// restore into a second user, expunge: each works against `s`. Returns
+/// every command sent.
+fn provider_round_trip(s: &'static support::Dovecot) -> Vec<String> {
+    let srv: Srv = s;
+    let (a, b) = (s.new_user("io-prov-a"), s.new_user("io-prov-b"));
+    let seeded = seed(srv, &a);
+    let env = TestEnv::new();
+    let mut toml = env.account_toml_on(s, "a", &a, support::Tls::Implicit, "");
+    toml.push_str(&env.account_toml_on(s, "b", &b, support::Tls::Implicit, ""));
+    env.write_config(&toml);
+    let mut sent = Vec::new();
+
+    let (report, cmds) = run_vv(&env, &["pull", "--account", "a"]);
+    sent.extend(cmds);
+    assert_eq!(total(&report, "fetched"), seeded, "{report:#}");
+    for f in FOLDERS {
+        assert_folder_matches(srv, &env.archive("a"), &a, f);
+    }
+    let (report, cmds) = run_vv(&env, &["pull", "--account", "a"]);
+    sent.extend(cmds);
+    assert_eq!(total(&report, "fetched"), 0, "{report:#}");
+    assert_eq!(total(&report, "flag_updates"), 0, "{report:#}");
+    let mut imap = a.imap();
+    imap.append("INBOX", &[], "", &mail::plain(700));
+    imap.store("INBOX", 1, "+FLAGS (\\Flagged)");
+    imap.logout();
+    let (report, cmds) = run_vv(&env, &["pull", "--account", "a"]);
+    sent.extend(cmds);
+    assert_eq!(total(&report, "fetched"), 1, "{report:#}");
+    assert_eq!(total(&report, "flag_updates"), 1, "{report:#}");
+
+    let (report, cmds) = run_vv(&env, &["restore", "-a", "a", "--to", "b"]);
+    sent.extend(cmds);
+    assert_eq!(report["appended"], seeded + 1, "{report:#}");
+    assert_eq!(everything(&b), everything(&a), "B after the restore");
+
+    let before = everything(&a);
+    let (report, cmds) = run_vv(&env, &["expunge", "-a", "a", "--older-than", "1y"]);
+    sent.extend(cmds);
+    let after = everything(&a);
+    let kept: usize = after.values().map(Vec::len).sum();
+    let had: usize = before.values().map(Vec::len).sum();
+    assert_eq!(
+        report["expunged"].as_u64().unwrap() as usize,
+        had - kept,
+        "{report:#}"
+    );
+    assert!(kept < had, "nothing was expunged: {report:#}");
+    // The seed dates are from 2021; what stays is what the default keeps.
+    for (name, msgs) in &after {
+        for m in msgs {
+            let flags = &m.1;
+            assert!(
+                flags.iter().any(|f| f == "\\Flagged") || !flags.iter().any(|f| f == "\\Seen"),
+                "`{name}` kept a seen, unflagged old message: {flags:?}"
+            );
+        }
+    }
+    sent
+}
+
+fn assert_never_sent(provider: &str, sent: &[String], unannounced: &[&str]) {
+    for word in unannounced {
+        let used: Vec<&String> = sent.iter().filter(|c| c.contains(word)).collect();
+        assert!(
+            used.is_empty(),
+            "{provider} does not announce it, yet imapbak sent `{word}`: {used:?}"
+        );
+    }
+}
+
+#[test]
+fn microsoft_365_capabilities_pull_restore_expunge_use_only_what_is_announced() {
+    let s = support::dovecot_m365();
+    let sent = provider_round_trip(s);
+    // `RETURN (` covers LIST-STATUS, SPECIAL-USE listing and ESEARCH.
+    assert_never_sent(
+        "Microsoft 365",
+        &sent,
+        &[
+            "RETURN (",
+            "CHANGEDSINCE",
+            "CONDSTORE",
+            "MODSEQ",
+            "QRESYNC",
+            "COMPRESS",
+            "GETQUOTA",
+        ],
+    );
+    // Without LIST-STATUS every mailbox is looked at another way.
+    assert!(
+        sent.iter()
+            .any(|c| c.starts_with("STATUS ") || c.starts_with("EXAMINE ")),
+        "{sent:?}"
+    );
+    // No QUOTA announced: quota says so instead of failing.
+    let user = s.new_user("io-m365-quota");
+    let env = env_for(s, &user);
+    let (report, sent) = run_vv(&env, &["quota"]);
+    assert_eq!(report["accounts"][0]["supported"], false, "{report:#}");
+    assert_never_sent("Microsoft 365", &sent, &["GETQUOTA"]);
+}
+
+#[test]
+fn gmail_capabilities_pull_restore_expunge_use_only_what_is_announced() {
+    let sent = provider_round_trip(support::dovecot_gmail());
+    assert_never_sent("Gmail", &sent, &["QRESYNC"]);
+    // LITERAL-: a non-synchronizing literal only up to 4096 bytes
+    // (RFC 7888); `seed` includes a message larger than that.
+    let too_big: Vec<&String> = sent
+        .iter()
+        .filter(|c| {
+            c.rsplit_once('{')
+                .and_then(|(_, n)| n.strip_suffix("+}"))
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n > 4096)
+        })
+        .collect();
+    assert!(
+        too_big.is_empty(),
+        "non-synchronizing literals over 4096 bytes under LITERAL-: {too_big:?}"
+    );
+    assert!(
+        sent.iter().any(|c| c.starts_with("APPEND ")),
+        "the -vv log shows no APPEND; cannot check literals: {sent:?}"
+    );
 }

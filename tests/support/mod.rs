@@ -82,6 +82,35 @@ pub fn dovecot_dot() -> &'static Dovecot {
     DOVECOT_DOT.get_or_init(|| Dovecot::start(DOT_SEP))
 }
 
+/// Microsoft 365's post-login capabilities (shared/PROVIDERS.md): no
+/// CONDSTORE, QRESYNC, LIST-STATUS, COMPRESS, QUOTA, ESEARCH, SPECIAL-USE,
+/// MULTIAPPEND.
+pub const M365_CAPABILITY: &str = "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS \
+                                   MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+";
+
+/// Gmail's post-login capabilities (shared/PROVIDERS.md): LITERAL- (a
+/// non-synchronizing literal only up to 4096 bytes), no QRESYNC, no
+/// MULTIAPPEND.
+pub const GMAIL_CAPABILITY: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN \
+                                    X-GM-EXT-1 UIDPLUS COMPRESS=DEFLATE ENABLE MOVE CONDSTORE \
+                                    ESEARCH UTF8=ACCEPT LIST-EXTENDED LIST-STATUS LITERAL- \
+                                    SPECIAL-USE APPENDLIMIT=35651584";
+
+static DOVECOT_M365: OnceLock<Dovecot> = OnceLock::new();
+static DOVECOT_GMAIL: OnceLock<Dovecot> = OnceLock::new();
+
+/// A private Dovecot (separator `/`) announcing [`M365_CAPABILITY`]
+/// instead of its own list; it still accepts every command, so tests check
+/// in the `-vv` log that imapbak used only what was announced.
+pub fn dovecot_m365() -> &'static Dovecot {
+    DOVECOT_M365.get_or_init(|| Dovecot::start_with(SEP, M365_CAPABILITY))
+}
+
+/// Like [`dovecot_m365`] with [`GMAIL_CAPABILITY`].
+pub fn dovecot_gmail() -> &'static Dovecot {
+    DOVECOT_GMAIL.get_or_init(|| Dovecot::start_with(SEP, GMAIL_CAPABILITY))
+}
+
 /// What the exit-time cleanup needs to know.
 struct Cleanup {
     root: PathBuf,
@@ -98,6 +127,8 @@ static CLEANUP_DOT: OnceLock<Cleanup> = OnceLock::new();
 static CLEANUP_CYRUS: OnceLock<Cleanup> = OnceLock::new();
 static CLEANUP_COURIER: OnceLock<Cleanup> = OnceLock::new();
 static CLEANUP_CYRUS_FLAT: OnceLock<Cleanup> = OnceLock::new();
+/// The Dovecots that announce a provider's capabilities.
+static CLEANUP_DOVECOT_CAPS: [OnceLock<Cleanup>; 2] = [OnceLock::new(), OnceLock::new()];
 static ATEXIT: std::sync::Once = std::sync::Once::new();
 
 fn register_atexit() {
@@ -186,6 +217,8 @@ extern "C" fn cleanup_at_exit() {
         CLEANUP_CYRUS.get(),
         CLEANUP_COURIER.get(),
         CLEANUP_CYRUS_FLAT.get(),
+        CLEANUP_DOVECOT_CAPS[0].get(),
+        CLEANUP_DOVECOT_CAPS[1].get(),
     ];
     for c in all.into_iter().flatten() {
         cleanup_one(c);
@@ -285,6 +318,11 @@ fn port_ready(port: u16, greeting: bool) -> bool {
 
 impl Dovecot {
     fn start(sep: char) -> Dovecot {
+        Self::start_with(sep, "")
+    }
+
+    /// `capability`: the list to announce after login ("": Dovecot's own).
+    fn start_with(sep: char, capability: &str) -> Dovecot {
         assert!(
             Command::new("dovecot")
                 .arg("--version")
@@ -295,7 +333,7 @@ impl Dovecot {
         );
         let mut last_err = String::new();
         for _attempt in 0..4 {
-            match Self::try_start(sep) {
+            match Self::try_start(sep, capability) {
                 Ok(d) => return d,
                 Err((msg, retry)) => {
                     last_err = msg;
@@ -309,7 +347,7 @@ impl Dovecot {
     }
 
     /// Err((diagnostics, worth retrying on other ports)).
-    fn try_start(sep: char) -> Result<Dovecot, (String, bool)> {
+    fn try_start(sep: char, capability: &str) -> Result<Dovecot, (String, bool)> {
         sweep_stale_dirs();
         let root = tempfile::Builder::new()
             .prefix("imapbak-dovecot-")
@@ -330,6 +368,7 @@ impl Dovecot {
             .env("IMAP_PORT", imap_port.to_string())
             .env("IMAPS_PORT", imaps_port.to_string())
             .env("IMAP_SEP", sep.to_string())
+            .env("IMAP_CAPABILITY", capability)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -376,10 +415,12 @@ impl Dovecot {
             exited,
             signal: libc::SIGTERM,
         };
-        if let Err(cleanup) = CLEANUP.set(cleanup) {
-            // The second Dovecot.
-            let _ = CLEANUP_DOT.set(cleanup);
-        }
+        // One slot per Dovecot, whichever starts first.
+        let _ = CLEANUP
+            .set(cleanup)
+            .or_else(|c| CLEANUP_DOT.set(c))
+            .or_else(|c| CLEANUP_DOVECOT_CAPS[0].set(c))
+            .or_else(|c| CLEANUP_DOVECOT_CAPS[1].set(c));
         register_atexit();
         let meta = fs::metadata(dir.join("mail")).expect("stat the server's mail dir");
         eprintln!(

@@ -78,10 +78,13 @@ SKIP_DEPS=" libclamav12 libzephyr4 libzephyr4-krb5 "
 
 # The binaries the harness runs, checked with ldd after unpacking.
 CYRUS_BINS=(usr/lib/cyrus/bin/master usr/lib/cyrus/bin/imapd
-  usr/lib/cyrus/bin/ctl_cyrusdb usr/sbin/saslpasswd2)
+  usr/lib/cyrus/bin/ctl_cyrusdb usr/sbin/saslpasswd2
+  usr/lib/x86_64-linux-gnu/sasl2/libplain.so usr/lib/x86_64-linux-gnu/sasl2/liblogin.so
+  usr/lib/x86_64-linux-gnu/sasl2/libsasldb.so)
 COURIER_BINS=(usr/sbin/couriertcpd usr/bin/couriertls usr/bin/imapd
   usr/lib/courier/courier/imaplogin usr/lib/courier/courier-authlib/authdaemond
-  usr/lib/courier/courier-authlib/makedatprog usr/libexec/gam_server)
+  usr/lib/courier/courier-authlib/makedatprog usr/libexec/gam_server
+  usr/lib/courier-authlib/libauthuserdb.so)
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -140,7 +143,7 @@ install_one() {
   if [[ $name == cyrus ]]; then bins=("${CYRUS_BINS[@]}"); else bins=("${COURIER_BINS[@]}"); fi
   local missing=
   for f in "${bins[@]}"; do
-    [[ -x $root/$f ]] || { missing+=" $f(absent)"; continue; }
+    [[ -e $root/$f ]] || { missing+=" $f(absent)"; continue; }
     missing+=$(LD_LIBRARY_PATH=$(libpath_of "$root") ldd "$root/$f" | awk -v f="$f" '/not found/ {printf " %s:%s", f, $1}')
   done
   if [[ -n $missing ]]; then
@@ -153,6 +156,10 @@ install_one() {
 
 install() {
   local which=${1:-all}
+  mkdir -p "$CACHE"
+  # Test processes and scripts/test.sh may install at the same time.
+  exec 9>"$CACHE/.lock"
+  flock 9
   command -v openssl >/dev/null || {
     echo "openssl missing (scripts/dovecot.sh install installs it)" >&2
     return 1

@@ -30,6 +30,9 @@
 # returns/serves once both ports answer. Users are added with `adduser`
 # (both servers check real passwords; a wrong one is refused).
 #
+# `start` needs root: Cyrus's state is chowned to nobody, Courier needs
+# `unshare -m` (CAP_SYS_ADMIN). `install` does not (apt-get download).
+#
 # TLS: self-signed end-entity cert DIR/tls/cert.pem, CN=localhost, SAN
 # DNS:localhost, IP:127.0.0.1 (made exactly as scripts/dovecot.sh makes it).
 #
@@ -42,9 +45,10 @@ CACHE=${IMAPBAK_SERVERS_CACHE:-$REPO/target/imap-servers}
 # Bump when the package lists below change, so old caches are redone.
 CACHE_VERSION=2
 
-# The uid the mail belongs to. Cyrus runs its services as `nobody` (it
-# refuses root: "must run as the Cyrus user", cyrus-master(8) / imapd.conf(5)
-# `cyrus_user`); Courier's imapd runs as the uid userdb gives the user.
+# The uid the mail belongs to. Cyrus services refuse to run as root (issue
+# 13); imapd.conf(5) `cyrus_user` names the user they run as, here `nobody`
+# (ps shows master itself and imapd as nobody once started). Courier's
+# imapd runs as the uid userdb gives the user.
 NOBODY_UID=$(id -u nobody 2>/dev/null || echo 65534)
 NOBODY_GID=$(id -g nobody 2>/dev/null || echo 65534)
 MAIL_UID=${MAIL_UID:-5000}
@@ -66,9 +70,9 @@ EOF
 # lacks are added by `missing_lib_deps` (direct Depends only: a recursive
 # closure drags in an MTA, perl modules and ~40 packages).
 CYRUS_PKGS=(cyrus-imapd cyrus-common sasl2-bin libsasl2-modules libsasl2-modules-db)
-# gamin: courier-imap depends on it; libgamin0 spawns /usr/libexec/gam_server
-# (in the /usr overlay below), and without it every login gets "* OK
-# [ALERT] Filesystem notification initialization error".
+# gamin: courier-imap Depends on it (apt-cache depends); libgamin0 spawns
+# its /usr/libexec/gam_server (in the /usr overlay below) for IDLE and the
+# folder watches imapd sets up at LOGIN, CREATE and SELECT.
 COURIER_PKGS=(courier-imap courier-base courier-authlib courier-authdaemon
   courier-authlib-userdb gamin)
 # Direct dependencies we never load: libclamav12 is only for cyr_virusscan,

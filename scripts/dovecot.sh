@@ -16,6 +16,10 @@
 #   FOREGROUND  [] if 1, exec `dovecot -F` in the foreground (the Rust harness
 #               runs it as a child that dies with the test process)
 #   ZLIB_SAVE   [] if set (gz|bz2|xz|lz4|zstd), Dovecot compresses mail it saves
+#   IMAP_CAPABILITY [] if set, the post-login capability list Dovecot
+#               announces instead of its own (imap_capability; e.g. Microsoft
+#               365's or Gmail's from shared/PROVIDERS.md). It only changes
+#               what is announced: Dovecot still accepts every command.
 #   MAIL_UID/MAIL_GID  owner of the mail [owner of DIR, or 5000:5000 if that is
 #               root: Dovecot refuses uid 0 for mail access]
 #
@@ -210,6 +214,8 @@ MAIL_GID=$MAIL_GID
 EOF
 
   # --- config ----------------------------------------------------------------------
+  local caps_line="#imap_capability ="
+  [[ -n ${IMAP_CAPABILITY:-} ]] && caps_line="imap_capability = $IMAP_CAPABILITY"
   local zlib_save_line="#zlib_save ="
   [[ -n $zlib_save ]] && zlib_save_line="zlib_save = $zlib_save"
 
@@ -294,6 +300,7 @@ plugin {
 
 protocol imap {
   mail_plugins = \$mail_plugins imap_zlib imap_quota
+  $caps_line
 }
 
 service imap-login {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command (README; .ci/run runs exactly this): installs what the
 # tests need when missing (Dovecot for the integration tests' private server,
-# the zstd CLI), then checks formatting, lints and runs every test target.
+# the zstd CLI, unpacked Cyrus and Courier for the interop tests), then
+# checks formatting, lints and runs every test target.
 # Works as root with no stdin (CI=true); as another user it needs sudo -n for
 # the install step, or the packages already installed.
 set -euo pipefail
@@ -12,6 +13,11 @@ step() { printf '\n==> %s\n' "$*"; }
 step "install test dependencies if missing (dovecot-imapd, zstd)"
 bash scripts/dovecot.sh install
 echo "dovecot $(dovecot --version), $(zstd --version | head -1)"
+
+# Cyrus and Courier conflict with dovecot-imapd: fetched with apt-get
+# download and unpacked into target/imap-servers, never installed.
+step "fetch and unpack Cyrus IMAP and Courier-IMAP if missing (scripts/imapservers.sh)"
+bash scripts/imapservers.sh install
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check

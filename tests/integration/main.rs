@@ -13,6 +13,7 @@ mod faults;
 mod first_hour;
 mod gmail;
 mod harness;
+mod interop;
 mod namespace;
 mod perf;
 mod pull;

@@ -12,6 +12,9 @@
 #![allow(dead_code)]
 
 pub mod mail;
+pub mod servers;
+
+pub use servers::{courier, cyrus, cyrus_flat, ImapServer, Kind};
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -72,7 +75,7 @@ static DOVECOT_PREFIXED: OnceLock<Dovecot> = OnceLock::new();
 /// A third private Dovecot laid out as Courier and Debian's Cyrus are:
 /// every personal mailbox under the namespace prefix `INBOX.`, delimiter `.`.
 pub fn dovecot_prefixed() -> &'static Dovecot {
-    DOVECOT_PREFIXED.get_or_init(|| Dovecot::start_with(DOT_SEP, "INBOX."))
+    DOVECOT_PREFIXED.get_or_init(|| Dovecot::start_with(DOT_SEP, "INBOX.", ""))
 }
 
 /// The hierarchy separator of the second private Dovecot ([`dovecot_dot`]).
@@ -87,16 +90,63 @@ pub fn dovecot_dot() -> &'static Dovecot {
     DOVECOT_DOT.get_or_init(|| Dovecot::start(DOT_SEP))
 }
 
+/// Microsoft 365's post-login capabilities (shared/PROVIDERS.md): no
+/// CONDSTORE, QRESYNC, LIST-STATUS, COMPRESS, QUOTA, ESEARCH, SPECIAL-USE,
+/// MULTIAPPEND.
+pub const M365_CAPABILITY: &str = "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS \
+                                   MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+";
+
+/// Gmail's post-login capabilities (shared/PROVIDERS.md): LITERAL- (a
+/// non-synchronizing literal only up to 4096 bytes), no QRESYNC, no
+/// MULTIAPPEND.
+pub const GMAIL_CAPABILITY: &str = "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN \
+                                    X-GM-EXT-1 UIDPLUS COMPRESS=DEFLATE ENABLE MOVE CONDSTORE \
+                                    ESEARCH UTF8=ACCEPT LIST-EXTENDED LIST-STATUS LITERAL- \
+                                    SPECIAL-USE APPENDLIMIT=35651584";
+
+static DOVECOT_M365: OnceLock<Dovecot> = OnceLock::new();
+static DOVECOT_GMAIL: OnceLock<Dovecot> = OnceLock::new();
+
+/// A private Dovecot (separator `/`) announcing [`M365_CAPABILITY`]
+/// instead of its own list; it still accepts every command, so tests check
+/// in the `-vv` log that imapbak used only what was announced.
+pub fn dovecot_m365() -> &'static Dovecot {
+    DOVECOT_M365.get_or_init(|| Dovecot::start_with(SEP, "", M365_CAPABILITY))
+}
+
+/// Like [`dovecot_m365`] with [`GMAIL_CAPABILITY`].
+pub fn dovecot_gmail() -> &'static Dovecot {
+    DOVECOT_GMAIL.get_or_init(|| Dovecot::start_with(SEP, "", GMAIL_CAPABILITY))
+}
+
 /// What the exit-time cleanup needs to know.
 struct Cleanup {
     root: PathBuf,
     pid: u32,
     exited: Arc<Mutex<Option<ExitStatus>>>,
+    /// What stops the server (SIGTERM; Courier's unshare needs SIGKILL).
+    signal: libc::c_int,
 }
 
 static CLEANUP: OnceLock<Cleanup> = OnceLock::new();
 /// The second server's cleanup (see [`dovecot_dot`]).
 static CLEANUP_DOT: OnceLock<Cleanup> = OnceLock::new();
+/// The cleanups of the private Cyrus and Courier ([`cyrus`], [`courier`]).
+static CLEANUP_CYRUS: OnceLock<Cleanup> = OnceLock::new();
+static CLEANUP_COURIER: OnceLock<Cleanup> = OnceLock::new();
+static CLEANUP_CYRUS_FLAT: OnceLock<Cleanup> = OnceLock::new();
+/// The Dovecots that announce a provider's capabilities.
+static CLEANUP_DOVECOT_CAPS: [OnceLock<Cleanup>; 2] = [OnceLock::new(), OnceLock::new()];
+static ATEXIT: std::sync::Once = std::sync::Once::new();
+
+fn register_atexit() {
+    ATEXIT.call_once(|| {
+        // SAFETY: registering a plain extern "C" fn.
+        unsafe {
+            libc::atexit(cleanup_at_exit);
+        }
+    });
+}
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,7 +167,15 @@ fn free_ports() -> (u16, u16) {
 /// Spawns `cmd` from a thread that never exits, with PR_SET_PDEATHSIG so
 /// the child is sent SIGTERM when that thread (hence this process) dies.
 /// Returns the child's pid and a slot filled with its exit status.
-fn spawn_bound_to_process(mut cmd: Command) -> io::Result<(u32, Arc<Mutex<Option<ExitStatus>>>)> {
+fn spawn_bound_to_process(cmd: Command) -> io::Result<(u32, Arc<Mutex<Option<ExitStatus>>>)> {
+    spawn_bound_with(cmd, libc::SIGTERM)
+}
+
+/// [`spawn_bound_to_process`] with `signal` instead of SIGTERM.
+fn spawn_bound_with(
+    mut cmd: Command,
+    signal: libc::c_int,
+) -> io::Result<(u32, Arc<Mutex<Option<ExitStatus>>>)> {
     let exited = Arc::new(Mutex::new(None));
     let slot = Arc::clone(&exited);
     let (tx, rx) = mpsc::channel();
@@ -127,8 +185,8 @@ fn spawn_bound_to_process(mut cmd: Command) -> io::Result<(u32, Arc<Mutex<Option
             // SAFETY: prctl is async-signal-safe; nothing else runs between
             // fork and exec.
             unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                         return Err(io::Error::last_os_error());
                     }
                     Ok(())
@@ -161,7 +219,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 extern "C" fn cleanup_at_exit() {
-    for c in [CLEANUP.get(), CLEANUP_DOT.get()].into_iter().flatten() {
+    let all = [
+        CLEANUP.get(),
+        CLEANUP_DOT.get(),
+        CLEANUP_CYRUS.get(),
+        CLEANUP_COURIER.get(),
+        CLEANUP_CYRUS_FLAT.get(),
+        CLEANUP_DOVECOT_CAPS[0].get(),
+        CLEANUP_DOVECOT_CAPS[1].get(),
+    ];
+    for c in all.into_iter().flatten() {
         cleanup_one(c);
     }
 }
@@ -169,7 +236,7 @@ extern "C" fn cleanup_at_exit() {
 fn cleanup_one(c: &Cleanup) {
     // SAFETY: plain kill(2) on our own child.
     unsafe {
-        libc::kill(c.pid as libc::pid_t, libc::SIGTERM);
+        libc::kill(c.pid as libc::pid_t, c.signal);
     }
     if std::env::var_os("IMAPBAK_TEST_KEEP").is_some_and(|v| v == "1") {
         return;
@@ -202,15 +269,17 @@ fn cleanup_one(c: &Cleanup) {
 /// Removes server directories left by test processes that were killed
 /// (SIGKILL, Ctrl-C: no exit handler runs) more than an hour ago.
 fn sweep_stale_dirs() {
+    sweep_stale("imapbak-dovecot-", "srv/run/master.pid");
+}
+
+/// [`sweep_stale_dirs`] for directories named `prefix*` whose server
+/// wrote its pid to `pidfile` (relative to the directory).
+fn sweep_stale(prefix: &str, pidfile: &str) {
     let Ok(rd) = fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for e in rd.flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .starts_with("imapbak-dovecot-")
-        {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
             continue;
         }
         let old = e
@@ -219,7 +288,7 @@ fn sweep_stale_dirs() {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > Duration::from_secs(3600));
-        let pid = fs::read_to_string(e.path().join("srv/run/master.pid"))
+        let pid = fs::read_to_string(e.path().join(pidfile))
             .ok()
             .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
         // SAFETY: kill(pid, 0) only probes for existence.
@@ -257,11 +326,12 @@ fn port_ready(port: u16, greeting: bool) -> bool {
 
 impl Dovecot {
     fn start(sep: char) -> Dovecot {
-        Self::start_with(sep, "")
+        Self::start_with(sep, "", "")
     }
 
-    /// A Dovecot whose INBOX namespace has `prefix` (`INBOX.` as Courier).
-    fn start_with(sep: char, prefix: &str) -> Dovecot {
+    /// A Dovecot whose INBOX namespace has `prefix` (`INBOX.` as Courier)
+    /// and that announces `capability` after login ("": Dovecot's own).
+    fn start_with(sep: char, prefix: &str, capability: &str) -> Dovecot {
         assert!(
             Command::new("dovecot")
                 .arg("--version")
@@ -272,7 +342,7 @@ impl Dovecot {
         );
         let mut last_err = String::new();
         for _attempt in 0..4 {
-            match Self::try_start(sep, prefix) {
+            match Self::try_start(sep, prefix, capability) {
                 Ok(d) => return d,
                 Err((msg, retry)) => {
                     last_err = msg;
@@ -286,7 +356,7 @@ impl Dovecot {
     }
 
     /// Err((diagnostics, worth retrying on other ports)).
-    fn try_start(sep: char, prefix: &str) -> Result<Dovecot, (String, bool)> {
+    fn try_start(sep: char, prefix: &str, capability: &str) -> Result<Dovecot, (String, bool)> {
         sweep_stale_dirs();
         let root = tempfile::Builder::new()
             .prefix("imapbak-dovecot-")
@@ -308,6 +378,7 @@ impl Dovecot {
             .env("IMAPS_PORT", imaps_port.to_string())
             .env("IMAP_SEP", sep.to_string())
             .env("IMAP_PREFIX", prefix)
+            .env("IMAP_CAPABILITY", capability)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -352,19 +423,15 @@ impl Dovecot {
             root: root.clone(),
             pid,
             exited,
+            signal: libc::SIGTERM,
         };
-        match CLEANUP.set(cleanup) {
-            Ok(()) => {
-                // SAFETY: registering a plain extern "C" fn.
-                unsafe {
-                    libc::atexit(cleanup_at_exit);
-                }
-            }
-            // The second server: the handler registered for the first covers it.
-            Err(cleanup) => {
-                let _ = CLEANUP_DOT.set(cleanup);
-            }
-        }
+        // One slot per Dovecot, whichever starts first.
+        let _ = CLEANUP
+            .set(cleanup)
+            .or_else(|c| CLEANUP_DOT.set(c))
+            .or_else(|c| CLEANUP_DOVECOT_CAPS[0].set(c))
+            .or_else(|c| CLEANUP_DOVECOT_CAPS[1].set(c));
+        register_atexit();
         let meta = fs::metadata(dir.join("mail")).expect("stat the server's mail dir");
         eprintln!(
             "private dovecot: pid {pid}, imap 127.0.0.1:{imap_port}, imaps 127.0.0.1:{imaps_port}, dir {}",
@@ -1242,18 +1309,18 @@ impl TestEnv {
     }
 
     /// Like `account_toml_with` for a user of the server `d` (e.g.
-    /// [`dovecot_dot`]).
+    /// [`dovecot_dot`], [`cyrus`], [`courier`]).
     pub fn account_toml_on(
         &self,
-        d: &Dovecot,
+        d: &dyn ImapServer,
         name: &str,
         user: &User,
         tls: Tls,
         extra: &str,
     ) -> String {
         let (port, tls) = match tls {
-            Tls::Implicit => (d.imaps_port, "implicit"),
-            Tls::Starttls => (d.imap_port, "starttls"),
+            Tls::Implicit => (d.imaps_port(), "implicit"),
+            Tls::Starttls => (d.imap_port(), "starttls"),
         };
         let var = Self::password_var(name);
         self.passwords
@@ -1269,7 +1336,7 @@ impl TestEnv {
              ca-file = {cert}\n\
              archive = {archive}\n",
             user_name = toml_str(&user.name),
-            cert = toml_str(&d.cert.display().to_string()),
+            cert = toml_str(&d.cert().display().to_string()),
             archive = toml_str(&self.archive(name).display().to_string()),
         );
         if !extra.is_empty() {

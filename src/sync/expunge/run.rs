@@ -96,7 +96,7 @@ pub async fn expunge_account<R: ExpungeRemote>(
             ),
         );
     }
-    if crate::sync::gmail::is_gmail(|c| conn.has_capability(c)) {
+    if account.gmail && crate::sync::gmail::is_gmail(|c| conn.has_capability(c)) {
         conn.logout().await;
         // An EXPUNGE in a label folder only removes that label, and one in
         // All Mail frees nothing under Gmail's default settings

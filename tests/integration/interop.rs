@@ -804,3 +804,81 @@ fn gmail_capabilities_pull_restore_expunge_use_only_what_is_announced() {
         "the -vv log shows no APPEND; cannot check literals: {sent:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Messages a server refuses or rewrites
+// ---------------------------------------------------------------------------
+
+/// Cyrus refuses some messages Dovecot takes (a NUL byte, bare LF line
+/// ends; PROVIDERS.md, issue 13). Each is reported in the server's words,
+/// the rest is restored, and a rerun adds nothing that already landed
+/// (also for a message the server rewrote at APPEND).
+#[test]
+fn cyrus_refuses_some_messages_in_its_own_words_and_the_restore_goes_on() {
+    let c = support::cyrus();
+    let a = support::dovecot().new_user("io-refuse-a");
+    let b = c.new_user("io-refuse-b");
+    let env = TestEnv::new();
+    let mut toml = env.account_toml("a", &a, "");
+    toml.push_str(&env.account_toml_on(c, "b", &b, support::Tls::Implicit, ""));
+    env.write_config(&toml);
+
+    // The archive is written directly: a pull from Dovecot never holds a
+    // NUL byte (Dovecot serves it as 0x80).
+    let archive = Archive::at(&env.archive("a"));
+    archive.create().unwrap();
+    let inbox = archive.folder("");
+    inbox.create().unwrap();
+    let bodies: [&[u8]; 3] = [
+        b"From: a@example.invalid\r\nSubject: fine\r\nMessage-ID: <fine@x.invalid>\r\n\r\nfine\r\n",
+        b"From: a@example.invalid\r\nSubject: nul\r\nMessage-ID: <nul@x.invalid>\r\n\r\nnul \0 byte\r\n",
+        b"From: a@example.invalid\nSubject: bare lf\nMessage-ID: <lf@x.invalid>\n\nbare line feeds\n",
+    ];
+    let mut entries = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let w = inbox
+            .write_message(7, i as u32 + 1, 1_600_000_000 + i as i64, "S", body, 3)
+            .unwrap();
+        entries.push(w.entry);
+    }
+    inbox.sync().unwrap();
+    inbox.journal(&entries).unwrap();
+
+    let out = env
+        .cmd()
+        .args(["restore", "-a", "a", "--to", "b", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = json(&out);
+    let landed = b.imap().fetch_all("INBOX").len();
+    // Cyrus 3.6's words, as this test saw them.
+    assert_eq!(
+        landed, 1,
+        "only the plain message can land on Cyrus\n{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for words in [
+        "Message contains NUL characters",
+        "Message contains bare newlines",
+    ] {
+        assert!(
+            stderr.contains(words),
+            "`{words}` is not in the errors:\n{stderr}"
+        );
+    }
+    assert_eq!(report["mailboxes"][0]["appended"], 1, "{report:#}");
+
+    // A rerun reports the same refusals and appends nothing again.
+    let out = env
+        .cmd()
+        .args(["restore", "-a", "a", "--to", "b"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        b.imap().fetch_all("INBOX").len(),
+        landed,
+        "the rerun appended again what had landed"
+    );
+}

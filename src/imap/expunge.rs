@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use async_imap::imap_proto::rfc2087::QuotaResourceName;
 use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, ResponseCode};
 
 use super::session::{completion, parse_internaldate};
@@ -241,42 +240,31 @@ impl ExpungeRemote for Connection {
 
     async fn quota_roots(&mut self, mailbox: &str) -> Result<Vec<QuotaRoot>, RemoteError> {
         super::lift(async {
-            let command = format!("GETQUOTAROOT {}", quote(mailbox)?);
-            let mut names: Vec<String> = Vec::new();
-            let mut roots: Vec<QuotaRoot> = Vec::new();
-            self.run(&command, |r| match r {
-                Response::QuotaRoot(q) => {
-                    names.extend(q.quota_root_names.iter().map(|n| n.to_string()));
+            // Raw: Courier answers `* QUOTA "ROOT"` with no resource list
+            // for a user without a quota, which imap-proto cannot parse.
+            let (untagged, tagged) = self
+                .raw_exchange(&format!("GETQUOTAROOT {}", quote(mailbox)?))
+                .await?;
+            // `TAG STATUS text`
+            let mut parts = tagged.splitn(3, ' ').skip(1);
+            let status = parts.next().unwrap_or("").to_ascii_uppercase();
+            let text = parts.next().unwrap_or("").to_string();
+            match status.as_str() {
+                "OK" => {}
+                "NO" => {
+                    return Err(ImapError::No {
+                        command: "GETQUOTAROOT".into(),
+                        text,
+                    })
                 }
-                Response::Quota(q) => roots.push(QuotaRoot {
-                    root: q.root_name.to_string(),
-                    resources: q
-                        .resources
-                        .iter()
-                        .map(|r| QuotaResource {
-                            name: match &r.name {
-                                QuotaResourceName::Storage => "STORAGE".to_string(),
-                                QuotaResourceName::Message => "MESSAGE".to_string(),
-                                QuotaResourceName::Atom(a) => a.to_ascii_uppercase(),
-                            },
-                            usage: r.usage,
-                            limit: r.limit,
-                        })
-                        .collect(),
-                }),
-                _ => {}
-            })
-            .await?;
-            // Roots named but not detailed have no limits; list them empty.
-            for n in names {
-                if !roots.iter().any(|r| r.root == n) {
-                    roots.push(QuotaRoot {
-                        root: n,
-                        resources: Vec::new(),
-                    });
+                _ => {
+                    return Err(ImapError::Bad {
+                        command: "GETQUOTAROOT".into(),
+                        text,
+                    })
                 }
             }
-            Ok(roots)
+            Ok(parse_quota(&untagged))
         })
         .await
     }
@@ -332,5 +320,127 @@ mod tests {
         assert_eq!(modified_of(text).unwrap(), [7, 9, 10, 11]);
         assert_eq!(modified_of("Store completed").unwrap(), Vec::<u32>::new());
         assert!(modified_of("[MODIFIED x] no").is_err());
+    }
+}
+
+/// The quota roots of a GETQUOTAROOT reply's untagged lines (RFC 2087 /
+/// 9208): `* QUOTAROOT mailbox root...` and `* QUOTA root (NAME usage
+/// limit ...)`, the list also accepted missing (Courier without a quota).
+/// Roots named but not detailed have no limits and are listed empty.
+pub fn parse_quota(lines: &[String]) -> Vec<QuotaRoot> {
+    let mut names: Vec<String> = Vec::new();
+    let mut roots: Vec<QuotaRoot> = Vec::new();
+    for line in lines {
+        let tokens = tokens(line);
+        let [star, verb, rest @ ..] = tokens.as_slice() else {
+            continue;
+        };
+        if star != "*" {
+            continue;
+        }
+        if verb.eq_ignore_ascii_case("QUOTAROOT") {
+            names.extend(rest.iter().skip(1).cloned());
+        } else if verb.eq_ignore_ascii_case("QUOTA") {
+            let Some(root) = rest.first() else { continue };
+            let list: Vec<&String> = rest[1..]
+                .iter()
+                .filter(|t| *t != "(" && *t != ")")
+                .collect();
+            let resources = list
+                .chunks(3)
+                .filter_map(|c| match c {
+                    [name, usage, limit] => Some(QuotaResource {
+                        name: name.to_ascii_uppercase(),
+                        usage: usage.parse().ok()?,
+                        limit: limit.parse().ok()?,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            roots.push(QuotaRoot {
+                root: root.clone(),
+                resources,
+            });
+        }
+    }
+    for n in names {
+        if !roots.iter().any(|r| r.root == n) {
+            roots.push(QuotaRoot {
+                root: n,
+                resources: Vec::new(),
+            });
+        }
+    }
+    roots
+}
+
+/// Atoms, quoted strings (unescaped) and parentheses of one response line.
+fn tokens(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        match c {
+            ' ' => {
+                chars.next();
+            }
+            '(' | ')' => {
+                out.push(c.to_string());
+                chars.next();
+            }
+            '"' => {
+                chars.next();
+                let mut s = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => s.extend(chars.next()),
+                        c => s.push(c),
+                    }
+                }
+                out.push(s);
+            }
+            _ => {
+                let mut s = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c == ' ' || c == '(' || c == ')' {
+                        break;
+                    }
+                    s.push(c);
+                    chars.next();
+                }
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+
+    #[test]
+    fn quota_replies_with_and_without_a_resource_list() {
+        let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let r = parse_quota(&lines(&[
+            r#"* QUOTAROOT "INBOX" "" "User quota""#,
+            r#"* QUOTA "" (STORAGE 10 512 MESSAGE 3 1000)"#,
+            r#"* QUOTA "User quota" (storage 1 2)"#,
+        ]));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].root, "");
+        assert_eq!(r[0].resources[1].name, "MESSAGE");
+        assert_eq!(
+            (r[0].resources[0].usage, r[0].resources[0].limit),
+            (10, 512)
+        );
+        assert_eq!(r[1].resources[0].name, "STORAGE");
+        // Courier, a user without a quota file.
+        let r = parse_quota(&lines(&[
+            r#"* QUOTAROOT "INBOX" "ROOT""#,
+            r#"* QUOTA "ROOT""#,
+        ]));
+        assert_eq!(r.len(), 1);
+        assert!(r[0].resources.is_empty());
     }
 }

@@ -3,9 +3,10 @@
 //! `Sent` and put it back under whatever prefix a target uses.
 //!
 //! imap-proto 0.17 cannot parse a NAMESPACE reply (the whole connection
-//! would fail on it), so this one exchange is done beside async-imap: sent
-//! and read raw on the session's stream right after CAPABILITY, when
-//! nothing else is in flight. Bytes still go through the framing guard.
+//! would fail on it), nor Courier's `* QUOTA "ROOT"` without a resource
+//! list, so such exchanges are done beside async-imap ([`raw_exchange`]):
+//! sent and read raw on the session's stream when nothing else is in
+//! flight. Bytes still go through the framing guard.
 
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
@@ -29,33 +30,50 @@ impl Connection {
         if !self.caps.contains("NAMESPACE") {
             return Ok(None);
         }
-        log::debug!("> {TAG} NAMESPACE");
+        let (untagged, _) = self.raw_exchange("NAMESPACE").await?;
+        Ok(untagged.iter().find_map(|line| {
+            let rest = line.strip_prefix("* ")?;
+            (rest.len() > 10 && rest[..10].eq_ignore_ascii_case("NAMESPACE "))
+                .then(|| parse_personal(&rest[10..]))
+                .flatten()
+        }))
+    }
+
+    /// Sends `command` and reads its reply line by line, beside async-imap,
+    /// for the replies imap-proto 0.17 cannot parse (a parse error would
+    /// end the connection): the untagged lines and the tagged one. Only
+    /// when nothing else is in flight; replies carrying literals are not
+    /// supported (the commands using this never get one).
+    pub(crate) async fn raw_exchange(
+        &mut self,
+        command: &str,
+    ) -> Result<(Vec<String>, String), ImapError> {
+        log::debug!("> {TAG} {command}");
         let t = self.timeout;
         let stream = self.session.get_mut();
         let exchange = async {
             stream
-                .write_all(format!("{TAG} NAMESPACE\r\n").as_bytes())
+                .write_all(format!("{TAG} {command}\r\n").as_bytes())
                 .await?;
             stream.flush().await?;
             let mut buf = Vec::new();
-            let mut found = None;
+            let mut untagged = Vec::new();
             for _ in 0..MAX_LINES {
                 let line = read_line(stream, &mut buf).await?;
-                log::debug!("< {}", line.trim_end());
-                if let Some(rest) = line.strip_prefix("* ") {
-                    if rest.len() > 10 && rest[..10].eq_ignore_ascii_case("NAMESPACE ") {
-                        found = parse_personal(&rest[10..]);
-                    }
-                } else if line.starts_with(&format!("{TAG} ")) {
-                    return Ok(found);
+                let line = line.trim_end().to_string();
+                log::debug!("< {line}");
+                if line.starts_with(&format!("{TAG} ")) {
+                    return Ok((untagged, line));
                 }
+                untagged.push(line);
             }
-            Err(ImapError::Protocol(
-                "no end to the NAMESPACE reply".to_string(),
-            ))
+            Err(ImapError::Protocol(format!(
+                "no end to the reply to {}",
+                command.split(' ').next().unwrap_or(command)
+            )))
         };
         timeout(t, exchange).await.map_err(|_| ImapError::Timeout {
-            what: "NAMESPACE".into(),
+            what: command.split(' ').next().unwrap_or(command).to_string(),
             secs: t.as_secs(),
         })?
     }

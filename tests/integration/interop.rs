@@ -882,3 +882,34 @@ fn cyrus_refuses_some_messages_in_its_own_words_and_the_restore_goes_on() {
         "the rerun appended again what had landed"
     );
 }
+
+/// A Courier user without a quota file gets `* QUOTA "ROOT"` with no
+/// resource list (seen on Courier-IMAP 5 here); quota and expunge must
+/// read it as "no limit", not fail the connection.
+#[test]
+fn courier_without_a_quota_file_has_no_limit_and_expunge_still_runs() {
+    let c = support::courier();
+    let user = c.new_user("io-noquota");
+    let mut imap = user.imap();
+    imap.append("INBOX", &[], "01-Jan-2020 10:00:00 +0000", &mail::plain(1));
+    imap.logout();
+    let size_file = user.maildir.join("maildirsize");
+    if size_file.exists() {
+        fs::remove_file(&size_file).unwrap();
+    }
+    let env = env_for(c, &user);
+    let report = run_json(&env, &["quota"]);
+    let roots = report["accounts"][0]["roots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        roots
+            .iter()
+            .all(|r| r["resources"].as_array().is_none_or(|v| v.is_empty())),
+        "{report:#}"
+    );
+    run(&env, &["pull", "--quiet"], 0);
+    let report = run_json(&env, &["expunge", "--older-than", "1y"]);
+    assert_eq!(total(&report, "expunged"), 1, "{report:#}");
+}

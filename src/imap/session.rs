@@ -22,8 +22,8 @@ use super::probe::{await_greeting, is_plain_imap, FirstBytes};
 use super::{quote, uid_set, ImapError};
 use crate::mutf7;
 use crate::sync::remote::{
-    FetchedMessage, GmailMeta, ListedMailbox, MailboxStatus, MessageSink, Namespace, Remote,
-    RemoteError, RemoteFlags, Selected, SpecialUse,
+    AlongWith, Examination, FetchedMessage, GmailMeta, ListedMailbox, MailboxStatus, MessageSink,
+    Namespace, Remote, RemoteError, RemoteFlags, Selected, SpecialUse,
 };
 
 /// The byte stream under the IMAP session: TLS, optionally wrapped in
@@ -705,6 +705,14 @@ impl Remote for Connection {
         .await
     }
 
+    async fn examine_with(
+        &mut self,
+        raw: &str,
+        along: AlongWith,
+    ) -> Result<Examination, RemoteError> {
+        super::lift(self.examine_pipelined(raw, along)).await
+    }
+
     async fn uid_sizes(&mut self, from: u32) -> Result<Vec<(u32, u32)>, RemoteError> {
         super::lift(async {
             let mut out = Vec::new();
@@ -861,11 +869,131 @@ impl Remote for Connection {
     }
 
     async fn logout(mut self) {
-        let _ = timeout(Duration::from_secs(2), self.session.logout()).await;
+        // LOGOUT is sent, its answer not awaited: the session ends either
+        // way, and on a real link the wait is a whole round trip.
+        let _ = timeout(Duration::from_secs(2), self.send("LOGOUT")).await;
+        let _ = timeout(Duration::from_secs(2), self.session.get_mut().shutdown()).await;
     }
 }
 
 impl Connection {
+    /// EXAMINE and the FETCHes `along` asks for, sent at once and answered
+    /// in one flight. Responses come back in command order (RFC 3501 5.5:
+    /// a server runs the commands of one client in order when they touch
+    /// the same mailbox), so what arrives before EXAMINE's tagged reply is
+    /// EXAMINE's; the FETCH replies are told apart by what they carry. A
+    /// FETCH refused because the mailbox turned out empty is no failure.
+    async fn examine_pipelined(
+        &mut self,
+        raw: &str,
+        along: AlongWith,
+    ) -> Result<Examination, ImapError> {
+        let condstore = self.has_capability("CONDSTORE");
+        let examine = format!(
+            "EXAMINE {}{}",
+            quote(raw)?,
+            if condstore { " (CONDSTORE)" } else { "" }
+        );
+        let flags_cmd = along.flags.map(|since| match since {
+            Some(m) if condstore => format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})"),
+            _ => "UID FETCH 1:* (UID FLAGS)".to_string(),
+        });
+        let from = along.sizes_from.map(|f| f.max(1));
+        let sizes_cmd = from.map(|f| format!("UID FETCH {f}:* (UID RFC822.SIZE)"));
+        self.examined = false;
+        let mut commands: Vec<(RequestId, &str)> = vec![(self.send(&examine).await?, &examine)];
+        for c in flags_cmd.iter().chain(sizes_cmd.iter()) {
+            commands.push((self.send(c).await?, c));
+        }
+        let mut out = Examination::default();
+        let mut results: Vec<Option<Result<(), ImapError>>> =
+            commands.iter().map(|_| None).collect();
+        let mut responses = 0usize;
+        while results.iter().any(Option::is_none) {
+            responses += 1;
+            if responses > MAX_UNTAGGED {
+                return Err(ImapError::Protocol(format!(
+                    "server sent more than {MAX_UNTAGGED} responses to EXAMINE"
+                )));
+            }
+            let examined = results[0].is_some();
+            let sel = &mut out.selected;
+            let (flags, sizes) = (&mut out.flags, &mut out.sizes);
+            let done = self
+                .next(|r| {
+                    for (i, (tag, command)) in commands.iter().enumerate() {
+                        if let Some(result) = completion(r, tag, command) {
+                            let bye = matches!(result, Err(ImapError::Bye(_)));
+                            return Some((i, result, bye));
+                        }
+                    }
+                    match r {
+                        Response::Data { outcome, .. } if !examined => match outcome.code {
+                            Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,
+                            Some(ResponseCode::UidNext(v)) => sel.uidnext = v,
+                            Some(ResponseCode::HighestModSeq(v)) => sel.highestmodseq = Some(v),
+                            _ => {}
+                        },
+                        Response::MailboxData(MailboxDatum::Exists(n)) if !examined => {
+                            sel.exists = *n
+                        }
+                        Response::Fetch(_, attrs) if examined => {
+                            let (mut uid, mut size, mut f) = (None, None, None);
+                            for a in attrs {
+                                match a {
+                                    AttributeValue::Uid(u) => uid = Some(*u),
+                                    AttributeValue::Rfc822Size(s) => size = Some(*s),
+                                    AttributeValue::Flags(v) => {
+                                        f = Some(v.iter().map(|s| s.to_string()).collect())
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            match (uid, size, f) {
+                                // `n:*` returns the last message even when its UID < n.
+                                (Some(uid), Some(size), _) if from.is_some_and(|f| uid >= f) => {
+                                    sizes.push((uid, size))
+                                }
+                                (Some(uid), None, Some(flags_now)) if along.flags.is_some() => {
+                                    flags.push(RemoteFlags {
+                                        uid,
+                                        flags: flags_now,
+                                    })
+                                }
+                                _ => {}
+                            }
+                        }
+                        _ => {}
+                    }
+                    None
+                })
+                .await?;
+            if let Some((i, result, bye)) = done {
+                if bye {
+                    return Err(result.expect_err("a BYE is an error"));
+                }
+                results[i] = Some(result);
+            }
+        }
+        let mut results = results.into_iter().map(|r| r.expect("all answered"));
+        results.next().expect("EXAMINE")?;
+        if out.selected.uidvalidity == 0 {
+            return Err(ImapError::Protocol(format!(
+                "server sent no UIDVALIDITY for `{raw}`"
+            )));
+        }
+        self.examined = true;
+        for r in results {
+            match r {
+                Err(ImapError::No { .. } | ImapError::Bad { .. }) if out.selected.exists == 0 => {}
+                other => other?,
+            }
+        }
+        out.sizes.sort_unstable();
+        out.sizes.dedup_by_key(|e| e.0);
+        Ok(out)
+    }
+
     /// STATUS (with HIGHESTMODSEQ) of every mailbox in `raws`, the commands
     /// pipelined. A mailbox the server refuses STATUS for gets none.
     async fn status_pipelined(

@@ -163,6 +163,24 @@ pub struct Selected {
     pub highestmodseq: Option<u64>,
 }
 
+/// What to ask together with an EXAMINE ([`Remote::examine_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AlongWith {
+    /// `Some(None)`: every message's flags; `Some(Some(m))`: those changed
+    /// since MODSEQ `m`; `None`: no flags.
+    pub flags: Option<Option<u64>>,
+    /// UIDs and sizes from this UID on.
+    pub sizes_from: Option<u32>,
+}
+
+/// The answers to [`Remote::examine_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Examination {
+    pub selected: Selected,
+    pub flags: Vec<RemoteFlags>,
+    pub sizes: Vec<(u32, u32)>,
+}
+
 /// Flags of one message, as `UID FETCH (FLAGS)` reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteFlags {
@@ -207,6 +225,33 @@ pub trait Remote: Send {
 
     /// Opens `raw` read-only (EXAMINE, with CONDSTORE when offered).
     fn examine(&mut self, raw: &str) -> impl Future<Output = Result<Selected, RemoteError>> + Send;
+
+    /// EXAMINE, then what `along` asks, as one flight where the server
+    /// allows (pipelined: one round trip instead of three). The flags and
+    /// sizes are of the mailbox as it is now; a caller whose guess of the
+    /// generation was wrong asks again. The default sends them one by one.
+    fn examine_with(
+        &mut self,
+        raw: &str,
+        along: AlongWith,
+    ) -> impl Future<Output = Result<Examination, RemoteError>> + Send {
+        async move {
+            let selected = self.examine(raw).await?;
+            let flags = match along.flags {
+                Some(since) if selected.exists > 0 => self.flags(since).await?,
+                _ => Vec::new(),
+            };
+            let sizes = match along.sizes_from {
+                Some(from) if selected.exists > 0 => self.uid_sizes(from).await?,
+                _ => Vec::new(),
+            };
+            Ok(Examination {
+                selected,
+                flags,
+                sizes,
+            })
+        }
+    }
 
     /// UIDs and RFC822.SIZE of the selected mailbox's messages with UID >= `from`.
     fn uid_sizes(

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::PullOptions;
 use crate::archive::{flags_to_letters, FolderIndex, Keywords, Status};
 use crate::report::human_bytes;
-use crate::sync::remote::{GmailMeta, MailboxStatus, RemoteFlags, Selected};
+use crate::sync::remote::{AlongWith, GmailMeta, MailboxStatus, RemoteFlags, Selected};
 
 /// True when the listing proves nothing changed since the last pull: same
 /// UIDVALIDITY, no new UID, nothing left behind, and (with CONDSTORE) no
@@ -132,6 +132,26 @@ pub fn flag_query(prior: &Status, sel: &Selected, nothing_held: bool) -> FlagQue
         Some(since) if same_gen && sel.highestmodseq.is_some() => FlagQuery::ChangedSince(since),
         _ => FlagQuery::All,
     }
+}
+
+/// What to ask in the same flight as EXAMINE, guessing that the mailbox
+/// is still the generation of the last pull (almost always true): the flags
+/// changed since its MODSEQ and the UIDs from its floor. Nothing on a first
+/// pull, which has no generation to guess.
+pub fn speculate(prior: &Status, index: &FolderIndex) -> AlongWith {
+    if prior.uidvalidity == 0 {
+        return AlongWith::default();
+    }
+    let held = index.uids(prior.uidvalidity).next().is_some();
+    AlongWith {
+        flags: held.then_some(prior.highestmodseq),
+        sizes_from: Some(fetch_from(prior, index, prior.uidvalidity)),
+    }
+}
+
+/// Whether the guess of [`speculate`] held: the same generation.
+pub fn speculation_holds(prior: &Status, sel: &Selected) -> bool {
+    prior.uidvalidity != 0 && prior.uidvalidity == sel.uidvalidity
 }
 
 /// Gmail's labels with flags ([`FlagQuery`] for `gmail_meta`): skipped
@@ -407,6 +427,40 @@ mod tests {
         );
         assert_eq!(q(selected(2, 9, Some(7)), false), FlagQuery::All);
         assert_eq!(q(selected(1, 9, None), false), FlagQuery::All);
+    }
+
+    #[test]
+    fn speculation_asks_what_the_last_generation_needs_and_holds_only_for_it() {
+        let mut prior = Status::default();
+        let mut index = FolderIndex::default();
+        assert_eq!(speculate(&prior, &index), AlongWith::default());
+        prior.uidvalidity = 4;
+        prior.floor = 30;
+        prior.highestmodseq = Some(9);
+        assert_eq!(
+            speculate(&prior, &index),
+            AlongWith {
+                flags: None,
+                sizes_from: Some(30)
+            }
+        );
+        index.entries.insert(
+            (4, 1),
+            crate::archive::JournalEntry {
+                uidvalidity: 4,
+                uid: 1,
+                size: 1,
+                sha256: String::new(),
+                base: "b".into(),
+            },
+        );
+        assert_eq!(speculate(&prior, &index).flags, Some(Some(9)));
+        assert!(speculation_holds(&prior, &selected(4, 31, Some(9))));
+        assert!(!speculation_holds(&prior, &selected(5, 31, Some(9))));
+        assert!(!speculation_holds(
+            &Status::default(),
+            &selected(4, 31, None)
+        ));
     }
 
     #[test]

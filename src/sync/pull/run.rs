@@ -13,8 +13,8 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::plan::{
-    fetch_from, flag_query, gmail_query, needs_listing, next_floor, plan_mailbox, unchanged,
-    Examined, FlagQuery, MailboxPlan,
+    fetch_from, flag_query, gmail_query, needs_listing, next_floor, plan_mailbox, speculate,
+    speculation_holds, unchanged, Examined, FlagQuery, MailboxPlan,
 };
 use super::report::{AccountReport, MailboxReport};
 use super::PullOptions;
@@ -392,7 +392,35 @@ async fn examine<R: Remote>(
     index: &FolderIndex,
     gmail: bool,
 ) -> Result<Examined, Failure> {
-    let selected = conn.examine(raw).await?;
+    let selected = if gmail {
+        conn.examine(raw).await?
+    } else {
+        // EXAMINE, the flags and the sizes in one flight when the guess of
+        // the generation holds (round trips are what a real link costs).
+        let ex = conn.examine_with(raw, speculate(prior, index)).await?;
+        if speculation_holds(prior, &ex.selected) {
+            let sel = ex.selected;
+            let nothing_held = index.uids(sel.uidvalidity).next().is_none();
+            let flags = match flag_query(prior, &sel, nothing_held) {
+                FlagQuery::Skip => Vec::new(),
+                _ => ex.flags,
+            };
+            let from = fetch_from(prior, index, sel.uidvalidity);
+            let sizes = if needs_listing(&sel, from) {
+                ex.sizes
+            } else {
+                Vec::new()
+            };
+            return Ok(Examined {
+                selected: sel,
+                flags,
+                sizes,
+                from,
+                gmail: Vec::new(),
+            });
+        }
+        ex.selected
+    };
     let uv = selected.uidvalidity;
     let nothing_held = index.uids(uv).next().is_none();
     let mut meta = Vec::new();

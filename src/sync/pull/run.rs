@@ -26,7 +26,7 @@ use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
 use crate::sync::mailboxes::{choose_mailboxes_in, record, Naming, Target};
 use crate::sync::pool::{self, Slot, Step, Task};
-use crate::sync::remote::{FetchedMessage, MessageSink, Remote, RemoteError};
+use crate::sync::remote::{ErrorKind, FetchedMessage, MessageSink, Remote, RemoteError};
 
 struct Ctx {
     archive: Archive,
@@ -121,6 +121,7 @@ where
     let budget_kib = (opts.memory_budget / 1024).clamp(1, u32::MAX as u64) as u32;
     let jobs = opts.jobs;
     let task = Arc::new(PullTask {
+        carried: Default::default(),
         ctx: Ctx {
             archive,
             account: account.clone(),
@@ -217,6 +218,7 @@ pub fn connect_error(account: &Account, e: &RemoteError) -> String {
 /// listing cannot prove the mailbox unchanged.
 struct PullTask<R, F> {
     ctx: Ctx,
+    carried: std::sync::Mutex<std::collections::HashMap<String, MailboxReport>>,
     connect: F,
     _conn: PhantomData<fn() -> R>,
 }
@@ -235,16 +237,34 @@ where
         (self.connect)()
     }
 
-    async fn work(&self, slot: &mut Slot<R>, t: &mut Target, _attempt: u32) -> Step<MailboxReport> {
-        let mut rep = MailboxReport {
+    async fn work(&self, slot: &mut Slot<R>, t: &mut Target, attempt: u32) -> Step<MailboxReport> {
+        // What earlier attempts at this mailbox did (their counts add up).
+        let carried = self.carried.lock().expect("carried lock").remove(&t.folder);
+        let mut rep = carried.unwrap_or_else(|| MailboxReport {
             name: t.mailbox.name.clone(),
             folder: t.folder.clone(),
             outcome: "fetched",
             ..Default::default()
-        };
+        });
         match pull_mailbox(slot, self, t, &self.ctx, &mut rep).await {
             Ok(()) => Step::Done(rep),
             Err(Failure::Unreached(e)) => Step::Unreached(e),
+            Err(Failure::Remote(e))
+                if matches!(e.kind(), ErrorKind::Closed | ErrorKind::Broken)
+                    && attempt < self.ctx.opts.attempts_after_close =>
+            {
+                // What was archived is in the journal: the next attempt
+                // plans again and fetches only the rest.
+                log::info!(
+                    "the server ended the session while pulling `{}` ({e}); reconnecting",
+                    t.mailbox.name
+                );
+                self.carried
+                    .lock()
+                    .expect("carried lock")
+                    .insert(t.folder.clone(), rep);
+                Step::Retry(e.to_string())
+            }
             Err(e) => {
                 rep.outcome = "failed";
                 rep.errors.push(e.to_string());

@@ -75,13 +75,64 @@ fn desc(d: &Option<String>) -> String {
     }
 }
 
-/// The HTTP client: no redirects (the oauth2 crate's advice against SSRF),
-/// bounded time.
-pub fn http() -> ureq::Agent {
-    ureq::AgentBuilder::new()
+/// A failure of the HTTP client (no body, no secret in it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HttpError(String);
+
+/// The HTTP client handed to the oauth2 crate: ureq with no redirects (the
+/// oauth2 crate's advice against SSRF) and bounded time. Not the crate's
+/// own ureq glue: that turns every 4xx into a transport error, and RFC 6749
+/// 5.2 sends `invalid_grant` as a 400 whose JSON body we need.
+fn http() -> impl Fn(oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+    let agent = ureq::AgentBuilder::new()
         .redirects(0)
         .timeout(Duration::from_secs(30))
-        .build()
+        .build();
+    move |request| send(&agent, request)
+}
+
+fn send(
+    agent: &ureq::Agent,
+    request: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, HttpError> {
+    use std::io::Read;
+    let uri = request.uri().to_string();
+    let post = request.method() == oauth2::http::Method::POST;
+    let mut req = if post {
+        agent.post(&uri)
+    } else {
+        agent.get(&uri)
+    };
+    for (name, value) in request.headers() {
+        let v = value
+            .to_str()
+            .map_err(|_| HttpError(format!("invalid `{name}` header value")))?;
+        req = req.set(name.as_str(), v);
+    }
+    let result = if post {
+        req.send_bytes(request.body())
+    } else {
+        req.call()
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(ureq::Error::Transport(t)) => return Err(HttpError(t.to_string())),
+    };
+    let status = response.status();
+    let content_type = response.header("content-type").map(str::to_string);
+    let mut body = Vec::new();
+    response
+        .into_reader()
+        .take(1 << 20)
+        .read_to_end(&mut body)
+        .map_err(|e| HttpError(e.to_string()))?;
+    let mut b = oauth2::http::Response::builder().status(status);
+    if let Some(ct) = content_type {
+        b = b.header(oauth2::http::header::CONTENT_TYPE, ct);
+    }
+    b.body(body).map_err(|e| HttpError(e.to_string()))
 }
 
 fn client(b: &Builtin, secret: Option<String>) -> Result<Client, FlowError> {

@@ -10,6 +10,7 @@ mod fakes;
 mod faults;
 mod harness;
 mod namespace;
+mod oauth2;
 mod perf;
 mod pull;
 mod restore;

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod mail;
+pub mod oauth;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -262,6 +263,12 @@ impl Dovecot {
 
     /// A Dovecot whose INBOX namespace has `prefix` (`INBOX.` as Courier).
     fn start_with(sep: char, prefix: &str) -> Dovecot {
+        Self::start_env(sep, prefix, &[])
+    }
+
+    /// Like `start_with`, with extra variables for scripts/dovecot.sh
+    /// (e.g. `OAUTH2_INTROSPECT_URL`, see tests/support/oauth.rs).
+    pub(crate) fn start_env(sep: char, prefix: &str, env: &[(&str, String)]) -> Dovecot {
         assert!(
             Command::new("dovecot")
                 .arg("--version")
@@ -272,7 +279,7 @@ impl Dovecot {
         );
         let mut last_err = String::new();
         for _attempt in 0..4 {
-            match Self::try_start(sep, prefix) {
+            match Self::try_start(sep, prefix, env) {
                 Ok(d) => return d,
                 Err((msg, retry)) => {
                     last_err = msg;
@@ -286,7 +293,11 @@ impl Dovecot {
     }
 
     /// Err((diagnostics, worth retrying on other ports)).
-    fn try_start(sep: char, prefix: &str) -> Result<Dovecot, (String, bool)> {
+    fn try_start(
+        sep: char,
+        prefix: &str,
+        env: &[(&str, String)],
+    ) -> Result<Dovecot, (String, bool)> {
         sweep_stale_dirs();
         let root = tempfile::Builder::new()
             .prefix("imapbak-dovecot-")
@@ -308,6 +319,7 @@ impl Dovecot {
             .env("IMAPS_PORT", imaps_port.to_string())
             .env("IMAP_SEP", sep.to_string())
             .env("IMAP_PREFIX", prefix)
+            .envs(env.iter().map(|(k, v)| (*k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

@@ -297,7 +297,9 @@ async fn pull_mailbox<T: Task>(
         folder.create()?;
     }
     if unchanged(t.mailbox.status, &prior) {
-        rep.outcome = "unchanged";
+        if rep.fetched == 0 {
+            rep.outcome = "unchanged";
+        }
         return Ok(());
     }
     let index = tokio::task::block_in_place(|| {
@@ -417,7 +419,7 @@ async fn apply<R: Remote>(
     let mut failed: Vec<u32> = Vec::new();
     let mut first_error: Option<Failure> = None;
     if planned.is_empty() {
-        if changes.is_empty() {
+        if changes.is_empty() && rep.fetched == 0 {
             rep.outcome = "unchanged";
         }
     } else {
@@ -427,10 +429,11 @@ async fn apply<R: Remote>(
             fetch_planned(conn, t, ctx, folder, index, &keywords, &plan).await;
         first_error = fetch_error;
         ctx.progress.mailbox_finished(&t.mailbox.name);
-        rep.fetched = out.stored.len() as u64;
-        rep.bytes = out.bytes;
-        rep.bytes_on_disk = out.compressed;
-        rep.deduplicated = out.dedup;
+        // `+=`: an attempt after a reconnect adds to the earlier ones.
+        rep.fetched += out.stored.len() as u64;
+        rep.bytes += out.bytes;
+        rep.bytes_on_disk += out.compressed;
+        rep.deduplicated += out.dedup;
         if let Some(e) = out.error {
             // The writer's failure is the cause; the fetch error it caused is noise.
             first_error = Some(e.into());

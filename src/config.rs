@@ -396,7 +396,13 @@ fn resolve_oauth2(
         });
     }
     let flow = f.oauth2_flow.unwrap_or_default();
-    let client_id = f.oauth2_client_id.context(format!(
+    // A service account's key file names its client; others need an id.
+    let client_id = match (f.oauth2_client_id, flow) {
+        (Some(id), _) => Some(id),
+        (None, Flow::ServiceAccount) => Some(String::new()),
+        (None, _) => None,
+    };
+    let client_id = client_id.context(format!(
         "no `oauth2-client-id` (and no `oauth2-token-command`)\nhint: set `oauth2-client-id` to your OAuth2 client's id (README: \"Gmail, Microsoft 365 and other OAuth2 providers\"), or `oauth2-token-command` to a helper that prints a token; then run `imapbak login {name}`"
     ))?;
     let client_secret = password_source(

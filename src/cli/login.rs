@@ -114,8 +114,8 @@ pub fn run(cmd: LoginCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
             account.name
         )
     })?;
-    let tokens =
-        TokenProvider::new(&account.name, oauth2).map_err(|e| anyhow!("{e}\nhint: {}", e.hint))?;
+    let tokens = TokenProvider::new(&account.name, &account.user, oauth2)
+        .map_err(|e| anyhow!("{e}\nhint: {}", e.hint))?;
     match tokens.login(cmd.device, &mut Terminal, Duration::from_secs(cmd.timeout)) {
         Ok(stored) => {
             eprintln!(

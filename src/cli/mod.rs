@@ -210,7 +210,7 @@ impl Connector {
             Some(o) => (
                 String::new(),
                 Some(Arc::new(
-                    crate::oauth::TokenProvider::new(&account.name, o)
+                    crate::oauth::TokenProvider::new(&account.name, &account.user, o)
                         .map_err(|e| anyhow::anyhow!("{e}\nhint: {}", e.hint))?,
                 )),
             ),

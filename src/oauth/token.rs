@@ -46,6 +46,8 @@ impl std::fmt::Debug for AccessToken {
 /// One account's token source, shared by all its connections.
 pub struct TokenProvider {
     account: String,
+    /// The mailbox (`user`): the JWT's `sub` for a service account.
+    user: String,
     source: TokenSource,
     store_path: PathBuf,
     /// What is known now (loaded from the store on first use).
@@ -60,13 +62,14 @@ fn now() -> i64 {
 }
 
 impl TokenProvider {
-    pub fn new(account: &str, o: &OAuth2) -> Result<TokenProvider, TokenError> {
+    pub fn new(account: &str, user: &str, o: &OAuth2) -> Result<TokenProvider, TokenError> {
         let store_path = store::path_for(account).map_err(|e| TokenError {
             message: format!("{e:#}"),
             hint: "set XDG_STATE_HOME".into(),
         })?;
         Ok(TokenProvider {
             account: account.to_string(),
+            user: user.to_string(),
             source: o.source.clone(),
             store_path,
             state: Mutex::new(None),
@@ -162,10 +165,11 @@ impl TokenProvider {
                 flow::client_credentials(b, secret).map_err(|e| self.flow_error(e))?
             }
             Flow::ServiceAccount => {
-                return Err(TokenError {
-                    message: "`oauth2-flow = \"service-account\"` is not built in yet".into(),
-                    hint: "use `oauth2-token-command` with a helper that signs the JWT (e.g. `gcloud auth print-access-token --impersonate-service-account`)".into(),
-                })
+                let key = b.service_account_key.as_deref().ok_or_else(|| TokenError {
+                    message: "no `oauth2-service-account-key`".into(),
+                    hint: "set it to the service account's JSON key file".into(),
+                })?;
+                flow::service_account(b, key, &self.user).map_err(|e| self.flow_error(e))?
             }
         };
         let stored = self.merge(b, &current, &granted);

@@ -533,3 +533,31 @@ fn client_credentials_need_no_login() {
     assert!(!token_file(&env, "m").exists());
     assert_no_secret(&env, &[&out], &[]);
 }
+
+#[test]
+fn a_service_account_signs_a_jwt_for_the_user_and_needs_no_login() {
+    let d = dovecot_oauth();
+    let user = d.new_user("workspace");
+    seed(d, &user, 2);
+    let env = TestEnv::new();
+    let (key, client) = auth_server().service_account(&user.name, env.path());
+    let keys = format!(
+        "oauth2-flow = \"service-account\"\noauth2-service-account-key = {}\noauth2-token-url = {}\noauth2-scopes = [\"https://mail.google.com/\"]\n",
+        toml_str(&key.display().to_string()),
+        toml_str(&auth_server().url("/token")),
+    );
+    env.write_config(&oauth_toml(&env, d, "w", &user, d.imaps_port, &keys));
+    let out = run(&env, &["-vv", "pull"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(support::folder_files(&env.archive("w"), "").len(), 2);
+    assert_eq!(auth_server().grants(&client, "jwt-bearer"), 1);
+    assert_no_secret(&env, &[&out], &[&key]);
+
+    // Another user's mailbox is refused by the token endpoint: exit 3.
+    let other = d.new_user("notdelegated");
+    env.write_config(&oauth_toml(&env, d, "w", &other, d.imaps_port, &keys));
+    let out = run(&env, &["pull"], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("unauthorized_client"), "{err}");
+}

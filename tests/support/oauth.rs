@@ -36,6 +36,8 @@ struct ClientReg {
     user: String,
     secret: Option<String>,
     access_ttl: u64,
+    /// A service account's RSA public key (PKCS#1 DER).
+    public_key: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -153,9 +155,81 @@ impl AuthServer {
                 user: user.to_string(),
                 secret: secret.clone(),
                 access_ttl: ttl,
+                public_key: None,
             },
         );
         Client { id, secret }
+    }
+
+    /// A service account allowed to act for `user`: writes Google's JSON
+    /// key file format (`client_email`, `private_key` PKCS#8 PEM) into
+    /// `dir` and returns its path and the account as a client.
+    pub fn service_account(
+        &self,
+        user: &str,
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, Client) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let email = format!("backup-{n}@project.iam.gserviceaccount.com");
+        let pem = dir.join("sa-key.pem");
+        let der = dir.join("sa-pub.der");
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&pem)
+            .output()
+            .unwrap()
+            .status
+            .success()
+            && std::process::Command::new("openssl")
+                .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+                .arg(&pem)
+                .arg("-out")
+                .arg(&der)
+                .output()
+                .unwrap()
+                .status
+                .success();
+        assert!(ok, "openssl could not make an RSA key");
+        let key_pem = std::fs::read_to_string(&pem).unwrap();
+        let public = std::fs::read(&der).unwrap();
+        std::fs::remove_file(&pem).unwrap();
+        std::fs::remove_file(&der).unwrap();
+        let file = dir.join("service-account.json");
+        std::fs::write(
+            &file,
+            serde_json::json!({
+                "type": "service_account",
+                "client_email": email,
+                "private_key": key_pem,
+                "token_uri": self.url("/token"),
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let mut st = self.state.lock().unwrap();
+        st.clients.insert(
+            email.clone(),
+            ClientReg {
+                user: user.to_string(),
+                secret: None,
+                access_ttl: 3600,
+                public_key: Some(public),
+            },
+        );
+        (
+            file,
+            Client {
+                id: email,
+                secret: None,
+            },
+        )
     }
 
     /// An access token for `client` issued directly (what a token command
@@ -496,6 +570,10 @@ fn serve(stream: TcpStream, st: &Mutex<State>) -> std::io::Result<()> {
 
 fn token(stream: &TcpStream, req: &Request, st: &mut State) {
     let grant = req.form.get("grant_type").cloned().unwrap_or_default();
+    if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+        jwt_bearer(stream, req, st);
+        return;
+    }
     let Some((client, secret_ok)) = authenticate_client(st, req) else {
         oauth_error(stream, "invalid_client", "unknown client");
         return;
@@ -566,6 +644,53 @@ fn token(stream: &TcpStream, req: &Request, st: &mut State) {
         }
         _ => oauth_error(stream, "unsupported_grant_type", &grant),
     }
+}
+
+/// RFC 7523 2.1 as Google does it for service accounts ("Using OAuth 2.0
+/// for Server to Server Applications": RS256, `iss` the client email,
+/// `sub` the user, `aud` the token URL, `scope` space-separated).
+fn jwt_bearer(stream: &TcpStream, req: &Request, st: &mut State) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let assertion = req.form.get("assertion").cloned().unwrap_or_default();
+    st.secrets.push(assertion.clone());
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let claims: Option<serde_json::Value> = parts
+        .get(1)
+        .and_then(|c| b64.decode(c).ok())
+        .and_then(|c| serde_json::from_slice(&c).ok());
+    let (Some(claims), 3) = (claims, parts.len()) else {
+        oauth_error(stream, "invalid_grant", "not a JWT");
+        return;
+    };
+    let iss = claims["iss"].as_str().unwrap_or("").to_string();
+    let Some(reg) = st.clients.get(&iss).cloned() else {
+        oauth_error(stream, "invalid_client", "unknown service account");
+        return;
+    };
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    let sig = b64.decode(parts[2]).unwrap_or_default();
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        reg.public_key.clone().unwrap_or_default(),
+    );
+    *st.grants
+        .entry((iss.clone(), "jwt-bearer".into()))
+        .or_default() += 1;
+    if key.verify(signed.as_bytes(), &sig).is_err() {
+        oauth_error(stream, "invalid_grant", "Invalid JWT Signature.");
+        return;
+    }
+    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    if claims["sub"].as_str() != Some(reg.user.as_str())
+        || claims["aud"].as_str() != Some(format!("http://127.0.0.1:{port}/token").as_str())
+        || claims["scope"].as_str().is_none_or(str::is_empty)
+    {
+        oauth_error(stream, "unauthorized_client", "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.");
+        return;
+    }
+    let (a, _, ttl) = issue(st, &iss, false);
+    respond(stream, "200 OK", "", &token_json(&a, None, ttl));
 }
 
 /// A plain HTTP GET of `url` (http://127.0.0.1 only): status and the

@@ -561,3 +561,92 @@ fn a_service_account_signs_a_jwt_for_the_user_and_needs_no_login() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("unauthorized_client"), "{err}");
 }
+
+/// A scripted server for what Dovecot cannot be made to do: XOAUTH2 without
+/// SASL-IR (the initial response then follows an empty `+` continuation,
+/// RFC 4954-style as RFC 3501 6.2.2 AUTHENTICATE works), with the failure
+/// as Google documents it (developers.google.com/gmail/imap/xoauth2-protocol:
+/// a `+` continuation carrying base64 JSON `{"status":"400",...}`, the
+/// client sends an empty line, then the tagged NO).
+#[test]
+fn xoauth2_without_sasl_ir_sends_the_token_after_the_continuation() {
+    use crate::fakes::{certs, FakeMailbox, FakeServer, Greeting, Hook};
+    use base64::Engine;
+    const GOOD: &str = "ya29.fake-good-token";
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let server = FakeServer::start(
+        Greeting::Tls(certs().valid.clone()),
+        vec![FakeMailbox {
+            name: "INBOX".into(),
+            delimiter: "/".into(),
+            messages: vec![mail::plain(1), mail::plain(2)],
+        }],
+        move |_, tag, cmd, s| {
+            let upper = cmd.to_ascii_uppercase();
+            if upper == "CAPABILITY" && tag == "capq1" {
+                let _ = s.send(
+                    format!("* CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2\r\n{tag} OK done\r\n")
+                        .as_bytes(),
+                );
+                return Hook::Done;
+            }
+            if upper == "AUTHENTICATE XOAUTH2" {
+                let _ = s.send(b"+ \r\n");
+                let Some((line, _)) = s.read_command() else {
+                    return Hook::Close;
+                };
+                let got = b64.decode(line.trim()).unwrap_or_default();
+                if got == format!("user=me@example.com\x01auth=Bearer {GOOD}\x01\x01").as_bytes() {
+                    let _ = s.send(format!("{tag} OK Success\r\n").as_bytes());
+                } else {
+                    let challenge = b64.encode(
+                        br#"{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}"#,
+                    );
+                    let _ = s.send(format!("+ {challenge}\r\n").as_bytes());
+                    let answer = s.read_command();
+                    let reply = match answer {
+                        Some((l, _)) if l.is_empty() => {
+                            format!(
+                                "{tag} NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n"
+                            )
+                        }
+                        _ => format!("{tag} BAD expected an empty line\r\n"),
+                    };
+                    let _ = s.send(reply.as_bytes());
+                }
+                return Hook::Done;
+            }
+            Hook::Pass
+        },
+    );
+    let env = TestEnv::new();
+    let ca = env.path().join("ca.pem");
+    fs::write(&ca, &certs().ca_pem).unwrap();
+    let config = |token: &str| {
+        format!(
+            "[accounts.a]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"me@example.com\"\nauth = \"oauth2\"\noauth2-token-command = \"echo {token}\"\nca-file = {}\narchive = {}\ntimeout = 5\n",
+            server.port,
+            toml_str(&ca.display().to_string()),
+            toml_str(&env.archive("a").display().to_string()),
+        )
+    };
+    env.write_config(&config(GOOD));
+    let out = run(&env, &["pull"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(support::folder_files(&env.archive("a"), "").len(), 2);
+    assert!(server
+        .commands()
+        .iter()
+        .any(|c| c.ends_with("AUTHENTICATE XOAUTH2")));
+
+    env.write_config(&config("ya29.stale"));
+    let out = run(&env, &["check"], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("XOAUTH2") && err.contains("status=400"),
+        "{err}"
+    );
+    assert!(err.contains("Invalid credentials"), "{err}");
+    assert!(!err.contains("ya29.stale"), "{err}");
+}

@@ -723,4 +723,35 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_service_account_needs_no_client_id_and_app_only_keeps_its_token_url() {
+        let text = "[accounts.w]\nprovider = \"gmail\"\nuser = \"a@example.com\"\noauth2-flow = \"service-account\"\noauth2-service-account-key = \"/k.json\"\narchive = \"/a\"\n";
+        let (_d, p) = write(text, 0o600);
+        let a = &Config::load(&p).unwrap().accounts[0];
+        let Some(OAuth2 {
+            source: TokenSource::Builtin(b),
+        }) = &a.oauth2
+        else {
+            panic!()
+        };
+        assert_eq!(b.flow, Flow::ServiceAccount);
+        assert_eq!(b.service_account_key.as_deref(), Some(Path::new("/k.json")));
+        let err = load_err(&text.replace("oauth2-service-account-key = \"/k.json\"\n", ""));
+        assert!(err.contains("oauth2-service-account-key"), "{err}");
+        let text = "[accounts.m]\nprovider = \"outlook\"\nuser = \"a@example.com\"\noauth2-flow = \"client-credentials\"\noauth2-client-id = \"id\"\noauth2-client-secret-env = \"S\"\noauth2-token-url = \"https://login.microsoftonline.com/T/oauth2/v2.0/token\"\noauth2-scopes = [\"https://outlook.office365.com/.default\"]\narchive = \"/a\"\n";
+        let (_d, p) = write(text, 0o600);
+        let a = &Config::load(&p).unwrap().accounts[0];
+        let Some(OAuth2 {
+            source: TokenSource::Builtin(b),
+        }) = &a.oauth2
+        else {
+            panic!()
+        };
+        assert_eq!(
+            b.token_url,
+            "https://login.microsoftonline.com/T/oauth2/v2.0/token"
+        );
+        assert!(matches!(b.client_secret, Some(PasswordSource::Env(_))));
+    }
 }

@@ -29,6 +29,16 @@ use crate::sync::remote::{ErrorKind, RemoteError};
 pub const CONFIG_EXAMPLE: &str = include_str!("../../config.example.toml");
 
 const AFTER_HELP: &str = "\
+OAuth2 (Gmail, Microsoft 365, Outlook.com): `provider = \"gmail\"` or
+`\"outlook\"` (also fastmail, icloud, yahoo) fills host, port, tls, auth and
+the OAuth2 endpoints; `auth = \"oauth2\"`; then either
+`oauth2-token-command = \"...\"` (prints an access token: oama, pizauth,
+mutt_oauth2.py) or `oauth2-client-id` (+ `oauth2-client-secret-command`)
+and `imapbak login ACCOUNT` once. Other keys: oauth2-flow (auth-code,
+device, client-credentials, service-account), oauth2-auth-url,
+oauth2-token-url, oauth2-device-url, oauth2-scopes,
+oauth2-service-account-key. Tokens: $XDG_STATE_HOME/imapbak/tokens/.
+
 The archive is a Maildir++ tree (ARCHIVE/mail) that a stock Dovecot serves
 as it is: mail_location = maildir:ARCHIVE/mail, mail_plugins = zlib.
 Each message is one zstd frame (`zstd -dc FILE` reads it).

@@ -306,6 +306,62 @@ fn invalid_grant_and_no_stored_token_hint_at_imapbak_login() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("cannot reach the token endpoint"), "{err}");
+
+    // A token endpoint answering garbage (here: an introspection reply).
+    let keys = builtin_keys(&client).replace(
+        &auth_server().url("/token"),
+        &auth_server().url("/introspect"),
+    );
+    env.write_config(&oauth_toml(&env, d, "acct", &user, d.imaps_port, &keys));
+    let out = run(&env, &["pull"], Some(&client));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("not an OAuth2 token response"), "{err}");
+    assert!(support::folder_files(&env.archive("acct"), "").is_empty());
+}
+
+#[test]
+fn a_stored_access_token_the_server_refuses_is_refreshed_once_and_the_run_goes_on() {
+    let d = dovecot_oauth();
+    let user = d.new_user("stale");
+    seed(d, &user, 1);
+    let client = auth_server().client(&user.name, 3600, false);
+    let env = TestEnv::new();
+    env.write_config(&oauth_toml(
+        &env,
+        d,
+        "a",
+        &user,
+        d.imaps_port,
+        &builtin_keys(&client),
+    ));
+    let path = token_file(&env, "a");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Looks valid for an hour, but the server does not know it.
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    fs::write(
+        &path,
+        serde_json::json!({
+            "refresh_token": auth_server().refresh_token(&client),
+            "access_token": "revoked-access-token",
+            "expires_at": far,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = run(&env, &["-vv", "pull"], Some(&client));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(auth_server().grants(&client, "refresh_token"), 1);
+    assert_eq!(support::folder_files(&env.archive("a"), "").len(), 1);
+    // The next run uses the saved access token: no refresh.
+    let out2 = run(&env, &["pull"], Some(&client));
+    assert!(out2.status.success(), "{}", stderr(&out2));
+    assert_eq!(auth_server().grants(&client, "refresh_token"), 1);
+    assert_no_secret(&env, &[&out, &out2], &[]);
 }
 
 #[test]

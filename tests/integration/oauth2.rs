@@ -175,6 +175,12 @@ fn token_command_logs_in_over_oauthbearer_and_xoauth2() {
         assert!(pull.status.success(), "{}", stderr(&pull));
         assert_eq!(support::folder_files(&env.archive("a"), "").len(), 3);
         assert_no_secret(&env, &[&check, &pull], &[&tokfile]);
+
+        // Tokens of several KB (Microsoft's run to a few) fit the
+        // AUTHENTICATE line (Dovecot: ~8 KB, DESIGN.md).
+        fs::write(&tokfile, auth_server().long_access_token(&client, 5_000)).unwrap();
+        let check = run(&env, &["check"], None);
+        assert!(check.status.success(), "{}", stderr(&check));
     }
 }
 

@@ -239,6 +239,21 @@ impl AuthServer {
         issue(&mut st, &client.id, false).0
     }
 
+    /// Like [`AuthServer::access_token`], `len` bytes long (Microsoft's
+    /// run to a few KB).
+    pub fn long_access_token(&self, client: &Client, len: usize) -> String {
+        let mut st = self.state.lock().unwrap();
+        let short = issue(&mut st, &client.id, false).0;
+        let mut long = short.clone();
+        while long.len() < len {
+            long.push_str("-pad");
+        }
+        let info = st.access.remove(&short).unwrap();
+        st.access.insert(long.clone(), info);
+        st.secrets.push(long.clone());
+        long
+    }
+
     /// A refresh token for `client` issued directly (as after a login).
     pub fn refresh_token(&self, client: &Client) -> String {
         let mut st = self.state.lock().unwrap();

@@ -34,8 +34,9 @@ pub struct Preset {
 /// device flow does not allow Gmail scopes, so gmail has no device URL);
 /// Microsoft Learn "Authenticate an IMAP, POP or SMTP connection using
 /// OAuth" (endpoints under login.microsoftonline.com/common, scope
-/// IMAP.AccessAsUser.All + offline_access); Fastmail and iCloud offer
-/// IMAP OAuth2 to no third-party client, only app passwords; Yahoo gives
+/// IMAP.AccessAsUser.All + offline_access); Fastmail gives IMAP OAuth2
+/// only to clients it registered itself and iCloud not at all, so both
+/// default to an app password; Yahoo gives
 /// the `mail-w` scope only to approved apps, so its default is an app
 /// password too, with the endpoints filled for those who have one.
 pub const PRESETS: &[Preset] = &[

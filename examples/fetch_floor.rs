@@ -67,6 +67,7 @@ fn main() -> Result<()> {
                     starttls: account.tls == TlsMode::Starttls,
                     user: &account.user,
                     password,
+                    bearer: None,
                     tls,
                     timeout: account.timeout,
                     max_literal: account.max_message_size,

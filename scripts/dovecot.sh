@@ -20,6 +20,13 @@
 #               announces instead of its own (imap_capability; e.g. Microsoft
 #               365's or Gmail's from shared/PROVIDERS.md). It only changes
 #               what is announced: Dovecot still accepts every command.
+#   OAUTH2_INTROSPECT_URL [] if set, also an `oauth2` passdb that checks
+#               bearer tokens (SASL OAUTH2_MECHANISMS) by POSTing them to this
+#               URL (RFC 7662 introspection; the test harness serves it, see
+#               tests/support/oauth.rs); passwords then work only over PLAIN
+#               and LOGIN, so a password sent as a token is refused
+#   OAUTH2_MECHANISMS ["xoauth2 oauthbearer"] the SASL mechanisms offered for
+#               tokens (e.g. just "xoauth2", as Microsoft's servers)
 #   MAIL_UID/MAIL_GID  owner of the mail [owner of DIR, or 5000:5000 if that is
 #               root: Dovecot refuses uid 0 for mail access]
 #
@@ -213,6 +220,30 @@ MAIL_UID=$MAIL_UID
 MAIL_GID=$MAIL_GID
 EOF
 
+  # --- OAuth2 (optional) -------------------------------------------------------------
+  # Measured on Dovecot 2.3.19 (shared/DESIGN.md, "OAuth2 on Dovecot"): the
+  # oauth2 passdb with force_introspection and POST mode, the password
+  # passdbs restricted to plain/login.
+  local mechanisms="plain login" pw_mechanisms="" oauth2_passdb=""
+  if [[ -n ${OAUTH2_INTROSPECT_URL:-} ]]; then
+    local token_mechs=${OAUTH2_MECHANISMS:-xoauth2 oauthbearer}
+    mechanisms="plain login $token_mechs"
+    pw_mechanisms="mechanisms = plain login"
+    cat >"$DIR/oauth2.conf.ext" <<EOF
+introspection_mode = post
+introspection_url = $OAUTH2_INTROSPECT_URL
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+EOF
+    oauth2_passdb="passdb {
+  driver = oauth2
+  mechanisms = $token_mechs
+  args = $DIR/oauth2.conf.ext
+}"
+  fi
+
   # --- config ----------------------------------------------------------------------
   local caps_line="#imap_capability ="
   [[ -n ${IMAP_CAPABILITY:-} ]] && caps_line="imap_capability = $IMAP_CAPABILITY"
@@ -237,7 +268,7 @@ ssl_cert = <$DIR/tls/cert.pem
 ssl_key = <$DIR/tls/key.pem
 ssl_dh = <$dh
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = $mechanisms
 # A wrong password answers at once (default: 2 s), so tests stay fast.
 auth_failure_delay = 0
 
@@ -276,11 +307,14 @@ namespace inbox {
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%u $DIR/passwd
+  $pw_mechanisms
 }
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%u $DIR/users/%u
+  $pw_mechanisms
 }
+$oauth2_passdb
 userdb {
   driver = passwd-file
   args = username_format=%u $DIR/passwd

@@ -14,6 +14,8 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
 use crate::imap::tls::parse_fingerprint;
+use crate::oauth::presets::{self, AuthMode};
+use crate::oauth::{Builtin, Flow, OAuth2, TokenSource};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,14 +35,26 @@ pub enum TlsMode {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct AccountFile {
-    host: String,
+    provider: Option<String>,
+    host: Option<String>,
     port: Option<u16>,
-    #[serde(default)]
-    tls: TlsMode,
+    tls: Option<TlsMode>,
     user: String,
+    auth: Option<AuthMode>,
     password_command: Option<String>,
     password_env: Option<String>,
     password: Option<String>,
+    oauth2_token_command: Option<String>,
+    oauth2_flow: Option<Flow>,
+    oauth2_client_id: Option<String>,
+    oauth2_client_secret_command: Option<String>,
+    oauth2_client_secret_env: Option<String>,
+    oauth2_client_secret: Option<String>,
+    oauth2_auth_url: Option<String>,
+    oauth2_token_url: Option<String>,
+    oauth2_device_url: Option<String>,
+    oauth2_scopes: Option<Vec<String>>,
+    oauth2_service_account_key: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     cert_fingerprint: Option<String>,
     archive: Option<String>,
@@ -53,6 +67,56 @@ struct AccountFile {
     compress: Option<bool>,
     gmail: Option<bool>,
     gmail_spam_and_trash: Option<bool>,
+}
+
+/// The OAuth2 keys of an account, taken out of [`AccountFile`] (serde's
+/// `flatten` would switch `deny_unknown_fields` off).
+#[derive(Debug, Default)]
+struct OAuth2File {
+    oauth2_token_command: Option<String>,
+    oauth2_flow: Option<Flow>,
+    oauth2_client_id: Option<String>,
+    oauth2_client_secret_command: Option<String>,
+    oauth2_client_secret_env: Option<String>,
+    oauth2_client_secret: Option<String>,
+    oauth2_auth_url: Option<String>,
+    oauth2_token_url: Option<String>,
+    oauth2_device_url: Option<String>,
+    oauth2_scopes: Option<Vec<String>>,
+    oauth2_service_account_key: Option<PathBuf>,
+}
+
+impl OAuth2File {
+    /// The keys that are set, by their names in the file.
+    fn set_keys(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut add = |set: bool, key| {
+            if set {
+                out.push(key)
+            }
+        };
+        add(self.oauth2_token_command.is_some(), "oauth2-token-command");
+        add(self.oauth2_flow.is_some(), "oauth2-flow");
+        add(self.oauth2_client_id.is_some(), "oauth2-client-id");
+        add(
+            self.oauth2_client_secret_command.is_some(),
+            "oauth2-client-secret-command",
+        );
+        add(
+            self.oauth2_client_secret_env.is_some(),
+            "oauth2-client-secret-env",
+        );
+        add(self.oauth2_client_secret.is_some(), "oauth2-client-secret");
+        add(self.oauth2_auth_url.is_some(), "oauth2-auth-url");
+        add(self.oauth2_token_url.is_some(), "oauth2-token-url");
+        add(self.oauth2_device_url.is_some(), "oauth2-device-url");
+        add(self.oauth2_scopes.is_some(), "oauth2-scopes");
+        add(
+            self.oauth2_service_account_key.is_some(),
+            "oauth2-service-account-key",
+        );
+        out
+    }
 }
 
 /// Where the password comes from; the password itself is only read when a
@@ -82,7 +146,10 @@ pub struct Account {
     pub port: u16,
     pub tls: TlsMode,
     pub user: String,
+    /// The password source; unused (and empty) with OAuth2.
     pub password: PasswordSource,
+    /// Set when `auth = "oauth2"`: where access tokens come from.
+    pub oauth2: Option<OAuth2>,
     pub ca_file: Option<PathBuf>,
     pub fingerprint: Option<[u8; 32]>,
     pub archive: PathBuf,
@@ -191,35 +258,72 @@ impl Config {
 }
 
 fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
+    let oauth2_keys = OAuth2File {
+        oauth2_token_command: a.oauth2_token_command,
+        oauth2_flow: a.oauth2_flow,
+        oauth2_client_id: a.oauth2_client_id,
+        oauth2_client_secret_command: a.oauth2_client_secret_command,
+        oauth2_client_secret_env: a.oauth2_client_secret_env,
+        oauth2_client_secret: a.oauth2_client_secret,
+        oauth2_auth_url: a.oauth2_auth_url,
+        oauth2_token_url: a.oauth2_token_url,
+        oauth2_device_url: a.oauth2_device_url,
+        oauth2_scopes: a.oauth2_scopes,
+        oauth2_service_account_key: a.oauth2_service_account_key,
+    };
     if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
         bail!("account name `{name}` cannot be used as a directory name");
     }
-    let password = match (a.password_command, a.password_env, a.password) {
-        (Some(c), None, None) => PasswordSource::Command(c),
-        (None, Some(v), None) => PasswordSource::Env(v),
-        (None, None, Some(p)) => {
-            if mode & 0o077 != 0 {
-                bail!(
-                    "`password` is set but the file is readable by group or others (mode {:o})\nhint: chmod 600 the file, or use password-command",
-                    mode & 0o777
-                );
+    let preset = a
+        .provider
+        .as_deref()
+        .map(presets::find)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let auth = a.auth.or(preset.map(|p| p.auth)).unwrap_or_default();
+    let (password, oauth2) = match auth {
+        AuthMode::Password => {
+            if let Some(key) = oauth2_keys.set_keys().first() {
+                bail!("`{key}` is set but the account logs in with a password\nhint: add `auth = \"oauth2\"`, or remove `{key}`");
             }
-            PasswordSource::Literal(p)
+            let p = password_source(
+                "password",
+                a.password_command,
+                a.password_env,
+                a.password,
+                mode,
+            )?
+            .context("no password source\nhint: set password-command, password-env or password")?;
+            (p, None)
         }
-        (None, None, None) => {
-            bail!("no password source\nhint: set password-command, password-env or password")
+        AuthMode::Oauth2 => {
+            for (key, set) in [
+                ("password-command", a.password_command.is_some()),
+                ("password-env", a.password_env.is_some()),
+                ("password", a.password.is_some()),
+            ] {
+                if set {
+                    bail!("`{key}` is set but the account signs in with OAuth2 (`auth = \"oauth2\"`)\nhint: remove `{key}`; the access token comes from `oauth2-token-command` or `imapbak login {name}`");
+                }
+            }
+            (
+                PasswordSource::Literal(String::new()),
+                Some(resolve_oauth2(name, oauth2_keys, preset, mode)?),
+            )
         }
-        _ => bail!(
-            "more than one password source\nhint: keep one of password-command, password-env, password"
-        ),
     };
+    let tls = a.tls.or(preset.map(|p| p.tls)).unwrap_or_default();
+    let host = a
+        .host
+        .or(preset.map(|p| p.host.to_string()))
+        .context("no `host`\nhint: set `host`, or `provider` to one of gmail, outlook, fastmail, icloud, yahoo")?;
     let fingerprint = match &a.cert_fingerprint {
         Some(text) => Some(parse_fingerprint(text).with_context(|| {
             format!("cert-fingerprint `{text}` is not a SHA-256 fingerprint\nhint: 64 hex digits, colons optional, e.g. the value `imapbak check` prints")
         })?),
         None => None,
     };
-    let port = a.port.unwrap_or(match a.tls {
+    let port = a.port.or(preset.map(|p| p.port)).unwrap_or(match tls {
         TlsMode::Implicit => 993,
         TlsMode::Starttls => 143,
     });
@@ -233,11 +337,12 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
     }
     Ok(Account {
         name: name.to_string(),
-        host: a.host,
+        host,
         port,
-        tls: a.tls,
+        tls,
         user: a.user,
         password,
+        oauth2,
         ca_file: a
             .ca_file
             .map(|p| expand_home(&p.to_string_lossy()))
@@ -298,6 +403,128 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// One secret's source out of its three keys (`KEY-command`, `KEY-env`,
+/// `KEY`); `None` when none is set. A literal needs a 0600 file.
+fn password_source(
+    key: &str,
+    command: Option<String>,
+    env: Option<String>,
+    literal: Option<String>,
+    mode: u32,
+) -> Result<Option<PasswordSource>> {
+    Ok(match (command, env, literal) {
+        (Some(c), None, None) => Some(PasswordSource::Command(c)),
+        (None, Some(v), None) => Some(PasswordSource::Env(v)),
+        (None, None, Some(p)) => {
+            if mode & 0o077 != 0 {
+                bail!(
+                    "`{key}` is set but the file is readable by group or others (mode {:o})\nhint: chmod 600 the file, or use {key}-command",
+                    mode & 0o777
+                );
+            }
+            Some(PasswordSource::Literal(p))
+        }
+        (None, None, None) => None,
+        _ => bail!("more than one {key} source\nhint: keep one of {key}-command, {key}-env, {key}"),
+    })
+}
+
+/// The OAuth2 settings: the file's keys over the provider's preset.
+fn resolve_oauth2(
+    name: &str,
+    f: OAuth2File,
+    preset: Option<&presets::Preset>,
+    mode: u32,
+) -> Result<OAuth2> {
+    if let Some(cmd) = f.oauth2_token_command.clone() {
+        // The helper owns the whole flow: our own flow keys would be ignored.
+        if let Some(key) = f
+            .set_keys()
+            .into_iter()
+            .find(|k| *k != "oauth2-token-command")
+        {
+            bail!("`{key}` is set beside `oauth2-token-command`\nhint: the token command does the sign-in itself; remove `{key}`, or remove `oauth2-token-command` to use imapbak's own sign-in");
+        }
+        return Ok(OAuth2 {
+            source: TokenSource::Command(cmd),
+        });
+    }
+    let flow = f.oauth2_flow.unwrap_or_default();
+    // A service account's key file names its client; others need an id.
+    let client_id = match (f.oauth2_client_id, flow) {
+        (Some(id), _) => Some(id),
+        (None, Flow::ServiceAccount) => Some(String::new()),
+        (None, _) => None,
+    };
+    let client_id = client_id.context(format!(
+        "no `oauth2-client-id` (and no `oauth2-token-command`)\nhint: set `oauth2-client-id` to your OAuth2 client's id (README: \"Gmail, Microsoft 365 and other OAuth2 providers\"), or `oauth2-token-command` to a helper that prints a token; then run `imapbak login {name}`"
+    ))?;
+    let client_secret = password_source(
+        "oauth2-client-secret",
+        f.oauth2_client_secret_command,
+        f.oauth2_client_secret_env,
+        f.oauth2_client_secret,
+        mode,
+    )?;
+    let pick = |own: Option<String>, preset_value: Option<&'static str>, key: &str| {
+        let v = own.or(preset_value.map(str::to_string));
+        if let Some(url) = &v {
+            crate::oauth::check_endpoint(key, url).map_err(anyhow::Error::msg)?;
+        }
+        Ok::<_, anyhow::Error>(v)
+    };
+    let auth_url = pick(
+        f.oauth2_auth_url,
+        preset.and_then(|p| p.auth_url),
+        "oauth2-auth-url",
+    )?;
+    let token_url = pick(
+        f.oauth2_token_url,
+        preset.and_then(|p| p.token_url),
+        "oauth2-token-url",
+    )?
+    .context(
+        "no `oauth2-token-url`\nhint: set it, or a `provider` that has one (gmail, outlook, yahoo)",
+    )?;
+    let device_url = pick(
+        f.oauth2_device_url,
+        preset.and_then(|p| p.device_url),
+        "oauth2-device-url",
+    )?;
+    match flow {
+        Flow::AuthCode if auth_url.is_none() => {
+            bail!("`oauth2-flow = \"auth-code\"` needs `oauth2-auth-url`\nhint: set it, or a `provider` that has one")
+        }
+        Flow::Device if device_url.is_none() => bail!(
+            "`oauth2-flow = \"device\"` needs `oauth2-device-url`\nhint: set it; Google does not allow Gmail scopes in the device flow, use auth-code there"
+        ),
+        Flow::ServiceAccount if f.oauth2_service_account_key.is_none() => bail!(
+            "`oauth2-flow = \"service-account\"` needs `oauth2-service-account-key`\nhint: the path of the service account's JSON key file"
+        ),
+        _ => {}
+    }
+    let scopes = f.oauth2_scopes.unwrap_or_else(|| {
+        preset
+            .map(|p| p.scopes.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default()
+    });
+    Ok(OAuth2 {
+        source: TokenSource::Builtin(Builtin {
+            flow,
+            client_id,
+            client_secret,
+            auth_url,
+            token_url,
+            device_url,
+            scopes,
+            service_account_key: f
+                .oauth2_service_account_key
+                .map(|p| expand_home(&p.to_string_lossy()))
+                .transpose()?,
+        }),
+    })
+}
+
 fn globs(patterns: &[String], key: &str) -> Result<GlobSet> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
@@ -330,12 +557,18 @@ impl Account {
 
     /// Reads the password from its source. Errors never contain it.
     pub fn read_password(&self) -> Result<String> {
-        match &self.password {
+        self.password.read("password")
+    }
+}
+
+impl PasswordSource {
+    /// Reads the secret; `key` names it in errors (`password`,
+    /// `oauth2-client-secret`). Errors never contain the secret.
+    pub fn read(&self, key: &str) -> Result<String> {
+        match self {
             PasswordSource::Literal(p) => Ok(p.clone()),
             PasswordSource::Env(var) => std::env::var(var).with_context(|| {
-                format!(
-                    "password-env `{var}` is not set\nhint: export {var} before running imapbak"
-                )
+                format!("{key}-env `{var}` is not set\nhint: export {var} before running imapbak")
             }),
             PasswordSource::Command(cmd) => {
                 let out = Command::new("sh")
@@ -344,12 +577,12 @@ impl Account {
                     .stdin(Stdio::null())
                     .stderr(Stdio::piped())
                     .output()
-                    .with_context(|| format!("cannot run password-command `{cmd}`"))?;
+                    .with_context(|| format!("cannot run {key}-command `{cmd}`"))?;
                 if !out.status.success() {
                     let err = String::from_utf8_lossy(&out.stderr);
                     let first = err.lines().next().unwrap_or("").trim();
                     bail!(
-                        "password-command `{cmd}` failed ({}){}\nhint: run it by hand to see why",
+                        "{key}-command `{cmd}` failed ({}){}\nhint: run it by hand to see why",
                         out.status,
                         if first.is_empty() {
                             String::new()
@@ -358,11 +591,12 @@ impl Account {
                         }
                     );
                 }
-                let text = String::from_utf8(out.stdout)
-                    .context("password-command printed something that is not UTF-8")?;
+                let text = String::from_utf8(out.stdout).with_context(|| {
+                    format!("{key}-command printed something that is not UTF-8")
+                })?;
                 let pw = text.lines().next().unwrap_or("").to_string();
                 if pw.is_empty() {
-                    bail!("password-command `{cmd}` printed an empty first line");
+                    bail!("{key}-command `{cmd}` printed an empty first line");
                 }
                 Ok(pw)
             }
@@ -471,5 +705,141 @@ mod tests {
         let a = &Config::load(&p).unwrap().accounts[0];
         let err = format!("{:#}", a.read_password().unwrap_err());
         assert!(err.contains("failed") && err.contains("nope"), "{err}");
+    }
+
+    fn load_err(text: &str) -> String {
+        let (_d, p) = write(text, 0o600);
+        format!("{:#}", Config::load(&p).unwrap_err())
+    }
+
+    const GMAIL: &str = "[accounts.g]\nprovider = \"gmail\"\nuser = \"me@gmail.com\"\noauth2-client-id = \"id\"\narchive = \"/tmp/a\"\n";
+
+    #[test]
+    fn a_provider_preset_fills_host_auth_and_endpoints_and_keys_win() {
+        let (_d, p) = write(GMAIL, 0o600);
+        let a = &Config::load(&p).unwrap().accounts[0];
+        assert_eq!(
+            (a.host.as_str(), a.port, a.tls),
+            ("imap.gmail.com", 993, TlsMode::Implicit)
+        );
+        let Some(OAuth2 {
+            source: TokenSource::Builtin(b),
+        }) = &a.oauth2
+        else {
+            panic!("{:?}", a.oauth2)
+        };
+        assert_eq!(b.flow, Flow::AuthCode);
+        assert_eq!(b.token_url, "https://oauth2.googleapis.com/token");
+        assert_eq!(b.scopes, ["https://mail.google.com/"]);
+        let text = format!(
+            "{GMAIL}host = \"127.0.0.1\"\nport = 1993\noauth2-token-url = \"http://127.0.0.1:9/t\"\noauth2-scopes = [\"x\"]\n"
+        );
+        let (_d, p) = write(&text, 0o600);
+        let a = &Config::load(&p).unwrap().accounts[0];
+        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 1993));
+        let Some(OAuth2 {
+            source: TokenSource::Builtin(b),
+        }) = &a.oauth2
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (b.token_url.as_str(), b.scopes.clone()),
+            ("http://127.0.0.1:9/t", vec!["x".to_string()])
+        );
+        // A password provider stays a password account.
+        let (_d, p) = write("[accounts.f]\nprovider = \"fastmail\"\nuser = \"u\"\npassword-env = \"P\"\narchive = \"/a\"\n", 0o600);
+        let a = &Config::load(&p).unwrap().accounts[0];
+        assert!(a.oauth2.is_none() && a.host == "imap.fastmail.com");
+    }
+
+    #[test]
+    fn password_keys_with_oauth2_and_oauth2_keys_with_password_are_errors_naming_the_key() {
+        let err = load_err(&format!("{GMAIL}password-env = \"PW\"\n"));
+        assert!(
+            err.contains("`password-env`") && err.contains("oauth2"),
+            "{err}"
+        );
+        let err = load_err(&format!("{MINIMAL}oauth2-client-id = \"x\"\n"));
+        assert!(
+            err.contains("`oauth2-client-id`") && err.contains("auth = \"oauth2\""),
+            "{err}"
+        );
+        let err = load_err(&format!(
+            "{GMAIL}auth = \"password\"\npassword-env = \"PW\"\n"
+        ));
+        assert!(err.contains("`oauth2-client-id`"), "{err}");
+        // Unknown keys stay errors beside the OAuth2 ones.
+        let err = load_err(&format!("{GMAIL}oauth2-scope = [\"x\"]\n"));
+        assert!(err.contains("oauth2-scope"), "{err}");
+        let err = load_err(&GMAIL.replace("gmail\"", "gmial\""));
+        assert!(err.contains("unknown provider `gmial`"), "{err}");
+    }
+
+    #[test]
+    fn token_command_excludes_the_builtin_flow_keys_and_endpoints_must_be_https() {
+        let text = "[accounts.o]\nhost = \"h\"\nuser = \"u\"\nauth = \"oauth2\"\noauth2-token-command = \"oama access u\"\narchive = \"/a\"\n";
+        let (_d, p) = write(text, 0o600);
+        let a = &Config::load(&p).unwrap().accounts[0];
+        assert!(
+            matches!(&a.oauth2, Some(OAuth2 { source: TokenSource::Command(c) }) if c == "oama access u")
+        );
+        let err = load_err(&format!("{text}oauth2-client-id = \"x\"\n"));
+        assert!(
+            err.contains("`oauth2-client-id` is set beside `oauth2-token-command`"),
+            "{err}"
+        );
+        let err = load_err(&format!(
+            "{GMAIL}oauth2-token-url = \"http://example.com/t\"\n"
+        ));
+        assert!(
+            err.contains("`oauth2-token-url`") && err.contains("https"),
+            "{err}"
+        );
+        let err = load_err(&GMAIL.replace("oauth2-client-id = \"id\"\n", ""));
+        assert!(
+            err.contains("oauth2-client-id") && err.contains("imapbak login g"),
+            "{err}"
+        );
+        let err = load_err(&format!("{GMAIL}oauth2-flow = \"device\"\n"));
+        assert!(err.contains("oauth2-device-url"), "{err}");
+        let err = load_err(&format!(
+            "{GMAIL}oauth2-client-secret = \"s3cret\"\noauth2-client-secret-env = \"E\"\n"
+        ));
+        assert!(
+            err.contains("more than one oauth2-client-secret source") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_service_account_needs_no_client_id_and_app_only_keeps_its_token_url() {
+        let text = "[accounts.w]\nprovider = \"gmail\"\nuser = \"a@example.com\"\noauth2-flow = \"service-account\"\noauth2-service-account-key = \"/k.json\"\narchive = \"/a\"\n";
+        let (_d, p) = write(text, 0o600);
+        let a = &Config::load(&p).unwrap().accounts[0];
+        let Some(OAuth2 {
+            source: TokenSource::Builtin(b),
+        }) = &a.oauth2
+        else {
+            panic!()
+        };
+        assert_eq!(b.flow, Flow::ServiceAccount);
+        assert_eq!(b.service_account_key.as_deref(), Some(Path::new("/k.json")));
+        let err = load_err(&text.replace("oauth2-service-account-key = \"/k.json\"\n", ""));
+        assert!(err.contains("oauth2-service-account-key"), "{err}");
+        let text = "[accounts.m]\nprovider = \"outlook\"\nuser = \"a@example.com\"\noauth2-flow = \"client-credentials\"\noauth2-client-id = \"id\"\noauth2-client-secret-env = \"S\"\noauth2-token-url = \"https://login.microsoftonline.com/T/oauth2/v2.0/token\"\noauth2-scopes = [\"https://outlook.office365.com/.default\"]\narchive = \"/a\"\n";
+        let (_d, p) = write(text, 0o600);
+        let a = &Config::load(&p).unwrap().accounts[0];
+        let Some(OAuth2 {
+            source: TokenSource::Builtin(b),
+        }) = &a.oauth2
+        else {
+            panic!()
+        };
+        assert_eq!(
+            b.token_url,
+            "https://login.microsoftonline.com/T/oauth2/v2.0/token"
+        );
+        assert!(matches!(b.client_secret, Some(PasswordSource::Env(_))));
     }
 }

@@ -10,6 +10,8 @@
 //! imap/       TLS, STARTTLS, login, raw commands (async-imap framing), the
 //!             framing guard; implements the sync traits, converting its
 //!             errors into sync::remote::RemoteError; no policy
+//! oauth/      OAuth2: provider presets, token command, token store,
+//!             flows (oauth2 crate over ureq); hands imap/ a bare token
 //! mutf7       modified UTF-7, shared by imap/ (wire names) and archive/
 //!             (folder names)
 //! archive/    the compressed Maildir: file names, write protocol, the one
@@ -41,6 +43,7 @@ pub mod config;
 pub mod exit_codes;
 pub mod imap;
 pub mod mutf7;
+pub mod oauth;
 pub mod progress;
 pub mod report;
 pub mod sync;

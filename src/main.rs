@@ -19,6 +19,9 @@ fn main() {
         // let the password reach a log, whatever RUST_LOG says.
         .filter_module("async_imap", log::LevelFilter::Info)
         .filter_module("imap_proto", log::LevelFilter::Info)
+        // The HTTP client of the OAuth2 flows: same rule for tokens.
+        .filter_module("ureq", log::LevelFilter::Info)
+        .filter_module("oauth2", log::LevelFilter::Info)
         .format(|buf, record| {
             let tag = match record.level() {
                 log::Level::Error => "error",

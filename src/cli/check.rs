@@ -39,17 +39,18 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
             }
         };
         let result = rt.block_on(async {
-            let mut conn = connector
-                .connect()
+            let (mut conn, token) = connector
+                .connect_reporting()
                 .await
                 .map_err(|e| anyhow!(connect_error(&account, &e)))?;
+            let login = super::login::describe(conn.login_mechanism(), token.as_ref());
             let listed = conn.list().await?;
             let caps = conn.capabilities();
             let namespace = conn.namespace();
             conn.logout().await;
-            Ok::<_, anyhow::Error>((listed, caps, namespace))
+            Ok::<_, anyhow::Error>((listed, caps, namespace, login))
         });
-        let (listed, caps, namespace) = match result {
+        let (listed, caps, namespace, login) = match result {
             Ok(v) => v,
             Err(e) => {
                 eprintln!(
@@ -65,6 +66,9 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
             "account `{}`: logged in to {}:{} as {}",
             account.name, account.host, account.port, account.user
         );
+        if let Some(login) = login {
+            println!("  {login}");
+        }
         println!("  archive: {}", account.archive.display());
         println!("  capabilities: {}", caps.join(" "));
         if let Some(ns) = namespace.as_ref().filter(|n| !n.prefix.is_empty()) {

@@ -4,6 +4,7 @@
 mod check;
 mod export;
 mod expunge;
+mod login;
 mod ls;
 mod pull;
 mod quota;
@@ -21,13 +22,23 @@ use clap::{Parser, Subcommand};
 use crate::config::{Account, Config, TlsMode};
 use crate::exit_codes::ExitCode;
 use crate::imap::{tls, ConnectParams, Connection, ImapError};
-use crate::sync::remote::RemoteError;
+use crate::sync::remote::{ErrorKind, RemoteError};
 
 /// The one configuration example: README.md shows it verbatim and a test
 /// keeps both in step (`config_example_is_the_readmes_and_loads`).
 pub const CONFIG_EXAMPLE: &str = include_str!("../../config.example.toml");
 
 const AFTER_HELP: &str = "\
+OAuth2 (Gmail, Microsoft 365, Outlook.com): `provider = \"gmail\"` or
+`\"outlook\"` (also fastmail, icloud, yahoo) fills host, port, tls, auth and
+the OAuth2 endpoints; `auth = \"oauth2\"`; then either
+`oauth2-token-command = \"...\"` (prints an access token: oama, pizauth,
+mutt_oauth2.py) or `oauth2-client-id` (+ `oauth2-client-secret-command`)
+and `imapbak login ACCOUNT` once. Other keys: oauth2-flow (auth-code,
+device, client-credentials, service-account), oauth2-auth-url,
+oauth2-token-url, oauth2-device-url, oauth2-scopes,
+oauth2-service-account-key. Tokens: $XDG_STATE_HOME/imapbak/tokens/.
+
 The archive is a Maildir++ tree (ARCHIVE/mail) that a stock Dovecot serves
 as it is: mail_location = maildir:ARCHIVE/mail, mail_plugins = zlib.
 Each message is one zstd frame (`zstd -dc FILE` reads it).
@@ -82,6 +93,8 @@ pub enum Command {
     Search(search::SearchCmd),
     Show(show::ShowCmd),
     Export(export::ExportCmd),
+    Login(login::LoginCmd),
+    Logout(login::LogoutCmd),
     /// Print the man page (roff) of imapbak or of one subcommand
     #[command(hide = true)]
     Man {
@@ -124,6 +137,8 @@ fn run_command(cli: Cli) -> Result<ExitCode> {
         Command::Search(cmd) => search::run(cmd, cli.config.as_deref()),
         Command::Show(cmd) => show::run(cmd, cli.config.as_deref()),
         Command::Export(cmd) => export::run(cmd, cli.config.as_deref()),
+        Command::Login(cmd) => login::run(cmd, cli.config.as_deref()),
+        Command::Logout(cmd) => login::run_logout(cmd, cli.config.as_deref()),
         Command::Man {
             subcommand,
             write_all: Some(dir),
@@ -184,6 +199,7 @@ pub fn all_man_pages() -> Result<Vec<(String, Vec<u8>)>> {
 /// Subcommands that get a page of their own under man/.
 pub const MAN_PAGES: &[&str] = &[
     "check", "pull", "restore", "expunge", "quota", "verify", "ls", "search", "show", "export",
+    "login", "logout",
 ];
 
 /// Options shared by the subcommands that talk to servers.
@@ -205,31 +221,84 @@ pub(crate) fn load_accounts(
 }
 
 /// Everything needed to open connections to one account, prepared once
-/// (the password is read once, not per connection).
+/// (the password is read once, not per connection; an OAuth2 access token
+/// is fetched per connection, so a reconnect gets a fresh one).
 pub(crate) struct Connector {
     account: Arc<Account>,
     password: String,
     tls: Arc<rustls::ClientConfig>,
+    tokens: Option<Arc<crate::oauth::TokenProvider>>,
 }
 
 impl Connector {
     /// Its error does not name the account: the account's error line does.
     pub(crate) fn new(account: Arc<Account>) -> Result<Connector> {
         let tls = tls::client_config(account.ca_file.as_deref(), account.fingerprint)?;
-        let password = account.read_password()?;
+        let (password, tokens) = match &account.oauth2 {
+            Some(o) => (
+                String::new(),
+                Some(Arc::new(
+                    crate::oauth::TokenProvider::new(&account.name, &account.user, o)
+                        .map_err(|e| anyhow::anyhow!("{e}\nhint: {}", e.hint))?,
+                )),
+            ),
+            None => (account.read_password()?, None),
+        };
         Ok(Connector {
             account,
             password,
             tls,
+            tokens,
         })
     }
 
     /// A logged-in connection; its failure as the engine sees it.
     pub(crate) async fn connect(&self) -> Result<Connection, RemoteError> {
-        Ok(self.connect_imap().await?)
+        Ok(self.connect_reporting().await?.0)
     }
 
-    async fn connect_imap(&self) -> Result<Connection, ImapError> {
+    /// Like [`Connector::connect`], also saying how it logged in (for `check`).
+    pub(crate) async fn connect_reporting(
+        &self,
+    ) -> Result<(Connection, Option<crate::oauth::token::AccessToken>), RemoteError> {
+        let Some(tokens) = &self.tokens else {
+            return Ok((self.connect_imap(None).await?, None));
+        };
+        let mut force = false;
+        loop {
+            // The token endpoint is blocking HTTP: off the async workers.
+            let t = tokens.clone();
+            let token = tokio::task::spawn_blocking(move || t.access_token(force))
+                .await
+                .map_err(|e| RemoteError::broken(format!("token task failed: {e}")))?
+                .map_err(|e| {
+                    RemoteError::new(ErrorKind::Auth, e.message.clone()).with_hint(leak(e.hint))
+                })?;
+            match self.connect_imap(Some(&token.secret)).await {
+                Ok(conn) => return Ok((conn, Some(token))),
+                // A cached token the server no longer takes: refresh once.
+                Err(ImapError::TokenRefused { .. }) if !token.fresh && !force => {
+                    log::info!("the server refused the cached access token; refreshing it");
+                    force = true;
+                }
+                Err(e @ ImapError::TokenRefused { .. }) => {
+                    let hint = match &self.account.oauth2 {
+                        Some(crate::oauth::OAuth2 {
+                            source: crate::oauth::TokenSource::Command(_),
+                        }) => "check `user` and what `oauth2-token-command` prints".to_string(),
+                        _ => format!(
+                            "check `user`; sign in again with `imapbak login {}`",
+                            self.account.name
+                        ),
+                    };
+                    return Err(RemoteError::from(e).with_hint(leak(hint)));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn connect_imap(&self, bearer: Option<&str>) -> Result<Connection, ImapError> {
         let a = &self.account;
         let conn = Connection::connect(&ConnectParams {
             host: &a.host,
@@ -237,6 +306,7 @@ impl Connector {
             starttls: a.tls == TlsMode::Starttls,
             user: &a.user,
             password: &self.password,
+            bearer,
             tls: self.tls.clone(),
             timeout: a.timeout,
             max_literal: a.max_message_size,
@@ -248,6 +318,12 @@ impl Connector {
             Ok(conn)
         }
     }
+}
+
+/// A hint made at run time, for [`RemoteError::with_hint`]'s `&'static
+/// str`: one small string per failed account, so the leak is bounded.
+fn leak(hint: String) -> &'static str {
+    Box::leak(hint.into_boxed_str())
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -120,9 +120,15 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
             let c = connector.clone();
             async move { c.connect().await }
         };
+        let mut opts = opts.clone();
+        if account.oauth2.is_some() {
+            // The server ends sessions when their token expires (Microsoft,
+            // about an hour): reconnect with a fresh token and go on.
+            opts.attempts_after_close = 8;
+        }
         let r = rt.block_on(pull_account(
             account.clone(),
-            opts.clone(),
+            opts,
             progress.clone(),
             connect,
         ));

@@ -7,6 +7,7 @@
 //! to use, and every read is bounded by the account's timeout.
 
 mod append;
+pub mod auth;
 mod expunge;
 mod guard;
 mod namespace;
@@ -54,6 +55,16 @@ pub enum ImapError {
     StartTlsInjection(String),
     #[error("login as `{user}` refused: {text}")]
     Auth { user: String, text: String },
+    #[error("the server refused the OAuth2 access token for `{user}` ({mechanism}): {text}{}", if detail.is_empty() { String::new() } else { format!(" [{detail}]") })]
+    TokenRefused {
+        user: String,
+        mechanism: &'static str,
+        /// The server's decoded SASL error challenge.
+        detail: String,
+        text: String,
+    },
+    #[error("server `{host}` offers neither OAUTHBEARER nor XOAUTH2")]
+    NoOAuth2 { host: String },
     #[error("timed out after {secs} s waiting for the server ({what})")]
     Timeout { what: String, secs: u64 },
     #[error("server refused `{command}`: {text}")]
@@ -122,6 +133,14 @@ impl From<ImapError> for RemoteError {
             ),
             ImapError::Preauth(_) | ImapError::StartTlsInjection(_) => (K::Insecure, None),
             ImapError::Auth { .. } => (K::Auth, Some("check `user` and the password source".into())),
+            ImapError::TokenRefused { .. } => (
+                K::Auth,
+                Some("check `user`; sign in again with `imapbak login ACCOUNT`".into()),
+            ),
+            ImapError::NoOAuth2 { .. } => (
+                K::Auth,
+                Some("check `host`, or use `auth = \"password\"` with this server".into()),
+            ),
             ImapError::No { .. } => (K::Refused, None),
             ImapError::Bad { .. } => (K::Rejected, None),
             ImapError::Bye(_) => (K::Closed, None),
@@ -174,6 +193,8 @@ impl ImapError {
                 | ImapError::Preauth(_)
                 | ImapError::StartTlsInjection(_)
                 | ImapError::Auth { .. }
+                | ImapError::TokenRefused { .. }
+                | ImapError::NoOAuth2 { .. }
         )
     }
 }

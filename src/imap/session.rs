@@ -42,6 +42,9 @@ pub struct ConnectParams<'a> {
     pub starttls: bool,
     pub user: &'a str,
     pub password: &'a str,
+    /// An OAuth2 access token: log in with SASL OAUTHBEARER or XOAUTH2
+    /// (imap/auth.rs) instead of LOGIN, and `password` is unused.
+    pub bearer: Option<&'a str>,
     pub tls: Arc<ClientConfig>,
     pub timeout: Duration,
     /// The largest literal accepted outside a FETCH of known sizes.
@@ -63,6 +66,8 @@ pub struct Connection {
     /// Whether the guard on the raw stream reads IMAP framing (off once
     /// COMPRESS is on; a second guard then sits above the decompressor).
     pub(crate) scanning: Arc<AtomicBool>,
+    /// The SASL mechanism of an OAuth2 login (`None`: LOGIN).
+    pub(crate) mechanism: Option<&'static str>,
 }
 
 /// One response, reduced to what a caller needs once the raw buffer is gone.
@@ -152,6 +157,28 @@ impl Connection {
                 }
             }
         }
+        if let Some(token) = p.bearer {
+            let login = super::auth::Login {
+                user: p.user,
+                host: p.host,
+                port: p.port,
+                token,
+            };
+            let (session, mechanism) =
+                match timeout(p.timeout, unwinding(super::auth::login(client, &login))).await {
+                    Err(_) => {
+                        return Err(ImapError::Timeout {
+                            what: "login".into(),
+                            secs,
+                        })
+                    }
+                    Ok(r) => r??,
+                };
+            log::info!("logged in with {}", mechanism.name());
+            let mut conn = Connection::logged_in(session, p, literal_limit, scanning).await?;
+            conn.mechanism = Some(mechanism.name());
+            return Ok(conn);
+        }
         let session = match timeout(p.timeout, unwinding(client.login(p.user, p.password))).await {
             Err(_) => {
                 return Err(ImapError::Timeout {
@@ -175,6 +202,17 @@ impl Connection {
                 })
             }
         };
+        Connection::logged_in(session, p, literal_limit, scanning).await
+    }
+
+    /// The rest of connecting, after either kind of login: capabilities
+    /// and the personal namespace.
+    async fn logged_in(
+        session: async_imap::Session<Stream>,
+        p: &ConnectParams<'_>,
+        literal_limit: Arc<AtomicU64>,
+        scanning: Arc<AtomicBool>,
+    ) -> Result<Connection, ImapError> {
         let mut conn = Connection {
             session,
             namespace: None,
@@ -184,6 +222,7 @@ impl Connection {
             literal_limit,
             max_literal: p.max_literal,
             scanning,
+            mechanism: None,
         };
         let mut caps = HashSet::new();
         conn.run("CAPABILITY", |r| {
@@ -215,6 +254,7 @@ impl Connection {
             literal_limit,
             max_literal,
             scanning,
+            mechanism,
         } = self;
         // From here on the wire carries deflate, not IMAP framing: the guard
         // moves above the decompressor.
@@ -241,7 +281,13 @@ impl Connection {
             literal_limit,
             max_literal,
             scanning: on,
+            mechanism,
         })
+    }
+
+    /// The SASL mechanism of an OAuth2 login; `None` after LOGIN.
+    pub fn login_mechanism(&self) -> Option<&'static str> {
+        self.mechanism
     }
 
     /// The capabilities announced after login, sorted.

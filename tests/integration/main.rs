@@ -15,6 +15,7 @@ mod gmail;
 mod harness;
 mod interop;
 mod namespace;
+mod oauth2;
 mod perf;
 mod pull;
 mod restore;

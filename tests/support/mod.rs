@@ -15,6 +15,7 @@ pub mod mail;
 pub mod servers;
 
 pub use servers::{courier, cyrus, cyrus_flat, ImapServer, Kind};
+pub mod oauth;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -332,6 +333,12 @@ impl Dovecot {
     /// A Dovecot whose INBOX namespace has `prefix` (`INBOX.` as Courier)
     /// and that announces `capability` after login ("": Dovecot's own).
     fn start_with(sep: char, prefix: &str, capability: &str) -> Dovecot {
+        Self::start_env(sep, prefix, &[("IMAP_CAPABILITY", capability.to_string())])
+    }
+
+    /// Like `start_with`, with extra variables for scripts/dovecot.sh
+    /// (e.g. `OAUTH2_INTROSPECT_URL`, see tests/support/oauth.rs).
+    pub(crate) fn start_env(sep: char, prefix: &str, env: &[(&str, String)]) -> Dovecot {
         assert!(
             Command::new("dovecot")
                 .arg("--version")
@@ -342,7 +349,7 @@ impl Dovecot {
         );
         let mut last_err = String::new();
         for _attempt in 0..4 {
-            match Self::try_start(sep, prefix, capability) {
+            match Self::try_start(sep, prefix, env) {
                 Ok(d) => return d,
                 Err((msg, retry)) => {
                     last_err = msg;
@@ -356,7 +363,11 @@ impl Dovecot {
     }
 
     /// Err((diagnostics, worth retrying on other ports)).
-    fn try_start(sep: char, prefix: &str, capability: &str) -> Result<Dovecot, (String, bool)> {
+    fn try_start(
+        sep: char,
+        prefix: &str,
+        env: &[(&str, String)],
+    ) -> Result<Dovecot, (String, bool)> {
         sweep_stale_dirs();
         let root = tempfile::Builder::new()
             .prefix("imapbak-dovecot-")
@@ -378,7 +389,7 @@ impl Dovecot {
             .env("IMAPS_PORT", imaps_port.to_string())
             .env("IMAP_SEP", sep.to_string())
             .env("IMAP_PREFIX", prefix)
-            .env("IMAP_CAPABILITY", capability)
+            .envs(env.iter().map(|(k, v)| (*k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

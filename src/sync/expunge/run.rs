@@ -952,6 +952,7 @@ mod tests {
             tls: crate::config::TlsMode::Implicit,
             user: "u".into(),
             password: crate::config::PasswordSource::Literal(String::new()),
+            oauth2: None,
             ca_file: None,
             fingerprint: None,
             archive: archive.to_path_buf(),

@@ -36,6 +36,11 @@ pub struct PullOptions {
     pub batch_count: usize,
     /// Bytes of fetched messages that may wait for the writers at once.
     pub memory_budget: u64,
+    /// Attempts at a mailbox whose session the server ended (BYE, closed
+    /// connection): 1 fails the mailbox at once; more reconnect and go on
+    /// where it stopped. OAuth2 accounts need it: Microsoft ends every
+    /// session when its access token expires.
+    pub attempts_after_close: u32,
 }
 
 impl Default for PullOptions {
@@ -49,6 +54,7 @@ impl Default for PullOptions {
             batch_bytes: 4 * 1024 * 1024,
             batch_count: 2000,
             memory_budget: 32 * 1024 * 1024,
+            attempts_after_close: 1,
         }
     }
 }

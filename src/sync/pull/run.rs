@@ -27,7 +27,9 @@ use crate::progress::Progress;
 use crate::sync::gmail::{self, Layout};
 use crate::sync::mailboxes::{choose_mailboxes_in, record, Naming, Target};
 use crate::sync::pool::{self, Slot, Step, Task};
-use crate::sync::remote::{FetchedMessage, MessageSink, Remote, RemoteError, RemoteFlags};
+use crate::sync::remote::{
+    ErrorKind, FetchedMessage, MessageSink, Remote, RemoteError, RemoteFlags,
+};
 
 struct Ctx {
     /// Gmail mode: where bodies come from and where labels go.
@@ -152,6 +154,7 @@ where
     let budget_kib = (opts.memory_budget / 1024).clamp(1, u32::MAX as u64) as u32;
     let jobs = opts.jobs;
     let task = Arc::new(PullTask {
+        carried: Default::default(),
         ctx: Ctx {
             gmail,
             archive,
@@ -258,6 +261,7 @@ pub fn connect_error(account: &Account, e: &RemoteError) -> String {
 /// listing cannot prove the mailbox unchanged.
 struct PullTask<R, F> {
     ctx: Ctx,
+    carried: std::sync::Mutex<std::collections::HashMap<String, MailboxReport>>,
     connect: F,
     _conn: PhantomData<fn() -> R>,
 }
@@ -276,16 +280,34 @@ where
         (self.connect)()
     }
 
-    async fn work(&self, slot: &mut Slot<R>, t: &mut Target, _attempt: u32) -> Step<MailboxReport> {
-        let mut rep = MailboxReport {
+    async fn work(&self, slot: &mut Slot<R>, t: &mut Target, attempt: u32) -> Step<MailboxReport> {
+        // What earlier attempts at this mailbox did (their counts add up).
+        let carried = self.carried.lock().expect("carried lock").remove(&t.folder);
+        let mut rep = carried.unwrap_or_else(|| MailboxReport {
             name: t.mailbox.name.clone(),
             folder: t.folder.clone(),
             outcome: "fetched",
             ..Default::default()
-        };
+        });
         match pull_mailbox(slot, self, t, &self.ctx, &mut rep).await {
             Ok(()) => Step::Done(rep),
             Err(Failure::Unreached(e)) => Step::Unreached(e),
+            Err(Failure::Remote(e))
+                if matches!(e.kind(), ErrorKind::Closed | ErrorKind::Broken)
+                    && attempt < self.ctx.opts.attempts_after_close =>
+            {
+                // What was archived is in the journal: the next attempt
+                // plans again and fetches only the rest.
+                log::info!(
+                    "the server ended the session while pulling `{}` ({e}); reconnecting",
+                    t.mailbox.name
+                );
+                self.carried
+                    .lock()
+                    .expect("carried lock")
+                    .insert(t.folder.clone(), rep);
+                Step::Retry(e.to_string())
+            }
             Err(e) => {
                 rep.outcome = "failed";
                 rep.errors.push(e.to_string());
@@ -318,7 +340,9 @@ async fn pull_mailbox<T: Task>(
         folder.create()?;
     }
     if unchanged(t.mailbox.status, &prior) {
-        rep.outcome = "unchanged";
+        if rep.fetched == 0 {
+            rep.outcome = "unchanged";
+        }
         return Ok(());
     }
     let index = tokio::task::block_in_place(|| {
@@ -512,7 +536,7 @@ async fn apply<R: Remote>(
     let mut failed: Vec<u32> = Vec::new();
     let mut first_error: Option<Failure> = None;
     if planned.is_empty() {
-        if changes.is_empty() {
+        if changes.is_empty() && rep.fetched == 0 {
             rep.outcome = "unchanged";
         }
     } else {
@@ -522,10 +546,11 @@ async fn apply<R: Remote>(
             fetch_planned(conn, t, ctx, folder, index, &keywords, &plan).await;
         first_error = fetch_error;
         ctx.progress.mailbox_finished(&t.mailbox.name);
-        rep.fetched = out.stored.len() as u64;
-        rep.bytes = out.bytes;
-        rep.bytes_on_disk = out.compressed;
-        rep.deduplicated = out.dedup;
+        // `+=`: an attempt after a reconnect adds to the earlier ones.
+        rep.fetched += out.stored.len() as u64;
+        rep.bytes += out.bytes;
+        rep.bytes_on_disk += out.compressed;
+        rep.deduplicated += out.dedup;
         if let Some(e) = out.error {
             // The writer's failure is the cause; the fetch error it caused is noise.
             first_error = Some(e.into());

@@ -9,6 +9,7 @@ mod pull;
 mod quota;
 mod restore;
 mod search;
+mod serve;
 mod show;
 mod verify;
 
@@ -82,6 +83,7 @@ pub enum Command {
     Search(search::SearchCmd),
     Show(show::ShowCmd),
     Export(export::ExportCmd),
+    Serve(serve::ServeCmd),
     /// Print the man page (roff) of imapbak or of one subcommand
     #[command(hide = true)]
     Man {
@@ -106,6 +108,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Search(cmd) => search::run(cmd, cli.config.as_deref()),
         Command::Show(cmd) => show::run(cmd, cli.config.as_deref()),
         Command::Export(cmd) => export::run(cmd, cli.config.as_deref()),
+        Command::Serve(cmd) => serve::run(cmd, cli.config.as_deref()),
         Command::Man {
             subcommand,
             write_all: Some(dir),
@@ -166,6 +169,7 @@ pub fn all_man_pages() -> Result<Vec<(String, Vec<u8>)>> {
 /// Subcommands that get a page of their own under man/.
 pub const MAN_PAGES: &[&str] = &[
     "check", "pull", "restore", "expunge", "quota", "verify", "ls", "search", "show", "export",
+    "serve",
 ];
 
 /// Options shared by the subcommands that talk to servers.

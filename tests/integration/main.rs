@@ -13,3 +13,4 @@ mod namespace;
 mod perf;
 mod pull;
 mod restore;
+mod serve;

@@ -5,6 +5,7 @@
 //! `$XDG_STATE_HOME/imapbak/serve/`, never in the archive), runs Dovecot in
 //! the foreground and stops it on Ctrl-C or SIGTERM.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -111,6 +112,8 @@ struct Served {
     /// The login's home: `mail` (a symlink to ARCHIVE/mail), `index/`,
     /// `control/`, `volatile/`.
     home: PathBuf,
+    /// The archive's folders as last seen by [`sync_control`].
+    folders: BTreeSet<String>,
 }
 
 /// Set by the signal handler; the main loop polls it.
@@ -177,10 +180,18 @@ pub fn run(cmd: ServeCmd, config: Option<&Path>) -> Result<ExitCode> {
             None => random_password()?,
         };
         let home = prepare_home(&serve_dir.join(&account.name), &account, uid, gid, root)?;
+        let mut folders = BTreeSet::new();
+        sync_control(
+            &account.archive.join("mail"),
+            &home,
+            (uid, gid, root),
+            &mut folders,
+        )?;
         served.push(Served {
             account,
             password,
             home,
+            folders,
         });
     }
 
@@ -264,10 +275,9 @@ pub fn run(cmd: ServeCmd, config: Option<&Path>) -> Result<ExitCode> {
             break ExitCode::Internal;
         }
         if last_scan.elapsed() >= Duration::from_secs(2) {
-            for s in &served {
-                if let Err(e) =
-                    link_keywords(&s.account.archive.join("mail"), &s.home, uid, gid, root)
-                {
+            for s in &mut served {
+                let mail = s.account.archive.join("mail");
+                if let Err(e) = sync_control(&mail, &s.home, (uid, gid, root), &mut s.folders) {
                     log::warn!("account `{}`: {e:#}", s.account.name);
                 }
             }
@@ -482,7 +492,6 @@ fn prepare_home(
             }
         }
     }
-    link_keywords(&target, home, uid, gid, root)?;
     Ok(home.to_path_buf())
 }
 
@@ -500,15 +509,28 @@ fn searchable_by(dir: &Path, uid: u32, gid: u32) -> bool {
     }
 }
 
-/// Dovecot reads a folder's `dovecot-keywords` from its control directory,
-/// which is outside the archive: link each archived file there (Dovecot
-/// replaces a file it writes by a rename, so it could never write through
-/// the link, and the ACLs keep it from writing keywords at all). INBOX's
-/// control directory is `control/.INBOX`.
-fn link_keywords(mail: &Path, home: &Path, uid: u32, gid: u32, root: bool) -> Result<()> {
+/// Keeps a login's control directory in step with its archive, at start
+/// and every few seconds (a pull may add folders meanwhile):
+///
+/// - Dovecot reads a folder's `dovecot-keywords` from its control
+///   directory, which is outside the archive: each archived file is linked
+///   there (Dovecot replaces a file it writes by a rename, so it could never
+///   write through the link, and the ACLs keep it from writing keywords at
+///   all). INBOX's control directory is `control/.INBOX`.
+/// - Every folder is subscribed (`control/subscriptions`, Dovecot's v2
+///   format: one mailbox a line, levels as stored, separated by a tab), so
+///   clients that show subscribed folders only (Thunderbird's default) show
+///   the whole archive. Rewritten only when the set of folders changes.
+fn sync_control(
+    mail: &Path,
+    home: &Path,
+    owner: (u32, u32, bool),
+    known: &mut BTreeSet<String>,
+) -> Result<()> {
+    let (uid, gid, root) = owner;
     let control = home.join("control");
     let rd = fs::read_dir(mail).with_context(|| format!("cannot read `{}`", mail.display()))?;
-    let mut folders = vec![(String::new(), ".INBOX".to_string())];
+    let mut folders = BTreeSet::new();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.')
@@ -516,10 +538,12 @@ fn link_keywords(mail: &Path, home: &Path, uid: u32, gid: u32, root: bool) -> Re
             && name != ".."
             && e.file_type().is_ok_and(|t| t.is_dir())
         {
-            folders.push((name.clone(), name));
+            folders.insert(name);
         }
     }
-    for (folder, control_name) in folders {
+    let all = std::iter::once((String::new(), ".INBOX".to_string()))
+        .chain(folders.iter().map(|f| (f.clone(), f.clone())));
+    for (folder, control_name) in all {
         let source = mail.join(&folder).join("dovecot-keywords");
         if !source.is_file() {
             continue;
@@ -544,6 +568,19 @@ fn link_keywords(mail: &Path, home: &Path, uid: u32, gid: u32, root: bool) -> Re
         }
         fs::rename(&tmp, &link)
             .with_context(|| format!("cannot rename to `{}`", link.display()))?;
+    }
+    if &folders != known {
+        let mut text = String::from("V\t2\n\nINBOX\n");
+        for f in &folders {
+            text.push_str(&f[1..].replace('.', "\t"));
+            text.push('\n');
+        }
+        let path = control.join("subscriptions");
+        write_private(&path, text.as_bytes())?;
+        if root {
+            chown(&path, uid, gid)?;
+        }
+        *known = folders;
     }
     Ok(())
 }

@@ -478,6 +478,20 @@ fn served_archive_lists_the_same_mailboxes_and_serves_every_message_identically(
         let mut want = user.imap().list();
         want.sort();
         assert_eq!(client.list(), want, "mailboxes of `{account}`");
+        // Every mailbox is subscribed (Thunderbird shows subscribed ones only).
+        let lsub = client.ok("LSUB \"\" \"*\"");
+        let subscribed = lsub
+            .untagged
+            .iter()
+            .filter(|l| {
+                l.starts_with(b"* LSUB ") && !String::from_utf8_lossy(l).contains("\\Noselect")
+            })
+            .count();
+        assert_eq!(
+            subscribed,
+            want.len(),
+            "subscribed mailboxes of `{account}`"
+        );
         for mb in mailboxes {
             let want = origin(user, mb);
             let got = client.fetch_all(mb);
@@ -539,7 +553,7 @@ fn every_write_through_serve_is_refused_and_the_archive_is_unchanged() {
     let msg = b"From: x@example.com\r\nSubject: new\r\n\r\nnew\r\n";
     // (setup commands, the write, its literal, whether it must be refused
     // with NO); the others must have no effect (checked below).
-    let writes: &[(&[&str], &str, Option<&[u8]>, bool)] = &[
+    let writes: &[WriteAttempt] = &[
         (
             &["SELECT INBOX"],
             "UID STORE 1:* +FLAGS (\\Flagged \\Deleted $Junk)",
@@ -610,6 +624,10 @@ fn every_write_through_serve_is_refused_and_the_archive_is_unchanged() {
     }
     assert_eq!(dovecot_files(&archive), Vec::<PathBuf>::new());
 }
+
+/// One write attempt: setup commands, the command, its literal, and
+/// whether it must be refused with NO (the others must have no effect).
+type WriteAttempt<'a> = (&'a [&'a str], &'a str, Option<&'a [u8]>, bool);
 
 /// Pids of the processes in process group `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {

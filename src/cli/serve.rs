@@ -768,6 +768,8 @@ fn write_config(c: &ConfigInput) -> Result<PathBuf> {
          # acl: read-only\n\
          mail_plugins = $mail_plugins acl zlib listescape\n\
          mail_max_userip_connections = 50\n\
+         # a pull adds folders behind Dovecot's back: list the tree, not a cache\n\
+         mailbox_list_index = no\n\
          namespace inbox {{\n  inbox = yes\n  separator = /\n}}\n\
          passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
          userdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\

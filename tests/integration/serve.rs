@@ -713,3 +713,85 @@ fn serve_without_dovecot_on_path_exits_2_with_install_hints() {
     assert!(out.stdout.is_empty());
     assert!(!env.path().join("home/.local/state/imapbak/serve").exists());
 }
+
+#[test]
+fn serve_shows_what_a_concurrent_pull_adds_after_a_reselect() {
+    let alice = dovecot().new_user("serve-p");
+    seed(&alice, &["INBOX"]);
+    let env = pulled(&[("a", &alice)]);
+    let serve = Serve::start(&env, &[]);
+    let mut client = serve.login("a");
+    let before = client.fetch_all("INBOX").len();
+
+    let mut origin_imap = alice.imap();
+    origin_imap.append(
+        "INBOX",
+        &["\\Flagged"],
+        "02-Feb-2022 10:00:00 +0000",
+        b"Subject: later\r\n\r\nlater\r\n",
+    );
+    origin_imap.create("Later");
+    origin_imap.append(
+        "Later",
+        &["\\Seen", "Later-Kw"],
+        "03-Feb-2022 10:00:00 +0000",
+        b"Subject: in a new mailbox\r\n\r\nnew\r\n",
+    );
+    let out = env.cmd().arg("pull").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if unsafe { libc::geteuid() } == 0 {
+        // The pull ran as root; serve reads the archive as its owner.
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{MAIL_UID}:{MAIL_UID}"))
+            .arg(env.archive("a"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    let inbox = client.fetch_all("INBOX");
+    assert_eq!(inbox.len(), before + 1, "the new message is not served");
+    assert!(inbox
+        .iter()
+        .any(|m| m.body == b"Subject: later\r\n\r\nlater\r\n"));
+    // The new mailbox is listed at once; its keywords once serve has linked
+    // its dovecot-keywords (every 2 s).
+    assert!(client.list().contains(&"Later".to_string()));
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut fresh = serve.login("a");
+    let later = fresh.fetch_all("Later");
+    assert_eq!(later.len(), 1);
+    assert_eq!(
+        later[0].flags,
+        vec!["Later-Kw".to_string(), "\\Seen".to_string()]
+    );
+    let lsub = fresh.ok("LSUB \"\" \"Later\"");
+    assert!(
+        lsub.untagged.iter().any(|l| l.starts_with(b"* LSUB ")),
+        "Later is not subscribed"
+    );
+}
+
+#[test]
+fn serve_refuses_an_archive_owned_by_root_with_a_hint() {
+    if unsafe { libc::geteuid() } != 0 {
+        return; // Only root can own an archive as root.
+    }
+    let alice = dovecot().new_user("serve-r");
+    seed(&alice, &["INBOX"]);
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &alice, ""));
+    env.cmd().arg("pull").assert().success();
+    let before = snapshot(&env.archive("a"));
+    let out = env.cmd().arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is owned by root"), "{stderr}");
+    assert!(stderr.contains("hint: chown -R"), "{stderr}");
+    assert!(snapshot(&env.archive("a")) == before);
+}

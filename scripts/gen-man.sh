@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 cargo build -q
 mkdir -p man
 rm -f man/*.1
-./target/debug/imapbak man --write-all man
+"${CARGO_TARGET_DIR:-target}/debug/imapbak" man --write-all man
 echo "man pages written to man/"

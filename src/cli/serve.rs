@@ -25,39 +25,43 @@ use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::imap::tls::fingerprint_of;
 
-const LONG_HELP: &str = "\
-Starts a private Dovecot (found on PATH, or --dovecot) that serves the \
-archive read-only over IMAP with TLS, prints how to connect, and runs until \
-Ctrl-C or SIGTERM. Connect any mail client (Thunderbird, mutt, aerc, a phone) \
-with the printed settings: server, port, SSL/TLS (not STARTTLS), normal \
-password, user and password.
-
-Read-only for real: Dovecot's ACL plugin grants only lookup and read, so \
-flag changes, deletions, expunges, new messages and new, renamed or deleted \
-mailboxes are all refused, and every mailbox opens READ-ONLY. Dovecot's \
-config, logs, index, cache and control files live under \
-$XDG_STATE_HOME/imapbak/serve/ACCOUNT/ (runtime sockets in a temp dir), \
-never in the archive. A pull may run while serve runs: reselect a mailbox \
-to see new mail.
-
-Listens on 127.0.0.1 on a free port unless --listen ADDR:PORT; any address \
-other than loopback prints a warning (the password is then all that guards \
-your mail). The TLS certificate is self-signed, made once per archive and \
-kept in the state directory: accept it in the client once, comparing the \
-printed fingerprint. A random password is made per run (one per account), \
-or read from the first line printed by --password-command.
-
-With no --account, every configured account is served, each as its own \
-login (the login is the account name).
-
-Run as root, the mail is read as the archive's owner (Dovecot never reads \
-mail as root); an archive owned by root cannot be served: chown it to the \
-user who should own the backup. Dovecot 2.3.12 or later is needed, with its \
-zlib, listescape and acl plugins (all in the stock packages).";
-
-/// Serve the archive read-only over IMAP to any mail client (a private Dovecot)
+/// Serve the archive read-only over IMAP to any mail client (a private Dovecot).
+///
+/// Starts a private Dovecot (found on PATH, or --dovecot) that serves the
+/// archive read-only over IMAP with TLS, prints how to connect, and runs
+/// until Ctrl-C or SIGTERM, which stop Dovecot and free the port. Connect
+/// any mail client (Thunderbird, mutt, aerc, a phone) with the printed
+/// settings: server, port, SSL/TLS (not STARTTLS), normal password, user
+/// and password. Thunderbird: add a mail account, configure manually,
+/// incoming IMAP with those settings, and confirm the security exception
+/// after comparing the certificate's fingerprint with the printed one.
+///
+/// Read-only for real: Dovecot's ACL plugin grants only lookup and read, so
+/// every mailbox opens READ-ONLY, flag changes and expunges have no effect,
+/// and APPEND, COPY or MOVE into the archive, CREATE, DELETE and RENAME are
+/// refused. Dovecot's config, log, index, cache, uidlist and subscriptions
+/// files live under $XDG_STATE_HOME/imapbak/serve/ACCOUNT/ (the shared
+/// config of several accounts in serve/.all/; sockets in a temp dir), never
+/// in the archive. A pull may run while serve runs: reselect a mailbox to
+/// see new mail.
+///
+/// Listens on 127.0.0.1 on a free port unless --listen ADDR:PORT; any
+/// address other than loopback prints a warning (the password is then all
+/// that guards the mail). The TLS certificate is self-signed, made once per
+/// archive and kept in the state directory, so a client accepts it once. A
+/// random password is made per account and run, or read from the first
+/// line --password-command prints. With no --account, every configured
+/// account is served, each as its own login (the account name).
+///
+/// Run as root, the mail is read as the archive's owner (Dovecot never
+/// reads mail as root); an archive owned by root is refused: chown it to
+/// the user who owns the backup. Needs Dovecot 2.3.12 or later with its
+/// zlib, listescape and acl plugins (all in the stock packages).
+///
+/// Exit status: 0 stopped by Ctrl-C or SIGTERM; 2 no Dovecot, bad
+/// configuration or an archive that cannot be served (nothing started); 4
+/// this archive is already being served; 5 Dovecot stopped on its own.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = LONG_HELP)]
 pub struct ServeCmd {
     #[command(flatten)]
     accounts: AccountArgs,

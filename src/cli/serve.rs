@@ -95,6 +95,9 @@ struct Settings {
     certificate: String,
     fingerprint: String,
     logins: Vec<Login>,
+    /// The passwords came from --password-command (not printed for people).
+    #[serde(skip)]
+    password_from_command: bool,
     /// Dovecot's log and generated configuration.
     log: String,
     config: String,
@@ -247,6 +250,7 @@ pub fn run(cmd: ServeCmd, config: Option<&Path>) -> Result<ExitCode> {
         host,
         port: addr.port(),
         tls: "implicit",
+        password_from_command: cmd.password_command.is_some(),
         certificate: cert.display().to_string(),
         fingerprint,
         logins: served
@@ -942,10 +946,15 @@ fn print_settings(s: &Settings, json: bool) -> Result<()> {
         writeln!(out, "  certificate  {} (self-signed)", s.certificate)?;
         writeln!(out, "  fingerprint  {}", s.fingerprint)?;
         for l in &s.logins {
+            let password = if s.password_from_command {
+                "from --password-command"
+            } else {
+                &l.password
+            };
             writeln!(
                 out,
-                "  user         {}   password {}   ({})",
-                l.user, l.password, l.archive
+                "  user         {}   password {password}   ({})",
+                l.user, l.archive
             )?;
         }
         writeln!(out, "  log          {}", s.log)?;

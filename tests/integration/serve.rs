@@ -155,6 +155,10 @@ impl Serve {
 
     /// SIGTERM, then the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
+        self.stop_ref()
+    }
+
+    fn stop_ref(&mut self) -> std::process::ExitStatus {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
@@ -794,4 +798,53 @@ fn serve_refuses_an_archive_owned_by_root_with_a_hint() {
     assert!(stderr.contains("is owned by root"), "{stderr}");
     assert!(stderr.contains("hint: chown -R"), "{stderr}");
     assert!(snapshot(&env.archive("a")) == before);
+}
+
+#[test]
+fn serve_off_loopback_warns_takes_the_password_command_and_runs_once_per_archive() {
+    let alice = dovecot().new_user("serve-l");
+    seed(&alice, &["INBOX"]);
+    let env = pulled(&[("a", &alice)]);
+    let port = TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("0.0.0.0:{port}");
+    let serve = Serve::start(
+        &env,
+        &[
+            "--listen",
+            &listen,
+            "--password-command",
+            "echo not-random-pw; echo ignored",
+        ],
+    );
+    assert_eq!(serve.port(), port);
+    assert_eq!(serve.password("a"), "not-random-pw");
+    let mut c = serve.login("a");
+    c.ok("EXAMINE INBOX");
+    drop(c);
+
+    // A second serve of the same archive is refused (exit 4), nothing started.
+    let out = env.cmd().arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("already being served"), "{stderr}");
+
+    let mut serve = serve;
+    let status = serve.stop_ref();
+    assert!(status.success());
+    let mut stderr = String::new();
+    serve
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains(&format!("warning: listening on {listen}, not on loopback")),
+        "{stderr}"
+    );
 }

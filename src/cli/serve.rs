@@ -132,6 +132,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 pub fn run(cmd: ServeCmd, config: Option<&Path>) -> Result<ExitCode> {
     let dovecot = find_dovecot(cmd.dovecot.as_deref())?;
+    check_version(&dovecot)?;
     let accounts = load_accounts(config, &cmd.accounts)?;
     let (uid, gid) = mail_owner(&accounts)?;
     let root = unsafe { libc::geteuid() } == 0;
@@ -378,15 +379,54 @@ fn find_dovecot(explicit: Option<&Path>) -> Result<PathBuf> {
     )
 }
 
+/// The configuration written here is Dovecot 2.3's: 2.3.12 is the first to
+/// read zstd mail files, and 2.4 changed the configuration language.
+fn check_version(dovecot: &Path) -> Result<()> {
+    let out = Command::new(dovecot)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run `{} --version`", dovecot.display()))?;
+    version_fits(dovecot, &String::from_utf8_lossy(&out.stdout))
+}
+
+fn version_fits(dovecot: &Path, text: &str) -> Result<()> {
+    let version = text.split_whitespace().next().unwrap_or("");
+    let parts: Vec<u32> = version
+        .split('.')
+        .take(3)
+        .map_while(|p| p.parse().ok())
+        .collect();
+    match parts.as_slice() {
+        [2, 3, patch, ..] if *patch >= 12 => Ok(()),
+        [2, 3, ..] | [2, 0..=2, ..] | [0..=1, ..] => bail!(
+            "`{}` is Dovecot {version}; serving zstd-compressed mail needs 2.3.12 or later\nhint: install a newer Dovecot, or pass --dovecot PATH",
+            dovecot.display()
+        ),
+        [_, ..] => bail!(
+            "`{}` is Dovecot {version}; `imapbak serve` writes a Dovecot 2.3 configuration (2.4 changed the format)\nhint: pass --dovecot PATH to a Dovecot 2.3 (2.3.12 or later)",
+            dovecot.display()
+        ),
+        [] => bail!(
+            "`{}` does not look like Dovecot (`--version` printed `{}`)\nhint: pass --dovecot PATH to the dovecot binary",
+            dovecot.display(),
+            text.trim()
+        ),
+    }
+}
+
 fn is_executable(p: &Path) -> bool {
     fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The uid/gid Dovecot reads the mail as. As root: the archives' owner
-/// (Dovecot refuses mail access as uid 0: "Mail access not allowed for
-/// root", and a passwd-file userdb rejects uid 0 outright, whatever
-/// `first_valid_uid` says, so a root-owned archive cannot be served). Not
-/// root: ourselves, Dovecot then runs without changing users.
+/// The uid/gid Dovecot reads the mail as. As root: the archives' owner.
+/// Uid 0 does not work, measured on Dovecot 2.3.19: a passwd-file userdb
+/// line with uid 0 fails every login ("User u has invalid UID '0'"), and
+/// with the uid left empty plus `mail_uid = root`, `first_valid_uid = 0`,
+/// the login succeeds but the imap process dies with "Couldn't drop
+/// privileges: Mail access not allowed for root". So a root-owned archive
+/// (0700/0600, readable by root only) cannot be served, and is refused with
+/// a hint. Not root: ourselves, and Dovecot runs without changing users.
 fn mail_owner(accounts: &[Account]) -> Result<(u32, u32)> {
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let mut owner: Option<(u32, u32, &Path)> = None;
@@ -616,7 +656,8 @@ fn password_from_command(cmd: &str) -> Result<String> {
     Ok(pw)
 }
 
-/// 20 characters from [A-Za-z0-9] (about 119 bits), from the kernel's CSPRNG.
+/// 20 characters of letters and digits without the look-alikes 0 O 1 l I
+/// (about 117 bits), from the kernel's CSPRNG.
 fn random_password() -> Result<String> {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     let mut f = fs::File::open("/dev/urandom").context("cannot open `/dev/urandom`")?;
@@ -962,4 +1003,32 @@ fn print_settings(s: &Settings, json: bool) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_takes_dovecot_2_3_12_to_2_3_x_only() {
+        let d = Path::new("/usr/sbin/dovecot");
+        assert!(version_fits(d, "2.3.19.1 (9b53102964)\n").is_ok());
+        assert!(version_fits(d, "2.3.12").is_ok());
+        let old = version_fits(d, "2.3.7.2 (3c910f64b)").unwrap_err();
+        assert!(format!("{old:#}").contains("2.3.12 or later"));
+        let new = version_fits(d, "2.4.1-4 (7d8c0e5759)").unwrap_err();
+        assert!(format!("{new:#}").contains("2.4 changed"));
+        assert!(version_fits(d, "").is_err());
+    }
+
+    #[test]
+    fn random_passwords_are_20_unambiguous_characters_and_differ() {
+        let a = random_password().unwrap();
+        let b = random_password().unwrap();
+        assert_eq!(a.len(), 20);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() && !"0O1lI".contains(c)));
+        assert_ne!(a, b);
+    }
 }

@@ -45,7 +45,8 @@ use crate::imap::tls::fingerprint_of;
 /// in the archive. A pull may run while serve runs: reselect a mailbox to
 /// see new mail.
 ///
-/// Listens on 127.0.0.1 on a free port unless --listen ADDR:PORT; any
+/// Listens on 127.0.0.1 on a free port (the last run's when it is free)
+/// unless --listen ADDR:PORT; any
 /// address other than loopback prints a warning (the password is then all
 /// that guards the mail). The TLS certificate is self-signed, made once per
 /// archive and kept in the state directory, so a client accepts it once. A
@@ -206,7 +207,7 @@ pub fn run(cmd: ServeCmd, config: Option<&Path>) -> Result<ExitCode> {
     let (cert, fingerprint) = certificate(&instance.join("tls"))?;
     let addr = match cmd.listen {
         Some(a) => a,
-        None => free_loopback_port()?,
+        None => remembered_port(&instance.join("port"))?,
     };
     if !addr.ip().is_loopback() {
         eprintln!(
@@ -236,10 +237,19 @@ pub fn run(cmd: ServeCmd, config: Option<&Path>) -> Result<ExitCode> {
     let mut child = spawn_dovecot(&dovecot, &conf, &log)?;
     let pid = child.id();
     let mut guard = StopOnDrop(Some(pid));
-    if let Err(e) = wait_ready(&mut child, addr, &log) {
-        stop(&mut child);
-        guard.0 = None;
-        return Err(e);
+    match wait_ready(&mut child, addr, &log) {
+        Ok(true) => {}
+        Ok(false) => {
+            // Ctrl-C before Dovecot answered: a clean stop all the same.
+            stop(&mut child);
+            guard.0 = None;
+            return Ok(ExitCode::Success);
+        }
+        Err(e) => {
+            stop(&mut child);
+            guard.0 = None;
+            return Err(e);
+        }
     }
 
     let host = if addr.ip().is_unspecified() {
@@ -726,9 +736,24 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("cannot rename to `{}`", path.display()))
 }
 
-fn free_loopback_port() -> Result<SocketAddr> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
-    l.local_addr().context("cannot find a free port")
+/// 127.0.0.1 and the port of the last run when it is free (so a mail
+/// client set up once keeps working), else a free one, remembered in `file`.
+fn remembered_port(file: &Path) -> Result<SocketAddr> {
+    let last = fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u16>().ok())
+        .filter(|&p| p != 0);
+    let listener = last
+        .and_then(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok())
+        .map_or_else(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)), Ok)
+        .context("cannot find a free port on 127.0.0.1")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot find a free port on 127.0.0.1")?;
+    if last != Some(addr.port()) {
+        write_private(file, format!("{}\n", addr.port()).as_bytes())?;
+    }
+    Ok(addr)
 }
 
 struct ConfigInput<'a> {
@@ -922,7 +947,8 @@ fn log_tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
-fn wait_ready(child: &mut Child, addr: SocketAddr, log: &Path) -> Result<()> {
+/// True once Dovecot accepts connections, false if a signal came first.
+fn wait_ready(child: &mut Child, addr: SocketAddr, log: &Path) -> Result<bool> {
     let probe = if addr.ip().is_unspecified() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
     } else {
@@ -938,9 +964,12 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, log: &Path) -> Result<()> {
             );
         }
         if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
-            return Ok(());
+            return Ok(true);
         }
-        if Instant::now() > deadline || SIGNAL.load(Ordering::SeqCst) != 0 {
+        if SIGNAL.load(Ordering::SeqCst) != 0 {
+            return Ok(false);
+        }
+        if Instant::now() > deadline {
             bail!(
                 "dovecot did not answer on {addr}; its log ends:\n{}\nhint: see `{}`",
                 log_tail(log),

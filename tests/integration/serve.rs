@@ -159,8 +159,13 @@ impl Serve {
     }
 
     fn stop_ref(&mut self) -> std::process::ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal`, then waits for the exit status.
+    fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+            libc::kill(self.child.id() as i32, signal);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -656,7 +661,7 @@ fn group_members(pgid: u32) -> Vec<u32> {
 }
 
 #[test]
-fn sigterm_stops_serve_leaving_no_process_and_freeing_the_port() {
+fn sigterm_stops_serve_leaving_no_process_and_freeing_the_port_for_the_next_run() {
     let alice = dovecot().new_user("serve-t");
     seed(&alice, &["INBOX"]);
     let env = pulled(&[("a", &alice)]);
@@ -682,6 +687,23 @@ fn sigterm_stops_serve_leaving_no_process_and_freeing_the_port() {
         std::thread::sleep(Duration::from_millis(50));
     }
     TcpListener::bind(("127.0.0.1", port)).expect("the port is still taken");
+
+    // The next run takes the same port (a client set up once keeps
+    // working); Ctrl-C (SIGINT) stops it as cleanly.
+    let mut again = Serve::start(&env, &[]);
+    assert_eq!(again.port(), port, "the port was not reused");
+    let again_master = again.settings["pid"].as_u64().unwrap() as u32;
+    let status = again.stop_with(libc::SIGINT);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !group_members(again_master).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    TcpListener::bind(("127.0.0.1", port)).expect("the port is still taken after SIGINT");
     // The runtime directory (sockets, pid file) is gone too.
     let runtime: Vec<_> = fs::read_dir(std::env::temp_dir())
         .unwrap()

@@ -49,9 +49,10 @@ use crate::imap::tls::fingerprint_of;
 /// unless --listen ADDR:PORT; any
 /// address other than loopback prints a warning (the password is then all
 /// that guards the mail). The TLS certificate is self-signed, made once per
-/// archive and kept in the state directory, so a client accepts it once. A
-/// random password is made per account and run, or read from the first
-/// line --password-command prints. With no --account, every configured
+/// archive and kept in the state directory, so a client accepts it once.
+/// The password of each login is random, made on the first run and kept in
+/// serve/ACCOUNT/password (delete it for a new one), or the first line
+/// --password-command prints. With no --account, every configured
 /// account is served, each as its own login (the account name).
 ///
 /// Run as root, the mail is read as the archive's owner (Dovecot never
@@ -72,7 +73,7 @@ pub struct ServeCmd {
     listen: Option<SocketAddr>,
 
     /// Command whose first line of output is the password of every login
-    /// [default: a random password per account, printed]
+    /// [default: a random password per account, kept and printed]
     #[arg(long, value_name = "CMD")]
     password_command: Option<String>,
 
@@ -184,11 +185,13 @@ pub fn run(cmd: ServeCmd, config: Option<&Path>) -> Result<ExitCode> {
                 account.name
             );
         }
+        let account_dir = serve_dir.join(&account.name);
+        make_dirs(&account_dir, 0o711)?;
         let password = match &shared_password {
             Some(p) => p.clone(),
-            None => random_password()?,
+            None => kept_password(&account_dir.join("password"))?,
         };
-        let home = prepare_home(&serve_dir.join(&account.name), &account, uid, gid, root)?;
+        let home = prepare_home(&account_dir, &account, uid, gid, root)?;
         let mut folders = BTreeSet::new();
         sync_control(
             &account.archive.join("mail"),
@@ -663,6 +666,21 @@ fn password_from_command(cmd: &str) -> Result<String> {
     if pw.is_empty() {
         bail!("--password-command `{cmd}` printed an empty first line");
     }
+    Ok(pw)
+}
+
+/// The account's password for serve: made once, kept 0600 beside the
+/// certificate's key so a client that saved it keeps working (delete the
+/// file for a new one).
+fn kept_password(file: &Path) -> Result<String> {
+    if let Ok(text) = fs::read_to_string(file) {
+        let pw = text.trim();
+        if !pw.is_empty() {
+            return Ok(pw.to_string());
+        }
+    }
+    let pw = random_password()?;
+    write_private(file, format!("{pw}\n").as_bytes())?;
     Ok(pw)
 }
 

@@ -669,6 +669,8 @@ fn sigterm_stops_serve_leaving_no_process_and_freeing_the_port_for_the_next_run(
     let port = serve.port();
     let master = serve.settings["pid"].as_u64().unwrap() as u32;
     let serve_pid = serve.child.id();
+    let first_password = serve.password("a");
+    assert_eq!(first_password.len(), 20);
     // A logged-in client keeps an imap process alive at the signal.
     let mut client = serve.login("a");
     client.ok("EXAMINE INBOX");
@@ -692,6 +694,7 @@ fn sigterm_stops_serve_leaving_no_process_and_freeing_the_port_for_the_next_run(
     // working); Ctrl-C (SIGINT) stops it as cleanly.
     let mut again = Serve::start(&env, &[]);
     assert_eq!(again.port(), port, "the port was not reused");
+    assert_eq!(again.password("a"), first_password, "the password changed");
     let again_master = again.settings["pid"].as_u64().unwrap() as u32;
     let status = again.stop_with(libc::SIGINT);
     assert_eq!(status.code(), Some(0), "{status:?}");

@@ -91,11 +91,14 @@ struct Serve {
 
 impl Serve {
     fn start(env: &TestEnv, args: &[&str]) -> Serve {
-        let mut child = env
-            .std_cmd()
-            .arg("serve")
-            .arg("--json")
-            .args(args)
+        let mut cmd = env.std_cmd();
+        cmd.arg("serve").arg("--json").args(args);
+        Serve::spawn(cmd)
+    }
+
+    /// Runs `cmd`, an `imapbak ... serve --json`, and reads its settings.
+    fn spawn(mut cmd: Command) -> Serve {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -872,4 +875,67 @@ fn serve_off_loopback_warns_takes_the_password_command_and_runs_once_per_archive
         stderr.contains(&format!("warning: listening on {listen}, not on loopback")),
         "{stderr}"
     );
+}
+
+#[test]
+fn serve_run_by_a_plain_user_runs_dovecot_without_root() {
+    // Most users are not root: Dovecot then runs as them, unprivileged.
+    // As root, the test becomes `nobody` with setpriv; otherwise it already
+    // is a plain user and this case is every other test.
+    const NOBODY: u32 = 65534;
+    let has_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if unsafe { libc::geteuid() } != 0
+        || !has_setpriv
+        || unsafe { libc::getpwuid(NOBODY) }.is_null()
+    {
+        return;
+    }
+    let alice = dovecot().new_user("serve-n");
+    seed(&alice, &["INBOX", "Archive/2024/Q1"]);
+    let env = pulled(&[("a", &alice)]);
+    let state = env.path().join("nobody-state");
+    fs::create_dir(&state).unwrap();
+    for p in [&state, &env.config_path()] {
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{NOBODY}:{NOBODY}"))
+        .arg(env.archive("a"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let before = snapshot(&env.archive("a"));
+
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={NOBODY}"),
+        &format!("--regid={NOBODY}"),
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_imapbak"),
+        "--config",
+    ])
+    .arg(env.config_path())
+    .args(["serve", "--json"])
+    .env("HOME", &state)
+    .env("XDG_STATE_HOME", &state)
+    .current_dir(&state);
+    let serve = Serve::spawn(cmd);
+    let mut client = serve.login("a");
+    for mb in ["INBOX", "Archive/2024/Q1"] {
+        let want = origin(&alice, mb);
+        assert!(client.fetch_all(mb) == want, "`{mb}` served differently");
+    }
+    let r = client.run("CREATE Nope");
+    assert!(r.text.starts_with("NO"), "{}", r.text);
+    drop(client);
+    let master = serve.settings["pid"].as_u64().unwrap() as u32;
+    assert!(serve.stop().success());
+    assert!(group_members(master).is_empty(), "processes left behind");
+    assert!(snapshot(&env.archive("a")) == before, "the archive changed");
+    let conf = fs::read_to_string(state.join("imapbak/serve/a/dovecot.conf")).unwrap();
+    assert!(conf.contains("default_internal_user = nobody"), "{conf}");
 }

@@ -1016,6 +1016,11 @@ fn stop(child: &mut Child) {
         libc::kill(-pid, libc::SIGKILL);
     }
     let _ = child.wait();
+    // Exit only once the group is gone (killed children linger until reaped).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while unsafe { libc::kill(-pid, 0) } == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn print_settings(s: &Settings, json: bool) -> Result<()> {

@@ -641,6 +641,20 @@ fn every_write_through_serve_is_refused_and_the_archive_is_unchanged() {
 /// whether it must be refused with NO (the others must have no effect).
 type WriteAttempt<'a> = (&'a [&'a str], &'a str, Option<&'a [u8]>, bool);
 
+/// Waits (at most 2 s: init reaps killed processes a moment later) until
+/// no process of group `pgid` is left.
+fn assert_group_gone(pgid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !group_members(pgid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {:?}",
+            group_members(pgid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Pids of the processes in process group `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -682,15 +696,7 @@ fn sigterm_stops_serve_leaving_no_process_and_freeing_the_port_for_the_next_run(
 
     let status = serve.stop();
     assert_eq!(status.code(), Some(0), "{status:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !group_members(master).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "processes left behind: {:?}",
-            group_members(master)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_group_gone(master);
     TcpListener::bind(("127.0.0.1", port)).expect("the port is still taken");
 
     // The next run takes the same port (a client set up once keeps
@@ -701,14 +707,7 @@ fn sigterm_stops_serve_leaving_no_process_and_freeing_the_port_for_the_next_run(
     let again_master = again.settings["pid"].as_u64().unwrap() as u32;
     let status = again.stop_with(libc::SIGINT);
     assert_eq!(status.code(), Some(0), "{status:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !group_members(again_master).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "processes left behind after SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_group_gone(again_master);
     TcpListener::bind(("127.0.0.1", port)).expect("the port is still taken after SIGINT");
     // The runtime directory (sockets, pid file) is gone too.
     let runtime: Vec<_> = fs::read_dir(std::env::temp_dir())
@@ -934,7 +933,7 @@ fn serve_run_by_a_plain_user_runs_dovecot_without_root() {
     drop(client);
     let master = serve.settings["pid"].as_u64().unwrap() as u32;
     assert!(serve.stop().success());
-    assert!(group_members(master).is_empty(), "processes left behind");
+    assert_group_gone(master);
     assert!(snapshot(&env.archive("a")) == before, "the archive changed");
     let conf = fs::read_to_string(state.join("imapbak/serve/a/dovecot.conf")).unwrap();
     assert!(conf.contains("default_internal_user = nobody"), "{conf}");

@@ -10,6 +10,7 @@ mod pull;
 mod quota;
 mod restore;
 mod search;
+mod serve;
 mod show;
 mod verify;
 
@@ -95,6 +96,7 @@ pub enum Command {
     Export(export::ExportCmd),
     Login(login::LoginCmd),
     Logout(login::LogoutCmd),
+    Serve(serve::ServeCmd),
     /// Print the man page (roff) of imapbak or of one subcommand
     #[command(hide = true)]
     Man {
@@ -139,6 +141,7 @@ fn run_command(cli: Cli) -> Result<ExitCode> {
         Command::Export(cmd) => export::run(cmd, cli.config.as_deref()),
         Command::Login(cmd) => login::run(cmd, cli.config.as_deref()),
         Command::Logout(cmd) => login::run_logout(cmd, cli.config.as_deref()),
+        Command::Serve(cmd) => serve::run(cmd, cli.config.as_deref()),
         Command::Man {
             subcommand,
             write_all: Some(dir),
@@ -199,7 +202,7 @@ pub fn all_man_pages() -> Result<Vec<(String, Vec<u8>)>> {
 /// Subcommands that get a page of their own under man/.
 pub const MAN_PAGES: &[&str] = &[
     "check", "pull", "restore", "expunge", "quota", "verify", "ls", "search", "show", "export",
-    "login", "logout",
+    "login", "logout", "serve",
 ];
 
 /// Options shared by the subcommands that talk to servers.

@@ -483,6 +483,16 @@ impl Drop for Proxy {
 
 impl Proxy {
     pub fn start(target: u16, fault: Fault) -> Proxy {
+        Self::start_with(target, fault, false)
+    }
+
+    /// Like [`Proxy::start`], with `fault` on every connection: a slow
+    /// link (`Trickle`) rather than a one-off fault.
+    pub fn start_every(target: u16, fault: Fault) -> Proxy {
+        Self::start_with(target, fault, true)
+    }
+
+    fn start_with(target: u16, fault: Fault, every: bool) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -496,7 +506,7 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
-                let fault = (n == 0).then_some(fault);
+                let fault = (every || n == 0).then_some(fault);
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 thread::spawn(move || pump(c2, s2, None));
                 let stop3 = stop2.clone();

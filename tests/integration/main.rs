@@ -19,3 +19,4 @@ mod oauth2;
 mod perf;
 mod pull;
 mod restore;
+mod serve;

@@ -434,6 +434,78 @@ fn a_session_ended_mid_run_reconnects_with_a_fresh_token_and_fetches_each_messag
     assert_no_secret(&env, &[&out], &[]);
 }
 
+/// Issue 11, "Long runs": a server that ends every session when its 15 s
+/// token expires (Microsoft ends a session at token expiry, PROVIDERS.md;
+/// `doveadm kick` every 15 s stands in), over a slow link on every
+/// connection so the pull lasts about a minute: it completes with every
+/// message exactly once.
+#[test]
+fn a_minute_long_pull_survives_a_session_ended_at_every_token_expiry() {
+    let d = dovecot_oauth();
+    let user = d.new_user("expiry");
+    let n = 200u32;
+    let messages: Vec<(Vec<u8>, i64)> = (1..=n)
+        .map(|i| {
+            let mut m = mail::plain(i);
+            m.extend(mail::base64(&mail::pseudo_random(i as u64 + 7_000, 30_000)).as_bytes());
+            m.extend(b"\r\n");
+            (m, 1_600_000_000 + i as i64)
+        })
+        .collect();
+    d.seed_inbox(&user, &messages);
+    let client = auth_server().client(&user.name, 15, false);
+    let env = TestEnv::new();
+    // About 200 KB/s on every connection: 8 MB take ~40 s and more.
+    let proxy = Proxy::start_every(
+        d.imaps_port,
+        Fault::Trickle {
+            chunk: 4096,
+            pause_ms: 20,
+        },
+    );
+    let mut keys = builtin_keys(&client);
+    keys.push_str("timeout = 30\n");
+    env.write_config(&oauth_toml(&env, d, "a", &user, proxy.port, &keys));
+    store_refresh(&env, "a", &auth_server().refresh_token(&client));
+    let mut child = env
+        .std_cmd()
+        .args(["-v", "pull", "--jobs", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut kicks = 0;
+    let mut next = started + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the pull never ended"
+        );
+        if Instant::now() >= next {
+            d.doveadm(&["kick", &user.name]);
+            kicks += 1;
+            next += Duration::from_secs(15);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        kicks >= 2,
+        "the pull took {:?}: too short to test expiry",
+        started.elapsed()
+    );
+    let archived = support::folder_files(&env.archive("a"), "");
+    let mut bodies: Vec<Vec<u8>> = archived.iter().map(|p| support::read_zstd(p)).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(archived.len(), n as usize, "{err}");
+    assert_eq!(bodies.len(), n as usize, "a message archived twice");
+    assert_no_secret(&env, &[&out], &[]);
+}
+
 /// Spawns `imapbak login` and reads its stderr line by line until `pick`
 /// finds what it waits for. The caller waits for the child it gets back.
 #[allow(clippy::zombie_processes)]

@@ -64,7 +64,7 @@ struct AccountFile {
     compression_level: Option<i32>,
     timeout: Option<u64>,
     max_message_size: Option<u64>,
-    compress: Option<bool>,
+    compress: Option<CompressFile>,
     gmail: Option<bool>,
     gmail_spam_and_trash: Option<bool>,
 }
@@ -138,6 +138,42 @@ impl std::fmt::Debug for PasswordSource {
     }
 }
 
+/// COMPRESS=DEFLATE (RFC 4978): forced on or off, or chosen per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compress {
+    /// On where the link is slow enough for deflate to pay: a round trip of
+    /// at least [`Compress::AUTO_RTT`] right after login (an internet link);
+    /// off on loopback and LANs, where the CPU is the bottleneck.
+    Auto,
+    On,
+    Off,
+}
+
+impl Compress {
+    /// The round trip from which `auto` turns deflate on. Measured with
+    /// scripts/bench.sh: deflate loses on loopback (CPU-bound) and wins over
+    /// a 40 ms / 100 Mbit/s link (issue 14); LANs answer in well under 1 ms,
+    /// and a busy loopback in a few.
+    pub const AUTO_RTT: std::time::Duration = std::time::Duration::from_millis(10);
+
+    /// Whether to turn deflate on, given the measured round trip.
+    pub fn wanted(self, rtt: std::time::Duration) -> bool {
+        match self {
+            Compress::On => true,
+            Compress::Off => false,
+            Compress::Auto => rtt >= Compress::AUTO_RTT,
+        }
+    }
+}
+
+/// `compress = true | false | "auto"` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum CompressFile {
+    Forced(bool),
+    Word(String),
+}
+
 /// One account, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -159,7 +195,7 @@ pub struct Account {
     pub timeout: Duration,
     pub max_message_size: u64,
     /// Ask for COMPRESS=DEFLATE (RFC 4978) when the server offers it.
-    pub compress: bool,
+    pub compress: Compress,
     /// Gmail mode when the server announces X-GM-EXT-1 (default on).
     pub gmail: bool,
     /// In Gmail mode, also pull Spam and Trash (as ordinary folders).
@@ -356,7 +392,15 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
         max_message_size: a.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
         // Off by default: measured on loopback, the server's deflate costs
         // more than it saves; on a 20 Mbit/s link it saves about a quarter.
-        compress: a.compress.unwrap_or(false),
+        compress: match a.compress {
+            None => Compress::Auto,
+            Some(CompressFile::Forced(true)) => Compress::On,
+            Some(CompressFile::Forced(false)) => Compress::Off,
+            Some(CompressFile::Word(w)) if w == "auto" => Compress::Auto,
+            Some(CompressFile::Word(w)) => bail!(
+                "compress = \"{w}\" is not a setting\nhint: use true, false or \"auto\" (the default)"
+            ),
+        },
         gmail: a.gmail.unwrap_or(true),
         gmail_spam_and_trash: a.gmail_spam_and_trash.unwrap_or(false),
     })
@@ -628,9 +672,16 @@ mod tests {
         assert_eq!((a.port, a.tls), (993, TlsMode::Implicit));
         assert!(a.wants("Archive/2024") && a.wants("INBOX"));
         assert_eq!(a.compression_level, DEFAULT_COMPRESSION_LEVEL);
-        assert!(!a.compress);
+        assert_eq!(a.compress, Compress::Auto);
         let (_d, p) = write(&format!("{MINIMAL}compress = true\n"), 0o644);
-        assert!(Config::load(&p).unwrap().accounts[0].compress);
+        assert_eq!(Config::load(&p).unwrap().accounts[0].compress, Compress::On);
+        let (_d, p) = write(&format!("{MINIMAL}compress = \"auto\"\n"), 0o644);
+        assert_eq!(
+            Config::load(&p).unwrap().accounts[0].compress,
+            Compress::Auto
+        );
+        let (_d, p) = write(&format!("{MINIMAL}compress = \"yes\"\n"), 0o644);
+        assert!(Config::load(&p).is_err());
     }
 
     #[test]

@@ -315,7 +315,12 @@ impl Connector {
             max_literal: a.max_message_size,
         })
         .await?;
-        if a.compress {
+        if a.compress.wanted(conn.round_trip()) {
+            log::info!(
+                "COMPRESS=DEFLATE wanted (round trip {:.1} ms, compress = {:?})",
+                conn.round_trip().as_secs_f64() * 1000.0,
+                a.compress
+            );
             conn.compress().await
         } else {
             Ok(conn)

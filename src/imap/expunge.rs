@@ -242,9 +242,12 @@ impl ExpungeRemote for Connection {
         super::lift(async {
             // Raw: Courier answers `* QUOTA "ROOT"` with no resource list
             // for a user without a quota, which imap-proto cannot parse.
+            let command = format!("GETQUOTAROOT {}", quote(mailbox)?);
             let (untagged, tagged) = self
-                .raw_exchange(&format!("GETQUOTAROOT {}", quote(mailbox)?))
-                .await?;
+                .raw_exchange(&[&command])
+                .await?
+                .pop()
+                .expect("one reply per command");
             // `TAG STATUS text`
             let mut parts = tagged.splitn(3, ' ').skip(1);
             let status = parts.next().unwrap_or("").to_ascii_uppercase();

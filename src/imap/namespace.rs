@@ -8,6 +8,8 @@
 //! sent and read raw on the session's stream when nothing else is in
 //! flight. Bytes still go through the framing guard.
 
+use std::collections::HashSet;
+
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
@@ -17,66 +19,108 @@ use crate::mutf7;
 use crate::sync::remote::Namespace;
 
 /// Our own tag; async-imap's tags are `A` followed by digits.
-const TAG: &str = "nsq1";
+const TAG: &str = "rx";
 
 /// Lines to read at most before giving up on the reply.
 const MAX_LINES: usize = 64;
 
 impl Connection {
-    /// Asks NAMESPACE when announced; `None` when not, or when the server
-    /// has no personal namespace. A refusal is not an error: the names
-    /// are then used as listed.
-    pub(crate) async fn personal_namespace(&mut self) -> Result<Option<Namespace>, ImapError> {
-        if !self.caps.contains("NAMESPACE") {
-            return Ok(None);
+    /// Right after login, in one flight: CAPABILITY (the session's own list)
+    /// and NAMESPACE. NAMESPACE goes out before we know the server offers
+    /// it: one that does not answers BAD, which costs nothing, while asking
+    /// after CAPABILITY would cost a round trip on every connection.
+    pub(crate) async fn capabilities_and_namespace(
+        &mut self,
+    ) -> Result<(HashSet<String>, Option<Namespace>), ImapError> {
+        let started = std::time::Instant::now();
+        let replies = self.raw_exchange(&["CAPABILITY", "NAMESPACE"]).await?;
+        // One flight of two tiny commands: the link's round trip, as good
+        // a measure as the session gets (compress = "auto").
+        self.rtt = started.elapsed();
+        let (cap_lines, cap_done) = &replies[0];
+        if !tagged_ok(cap_done) {
+            return Err(ImapError::No {
+                command: "CAPABILITY".into(),
+                text: cap_done.splitn(3, ' ').nth(2).unwrap_or("").to_string(),
+            });
         }
-        let (untagged, _) = self.raw_exchange("NAMESPACE").await?;
-        Ok(untagged.iter().find_map(|line| {
-            let rest = line.strip_prefix("* ")?;
-            (rest.len() > 10 && rest[..10].eq_ignore_ascii_case("NAMESPACE "))
-                .then(|| parse_personal(&rest[10..]))
-                .flatten()
-        }))
+        let mut caps = HashSet::new();
+        for line in cap_lines.iter().chain(&replies[1].0) {
+            if let Some(rest) = strip_word(line, "* CAPABILITY ") {
+                caps.extend(rest.split_ascii_whitespace().map(str::to_ascii_uppercase));
+            }
+        }
+        let namespace = if caps.contains("NAMESPACE") && tagged_ok(&replies[1].1) {
+            replies
+                .iter()
+                .flat_map(|(l, _)| l)
+                .find_map(|line| parse_personal(strip_word(line, "* NAMESPACE ")?))
+        } else {
+            None
+        };
+        Ok((caps, namespace))
     }
 
-    /// Sends `command` and reads its reply line by line, beside async-imap,
-    /// for the replies imap-proto 0.17 cannot parse (a parse error would
-    /// end the connection): the untagged lines and the tagged one. Only
-    /// when nothing else is in flight; replies carrying literals are not
-    /// supported (the commands using this never get one).
+    /// Sends `commands` at once and reads their replies line by line, beside
+    /// async-imap, for what imap-proto 0.17 cannot parse (a parse error would
+    /// end the connection): per command, the untagged lines that came before
+    /// its tagged one, and that tagged line. Only when nothing else is in
+    /// flight; replies carrying literals are not supported (the commands
+    /// using this never get one).
     pub(crate) async fn raw_exchange(
         &mut self,
-        command: &str,
-    ) -> Result<(Vec<String>, String), ImapError> {
-        log::debug!("> {TAG} {command}");
+        commands: &[&str],
+    ) -> Result<Vec<(Vec<String>, String)>, ImapError> {
         let t = self.timeout;
+        let what = commands.join(" + ");
         let stream = self.session.get_mut();
         let exchange = async {
-            stream
-                .write_all(format!("{TAG} {command}\r\n").as_bytes())
-                .await?;
+            let mut flight = String::new();
+            for (i, c) in commands.iter().enumerate() {
+                log::debug!("> {TAG}{i} {c}");
+                flight.push_str(&format!("{TAG}{i} {c}\r\n"));
+            }
+            stream.write_all(flight.as_bytes()).await?;
             stream.flush().await?;
             let mut buf = Vec::new();
+            let mut out = Vec::new();
             let mut untagged = Vec::new();
-            for _ in 0..MAX_LINES {
+            for _ in 0..MAX_LINES * commands.len() {
                 let line = read_line(stream, &mut buf).await?;
                 let line = line.trim_end().to_string();
                 log::debug!("< {line}");
-                if line.starts_with(&format!("{TAG} ")) {
-                    return Ok((untagged, line));
+                if line.starts_with(&format!("{TAG}{} ", out.len())) {
+                    out.push((std::mem::take(&mut untagged), line));
+                    if out.len() == commands.len() {
+                        return Ok(out);
+                    }
+                } else {
+                    untagged.push(line);
                 }
-                untagged.push(line);
             }
             Err(ImapError::Protocol(format!(
-                "no end to the reply to {}",
-                command.split(' ').next().unwrap_or(command)
+                "no end to the reply to {what}"
             )))
         };
         timeout(t, exchange).await.map_err(|_| ImapError::Timeout {
-            what: command.split(' ').next().unwrap_or(command).to_string(),
+            what: what.clone(),
             secs: t.as_secs(),
         })?
     }
+}
+
+/// True for `TAG OK ...`.
+fn tagged_ok(line: &str) -> bool {
+    line.split(' ')
+        .nth(1)
+        .is_some_and(|s| s.eq_ignore_ascii_case("OK"))
+}
+
+/// `line` without its first words `prefix` (compared without case).
+fn strip_word<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = line.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &line[prefix.len()..])
 }
 
 /// The first personal namespace of a NAMESPACE reply's arguments

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_imap::imap_proto::{
-    AttributeValue, Capability, MailboxDatum, NameAttribute, RequestId, Response, ResponseCode,
-    Status, StatusAttribute,
+    AttributeValue, MailboxDatum, NameAttribute, RequestId, Response, ResponseCode, Status,
+    StatusAttribute,
 };
 use chrono::DateTime;
 use rustls::pki_types::ServerName;
@@ -59,6 +59,8 @@ pub struct Connection {
     pub(crate) namespace: Option<Namespace>,
     /// A mailbox is selected read-only (EXAMINE): no APPEND into it.
     pub(crate) examined: bool,
+    /// The round trip measured right after login.
+    pub(crate) rtt: Duration,
     pub(crate) timeout: Duration,
     /// The largest literal the server may announce right now (see guard.rs).
     pub(crate) literal_limit: Arc<AtomicU64>,
@@ -217,6 +219,7 @@ impl Connection {
             session,
             namespace: None,
             examined: false,
+            rtt: Duration::ZERO,
             caps: HashSet::new(),
             timeout: p.timeout,
             literal_limit,
@@ -224,17 +227,9 @@ impl Connection {
             scanning,
             mechanism: None,
         };
-        let mut caps = HashSet::new();
-        conn.run("CAPABILITY", |r| {
-            if let Response::Capabilities(list) = r {
-                for c in list {
-                    caps.insert(capability_name(c));
-                }
-            }
-        })
-        .await?;
+        let (caps, namespace) = conn.capabilities_and_namespace().await?;
         conn.caps = caps;
-        conn.namespace = conn.personal_namespace().await?;
+        conn.namespace = namespace;
         Ok(conn)
     }
 
@@ -249,6 +244,7 @@ impl Connection {
             session,
             namespace,
             examined,
+            rtt,
             caps,
             timeout: t,
             literal_limit,
@@ -276,6 +272,7 @@ impl Connection {
             session,
             namespace,
             examined,
+            rtt,
             caps,
             timeout: t,
             literal_limit,
@@ -288,6 +285,11 @@ impl Connection {
     /// The SASL mechanism of an OAuth2 login; `None` after LOGIN.
     pub fn login_mechanism(&self) -> Option<&'static str> {
         self.mechanism
+    }
+
+    /// The round trip measured right after login (CAPABILITY + NAMESPACE).
+    pub fn round_trip(&self) -> Duration {
+        self.rtt
     }
 
     /// The capabilities announced after login, sorted.
@@ -492,14 +494,6 @@ fn unescape_debug(s: &str) -> String {
         }
     }
     out
-}
-
-fn capability_name(c: &Capability<'_>) -> String {
-    match c {
-        Capability::Imap4rev1 => "IMAP4REV1".into(),
-        Capability::Auth(a) => format!("AUTH={}", a.to_ascii_uppercase()),
-        Capability::Atom(a) => a.to_ascii_uppercase(),
-    }
 }
 
 /// The plain-text part of STARTTLS (RFC 3501 6.2.1). Everything read here is

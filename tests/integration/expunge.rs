@@ -568,7 +568,10 @@ fn a_pending_uid_another_client_marks_after_a_cut_before_our_store_is_never_expu
     let pending = env
         .archive("a")
         .join("state/mailboxes/INBOX/expunge-pending.json");
-    assert!(pending.exists(), "the intent was recorded before the STORE");
+    assert!(
+        pending.exists(),
+        "the intent was recorded before the STORE: {err}"
+    );
     let server = user.imap().fetch_all("INBOX");
     assert_eq!(server.len(), 4);
     assert!(server

@@ -964,7 +964,7 @@ mod tests {
             compression_level: 1,
             timeout: std::time::Duration::from_secs(5),
             max_message_size: 1 << 20,
-            compress: false,
+            compress: crate::config::Compress::Off,
             gmail: false,
             gmail_spam_and_trash: false,
         }

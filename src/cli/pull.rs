@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::expunge::{cut_for, expunge_one};
-use super::{load_accounts, runtime, AccountArgs, Connector};
+use super::{runtime, AccountArgs, Connector};
 use crate::exit_codes::ExitCode;
 use crate::progress::Bars;
 use crate::report::Summary;
@@ -23,6 +23,9 @@ use crate::sync::pull::{pull_account, AccountReport, PullOptions, PullReport};
 pub struct PullCmd {
     #[command(flatten)]
     accounts: AccountArgs,
+
+    #[command(flatten)]
+    users: super::UserArgs,
 
     /// Connections per account used at once
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -77,7 +80,7 @@ connection/TLS/login failure, 4 archive locked; 2-4 only when no account
 could be pulled at all; 130 stopped by Ctrl-C, 143 stopped by SIGTERM.";
 
 pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let accounts = load_accounts(config, &cmd.accounts)?;
+    let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;
     let start = Instant::now();
     let progress: Arc<dyn crate::progress::Progress> =
         Arc::from(Bars::for_terminal(cmd.quiet || cmd.json));

@@ -967,6 +967,7 @@ mod tests {
             compress: false,
             gmail: false,
             gmail_spam_and_trash: false,
+            admin: None,
         }
     }
 

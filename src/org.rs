@@ -359,3 +359,93 @@ mod tests {
         assert!(err.contains("users-command"), "{err}");
     }
 }
+
+/// The Kubernetes example (contrib/k8s/) is checked here, offline: no
+/// cluster runs in the tests, so what can go wrong in it by editing is.
+#[cfg(test)]
+mod k8s_example_tests {
+    use serde_yaml::Value;
+
+    const MANIFEST: &str = include_str!("../contrib/k8s/imapbak-cronjob.yaml");
+
+    fn docs() -> Vec<Value> {
+        serde_yaml::Deserializer::from_str(MANIFEST)
+            .map(|d| serde::Deserialize::deserialize(d).expect("contrib/k8s is YAML"))
+            .collect()
+    }
+
+    fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in contrib/k8s"))
+    }
+
+    fn s(v: &Value) -> &str {
+        v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
+    }
+
+    #[test]
+    fn the_cronjob_runs_an_indexed_job_whose_pods_each_pull_one_shard() {
+        let docs = docs();
+        for d in &docs {
+            assert!(d["apiVersion"].is_string() && d["metadata"]["name"].is_string());
+        }
+        let cron = kind(&docs, "CronJob");
+        assert_eq!(s(&cron["apiVersion"]), "batch/v1");
+        assert!(s(&cron["spec"]["schedule"]).split_whitespace().count() == 5);
+        let job = &cron["spec"]["jobTemplate"]["spec"];
+        assert_eq!(s(&job["completionMode"]), "Indexed");
+        let completions = job["completions"].as_u64().unwrap();
+        assert!(job["parallelism"].as_u64().unwrap() <= completions);
+        let pod = &job["template"]["spec"];
+        // A Job's pods must not restart in place (the API refuses Always).
+        assert_eq!(s(&pod["restartPolicy"]), "Never");
+        let c = &pod["containers"][0];
+        let args: Vec<&str> = c["args"].as_sequence().unwrap().iter().map(s).collect();
+        // The arguments are a valid imapbak command line, sharded by the
+        // Job's index over exactly `completions` shares.
+        let argv = std::iter::once("imapbak").chain(args.iter().copied());
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(argv).expect("valid args");
+        drop(cli);
+        let count = args
+            .iter()
+            .position(|a| *a == "--shard-count")
+            .map(|i| args[i + 1].parse::<u64>().unwrap())
+            .expect("--shard-count");
+        assert_eq!(count, completions, "--shard-count must equal completions");
+        // The config the pod reads is the ConfigMap's, mounted where
+        // IMAPBAK_CONFIG points, and it loads.
+        let env = c["env"].as_sequence().unwrap();
+        let config_path = env
+            .iter()
+            .find(|e| e["name"] == "IMAPBAK_CONFIG")
+            .map(|e| s(&e["value"]))
+            .unwrap();
+        let mounts = c["volumeMounts"].as_sequence().unwrap();
+        let config_mount = mounts.iter().find(|m| m["name"] == "config").unwrap();
+        let dir = s(&config_mount["mountPath"]);
+        assert_eq!(config_path, format!("{dir}/config.toml"));
+        let volumes = pod["volumes"].as_sequence().unwrap();
+        for m in mounts {
+            assert!(volumes.iter().any(|v| v["name"] == m["name"]), "{m:?}");
+        }
+        let cm = kind(&docs, "ConfigMap");
+        let toml_text = s(&cm["data"]["config.toml"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        let config = crate::config::Config::load(&path).unwrap();
+        assert!(config.orgs.contains_key("staff"));
+        // The password the config names comes from the Secret.
+        let pw = env
+            .iter()
+            .find(|e| e["name"] == "IMAPBAK_ADMIN_PASSWORD")
+            .unwrap();
+        let secret = kind(&docs, "Secret");
+        assert_eq!(
+            pw["valueFrom"]["secretKeyRef"]["name"],
+            secret["metadata"]["name"]
+        );
+        assert!(toml_text.contains("password-env = \"IMAPBAK_ADMIN_PASSWORD\""));
+    }
+}

@@ -40,6 +40,16 @@ device, client-credentials, service-account), oauth2-auth-url,
 oauth2-token-url, oauth2-device-url, oauth2-scopes,
 oauth2-service-account-key. Tokens: $XDG_STATE_HOME/imapbak/tokens/.
 
+Organisations: `users-file = \"users.txt\"` or `users-command = \"...\"`
+(one login name per line) instead of `user`, `admin-user` with the password
+keys giving the admin's password, `admin-login = \"authzid\"` (default; SASL
+PLAIN with the user as authorization identity) or `\"master-separator\"`
+(LOGIN user*admin; `admin-separator`, default `*`), and `archive =
+\".../{user}\"`. Each user becomes an account named TABLE/USER with its own
+archive; the user name is mapped to one safe path component (`/`, `%`, a
+leading `.` and non-ASCII as %XX). pull, verify and expunge take --user and
+--shard K/N (or --shard-count N with K from $JOB_COMPLETION_INDEX).
+
 The archive is a Maildir++ tree (ARCHIVE/mail) that a stock Dovecot serves
 as it is: mail_location = maildir:ARCHIVE/mail, mail_plugins = zlib.
 Each message is one zstd frame (`zstd -dc FILE` reads it).

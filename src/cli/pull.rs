@@ -70,6 +70,15 @@ not stored twice.
 Every `error` (null when all went well) has a `hint` beside it: what to
 do about it, or null; every `errors` list a `hints` list of its length.
 
+With a users list (`users-file` or `users-command`, see imapbak(1)), every
+user of the table is pulled into its own archive, one user after another,
+each with up to --jobs connections; `--user LOGIN` picks users, `--shard
+K/N` the K-th of N disjoint shares (a hash of the login name: adding a user
+moves no other), `--shard-count N` takes K from $JOB_COMPLETION_INDEX (a
+Kubernetes Indexed Job with N completions; example in contrib/k8s/). One
+user's failure is reported with its name and the others go on; a user whose
+archive another run holds is skipped as locked.
+
 Ctrl-C or SIGTERM stops after the FETCH in flight (at most 10 s; a second
 Ctrl-C quits at once); what arrived is stored and the next run fetches the
 rest.

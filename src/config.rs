@@ -374,8 +374,17 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<(Account, Option<cra
         TlsMode::Implicit => 993,
         TlsMode::Starttls => 143,
     });
-    if users.is_some() && oauth2.is_some() {
-        bail!("a users list with `auth = \"oauth2\"` is not supported yet\nhint: use `admin-user` with a password (SASL PLAIN authzid or a Dovecot master user)");
+    match (&users, &oauth2, &admin) {
+        (Some(_), None, None) => bail!("a users list needs `admin-user`\nhint: the admin (or Dovecot master user) whose password the password keys give"),
+        (_, Some(_), Some(_)) => bail!("`admin-user` is set but the account signs in with OAuth2\nhint: remove `admin-user`; an app-only or service-account token logs in for each user"),
+        // One grant covers every mailbox only for the app-only flows:
+        // client credentials (Microsoft, XOAUTH2 with `user=` the mailbox)
+        // and a service account (Google, a JWT with `sub` the user).
+        (Some(_), Some(o), None) => match &o.source {
+            TokenSource::Builtin(b) if matches!(b.flow, Flow::ClientCredentials | Flow::ServiceAccount) => {}
+            _ => bail!("a users list with OAuth2 needs `oauth2-flow = \"client-credentials\"` or `\"service-account\"`\nhint: a token from a sign-in or a token command is one user's"),
+        },
+        _ => {}
     }
     let archive = match (&a.archive, &users) {
         // Each user's archive comes from the template at expansion.
@@ -435,9 +444,6 @@ fn resolve_users(
         Some(source) => {
             if a.user.is_some() {
                 bail!("`user` is set beside a users list\nhint: remove `user`; every name of the list is a user, and `admin-user` is who logs in");
-            }
-            if a.admin_user.is_none() {
-                bail!("a users list needs `admin-user`\nhint: the admin (or Dovecot master user) whose password the password keys give");
             }
             let template = a.archive.clone().with_context(|| {
                 format!("a users list needs `archive` with `{{user}}` in it\nhint: e.g. archive = \"/srv/mail-archive/{{user}}\" (account `{name}`)")
@@ -1009,6 +1015,24 @@ mod tests {
         );
         let text = format!("{MINIMAL}admin-separator = \"*\"\n");
         assert!(load_err(&text).contains("`admin-user` is not"));
+    }
+
+    #[test]
+    fn a_users_list_with_oauth2_takes_only_the_app_only_flows() {
+        let base = "[accounts.t]\nprovider = \"gmail\"\nusers-command = \"echo a@example.com\"\narchive = \"/s/{user}\"\n";
+        let sa = format!(
+            "{base}oauth2-flow = \"service-account\"\noauth2-service-account-key = \"/k.json\"\n"
+        );
+        let (_d, p) = write(&sa, 0o600);
+        let c = Config::load(&p).unwrap();
+        let all = c.select(&[]).unwrap();
+        assert_eq!(
+            (all[0].name.as_str(), all[0].user.as_str()),
+            ("t/a@example.com", "a@example.com")
+        );
+        assert!(load_err(&format!("{sa}admin-user = \"x\"\n")).contains("`admin-user` is set"));
+        let err = load_err(&format!("{base}oauth2-client-id = \"id\"\n"));
+        assert!(err.contains("client-credentials"), "{err}");
     }
 
     #[test]

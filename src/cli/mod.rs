@@ -48,7 +48,9 @@ PLAIN with the user as authorization identity) or `\"master-separator\"`
 \".../{user}\"`. Each user becomes an account named TABLE/USER with its own
 archive; the user name is mapped to one safe path component (`/`, `%`, a
 leading `.` and non-ASCII as %XX). pull, verify and expunge take --user and
---shard K/N (or --shard-count N with K from $JOB_COMPLETION_INDEX).
+--shard K/N (or --shard-count N with K from $JOB_COMPLETION_INDEX). With
+OAuth2 a users list takes oauth2-flow client-credentials or service-account
+and no admin-user.
 
 The archive is a Maildir++ tree (ARCHIVE/mail) that a stock Dovecot serves
 as it is: mail_location = maildir:ARCHIVE/mail, mail_plugins = zlib.

@@ -286,3 +286,46 @@ fn hostile_user_names_cannot_leave_the_archive_directory() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad\\u{1}name"));
 }
+
+/// Google Workspace domain-wide delegation: one service account, a JWT per
+/// user with `sub` the user, no admin password; each user's mail in its
+/// own archive.
+#[test]
+fn a_service_account_pulls_each_user_of_the_list_with_its_own_jwt() {
+    use crate::support::oauth::{auth_server, dovecot_oauth};
+    let d = dovecot_oauth();
+    let us: Vec<User> = users(d, "orgsa", 2);
+    let env = TestEnv::new();
+    let names: Vec<&str> = us.iter().map(|u| u.name.as_str()).collect();
+    let (key, client) = auth_server().service_account_for(&names, env.path());
+    let file = env.path().join("users.txt");
+    write_users(&file, &names);
+    let root = env.path().join("archives");
+    env.write_config(&format!(
+        "[accounts.staff]\nhost = \"127.0.0.1\"\nport = {}\nca-file = {}\nauth = \"oauth2\"\n\
+         oauth2-flow = \"service-account\"\noauth2-service-account-key = {}\n\
+         oauth2-token-url = {}\noauth2-scopes = [\"https://mail.google.com/\"]\n\
+         users-file = {}\narchive = {}\n",
+        d.imaps_port,
+        toml_str(&d.cert.display().to_string()),
+        toml_str(&key.display().to_string()),
+        toml_str(&auth_server().url("/token")),
+        toml_str(&file.display().to_string()),
+        toml_str(&format!("{}/{{user}}", root.display())),
+    ));
+    let out = env
+        .cmd()
+        .args(["pull", "--json", "--account", "staff"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, u) in us.iter().enumerate() {
+        assert_eq!(inbox_count(&root.join(&u.name)), i + 1, "{}", u.name);
+    }
+    assert_eq!(auth_server().grants(&client, "jwt-bearer"), 2);
+}

@@ -68,6 +68,7 @@ fn main() -> Result<()> {
                     user: &account.user,
                     password,
                     bearer: None,
+                    authcid: None,
                     tls,
                     timeout: account.timeout,
                     max_literal: account.max_message_size,

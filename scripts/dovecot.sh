@@ -27,6 +27,10 @@
 #               and LOGIN, so a password sent as a token is refused
 #   OAUTH2_MECHANISMS ["xoauth2 oauthbearer"] the SASL mechanisms offered for
 #               tokens (e.g. just "xoauth2", as Microsoft's servers)
+#   MASTER_USER [] if set (NAME:PASSWORD), also a master passdb (listed first)
+#               holding that one admin: it logs in as any user either as
+#               `user*NAME` (auth_master_user_separator = *) or over SASL
+#               PLAIN with the user as authorization identity (RFC 4616)
 #   MAIL_UID/MAIL_GID  owner of the mail [owner of DIR, or 5000:5000 if that is
 #               root: Dovecot refuses uid 0 for mail access]
 #
@@ -244,6 +248,23 @@ EOF
 }"
   fi
 
+  # --- master user (optional) ------------------------------------------------------
+  # Dovecot's master users: a passdb with `master = yes`, consulted first for
+  # `user*master` logins and for PLAIN with an authorization identity; the
+  # user itself then needs only a userdb entry.
+  local master_passdb="" master_sep_line="#auth_master_user_separator ="
+  if [[ -n ${MASTER_USER:-} ]]; then
+    echo "${MASTER_USER%%:*}:{PLAIN}${MASTER_USER#*:}" >"$DIR/master-users"
+    chmod 0644 "$DIR/master-users"
+    master_sep_line="auth_master_user_separator = *"
+    master_passdb="passdb {
+  driver = passwd-file
+  master = yes
+  args = scheme=PLAIN $DIR/master-users
+  $pw_mechanisms
+}"
+  fi
+
   # --- config ----------------------------------------------------------------------
   local caps_line="#imap_capability ="
   [[ -n ${IMAP_CAPABILITY:-} ]] && caps_line="imap_capability = $IMAP_CAPABILITY"
@@ -269,6 +290,7 @@ ssl_key = <$DIR/tls/key.pem
 ssl_dh = <$dh
 disable_plaintext_auth = no
 auth_mechanisms = $mechanisms
+$master_sep_line
 # A wrong password answers at once (default: 2 s), so tests stay fast.
 auth_failure_delay = 0
 
@@ -304,6 +326,7 @@ namespace inbox {
 # Dovecot stats a passwd-file at most once per second, so a line appended to
 # DIR/passwd can stay unknown for up to a second, while a new per-user file
 # is read on its first lookup.
+$master_passdb
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%u $DIR/passwd

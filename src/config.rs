@@ -39,7 +39,12 @@ struct AccountFile {
     host: Option<String>,
     port: Option<u16>,
     tls: Option<TlsMode>,
-    user: String,
+    user: Option<String>,
+    users_command: Option<String>,
+    users_file: Option<PathBuf>,
+    admin_user: Option<String>,
+    admin_login: Option<crate::org::AdminLoginKey>,
+    admin_separator: Option<String>,
     auth: Option<AuthMode>,
     password_command: Option<String>,
     password_env: Option<String>,
@@ -200,6 +205,9 @@ pub struct Account {
     pub gmail: bool,
     /// In Gmail mode, also pull Spam and Trash (as ordinary folders).
     pub gmail_spam_and_trash: bool,
+    /// Set when an admin logs in on the user's behalf (`admin-user`); the
+    /// password is then the admin's.
+    pub admin: Option<crate::org::Admin>,
 }
 
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
@@ -211,6 +219,9 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 512 * 1024 * 1024;
 pub struct Config {
     pub path: PathBuf,
     pub accounts: Vec<Account>,
+    /// The accounts that are tables of many users (`users-command` or
+    /// `users-file`), by name; [`Config::select`] expands them.
+    pub orgs: BTreeMap<String, crate::org::Users>,
 }
 
 /// Which file to read: the explicit path, `$IMAPBAK_CONFIG`, or the XDG default.
@@ -255,20 +266,55 @@ impl Config {
             .permissions()
             .mode();
         let mut accounts = Vec::new();
+        let mut orgs = BTreeMap::new();
         for (name, a) in file.accounts {
-            accounts.push(
-                resolve(&name, a, mode)
-                    .with_context(|| format!("in account `{name}` of `{}`", path.display()))?,
-            );
+            let (account, users) = resolve(&name, a, mode)
+                .with_context(|| format!("in account `{name}` of `{}`", path.display()))?;
+            if let Some(u) = users {
+                orgs.insert(name, u);
+            }
+            accounts.push(account);
         }
         Ok(Config {
             path: path.to_path_buf(),
             accounts,
+            orgs,
         })
     }
 
-    /// The accounts named (all when `names` is empty); an unknown name is an error.
+    /// Like [`Config::select`], with each multi-user table expanded into one
+    /// account per user (`TABLE/USER`) that `filter` keeps. `--user` and
+    /// `--shard` apply to those tables only, so they need one selected.
+    pub fn select_users(
+        &self,
+        names: &[String],
+        filter: &crate::org::UserFilter,
+    ) -> Result<Vec<Account>> {
+        let selected = self.select_tables(names)?;
+        let filtered = !filter.users.is_empty() || filter.shard.is_some();
+        if filtered && !selected.iter().any(|a| self.orgs.contains_key(&a.name)) {
+            bail!(
+                "--user and --shard need an account with a users list (`users-command` or `users-file`)\nhint: pick one with --account NAME"
+            );
+        }
+        let mut out = Vec::new();
+        for a in selected {
+            match self.orgs.get(&a.name) {
+                Some(users) => out.extend(crate::org::expand(&a, users, filter)?),
+                None => out.push(a),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The accounts named (all when `names` is empty), a multi-user table
+    /// expanded into all its users; an unknown name is an error.
     pub fn select(&self, names: &[String]) -> Result<Vec<Account>> {
+        self.select_users(names, &crate::org::UserFilter::default())
+    }
+
+    /// The accounts named, multi-user tables as their templates.
+    fn select_tables(&self, names: &[String]) -> Result<Vec<Account>> {
         if names.is_empty() {
             return Ok(self.accounts.clone());
         }
@@ -293,7 +339,8 @@ impl Config {
     }
 }
 
-fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
+fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<(Account, Option<crate::org::Users>)> {
+    let (user, users, admin) = resolve_users(name, &a)?;
     let oauth2_keys = OAuth2File {
         oauth2_token_command: a.oauth2_token_command,
         oauth2_flow: a.oauth2_flow,
@@ -363,20 +410,34 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
         TlsMode::Implicit => 993,
         TlsMode::Starttls => 143,
     });
-    let archive = match a.archive {
-        Some(p) => expand_home(&p)?,
-        None => data_dir()?.join(name),
+    match (&users, &oauth2, &admin) {
+        (Some(_), None, None) => bail!("a users list needs `admin-user`\nhint: the admin (or Dovecot master user) whose password the password keys give"),
+        (_, Some(_), Some(_)) => bail!("`admin-user` is set but the account signs in with OAuth2\nhint: remove `admin-user`; an app-only or service-account token logs in for each user"),
+        // One grant covers every mailbox only for the app-only flows:
+        // client credentials (Microsoft, XOAUTH2 with `user=` the mailbox)
+        // and a service account (Google, a JWT with `sub` the user).
+        (Some(_), Some(o), None) => match &o.source {
+            TokenSource::Builtin(b) if matches!(b.flow, Flow::ClientCredentials | Flow::ServiceAccount) => {}
+            _ => bail!("a users list with OAuth2 needs `oauth2-flow = \"client-credentials\"` or `\"service-account\"`\nhint: a token from a sign-in or a token command is one user's"),
+        },
+        _ => {}
+    }
+    let archive = match (&a.archive, &users) {
+        // Each user's archive comes from the template at expansion.
+        (_, Some(u)) => PathBuf::from(&u.archive_template),
+        (Some(p), None) => expand_home(p)?,
+        (None, None) => data_dir()?.join(name),
     };
     let level = a.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
     if !(1..=22).contains(&level) {
         bail!("compression-level {level} is out of range\nhint: use 1 (fastest) to 19; 3 is the default");
     }
-    Ok(Account {
+    let account = Account {
         name: name.to_string(),
         host,
         port,
         tls,
-        user: a.user,
+        user,
         password,
         oauth2,
         ca_file: a
@@ -403,7 +464,84 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
         },
         gmail: a.gmail.unwrap_or(true),
         gmail_spam_and_trash: a.gmail_spam_and_trash.unwrap_or(false),
-    })
+        admin,
+    };
+    Ok((account, users))
+}
+
+/// The login keys: `user`, or a users list (`users-command`, `users-file`)
+/// with an `archive` template holding `{user}`; and the admin credential.
+fn resolve_users(
+    name: &str,
+    a: &AccountFile,
+) -> Result<(String, Option<crate::org::Users>, Option<crate::org::Admin>)> {
+    use crate::org::{Admin, AdminLogin, AdminLoginKey, Users, UsersSource};
+    let source = match (&a.users_command, &a.users_file) {
+        (Some(_), Some(_)) => {
+            bail!("both `users-command` and `users-file` are set\nhint: keep one")
+        }
+        (Some(c), None) => Some(UsersSource::Command(c.clone())),
+        (None, Some(f)) => Some(UsersSource::File(expand_home(&f.to_string_lossy())?)),
+        (None, None) => None,
+    };
+    let users = match source {
+        Some(source) => {
+            if a.user.is_some() {
+                bail!("`user` is set beside a users list\nhint: remove `user`; every name of the list is a user, and `admin-user` is who logs in");
+            }
+            let template = a.archive.clone().with_context(|| {
+                format!("a users list needs `archive` with `{{user}}` in it\nhint: e.g. archive = \"/srv/mail-archive/{{user}}\" (account `{name}`)")
+            })?;
+            if !template.contains("{user}") {
+                bail!("archive `{template}` has no `{{user}}`, so every user would share one archive\nhint: e.g. archive = \"/srv/mail-archive/{{user}}\"");
+            }
+            Some(Users {
+                source,
+                archive_template: template,
+            })
+        }
+        None => None,
+    };
+    let user = match (&a.user, &users) {
+        (Some(u), _) => u.clone(),
+        (None, Some(_)) => String::new(),
+        (None, None) => bail!("no `user`\nhint: set `user`, or `users-file` / `users-command` with `admin-user` for many users"),
+    };
+    let admin = match &a.admin_user {
+        None => {
+            for (key, set) in [
+                ("admin-login", a.admin_login.is_some()),
+                ("admin-separator", a.admin_separator.is_some()),
+            ] {
+                if set {
+                    bail!("`{key}` is set but `admin-user` is not\nhint: add `admin-user`, or remove `{key}`");
+                }
+            }
+            None
+        }
+        Some(admin) => {
+            let login = match a.admin_login.unwrap_or_default() {
+                AdminLoginKey::Authzid => {
+                    if a.admin_separator.is_some() {
+                        bail!("`admin-separator` is set but `admin-login` is \"authzid\"\nhint: add `admin-login = \"master-separator\"`, or remove `admin-separator`");
+                    }
+                    AdminLogin::Authzid
+                }
+                AdminLoginKey::MasterSeparator => {
+                    let sep = a.admin_separator.clone().unwrap_or_else(|| "*".into());
+                    if sep.is_empty() {
+                        bail!("`admin-separator` is empty\nhint: Dovecot's default auth_master_user_separator is `*`");
+                    }
+                    AdminLogin::MasterSeparator(sep)
+                }
+            };
+            Some(Admin {
+                user: admin.clone(),
+                login,
+            })
+        }
+    };
+    Ok((user, users, admin))
 }
 
 /// The known name nearest to the unknown one in serde's "unknown field
@@ -585,7 +723,7 @@ fn data_dir() -> Result<PathBuf> {
         .context("cannot find the data directory\nhint: set `archive` in the account")
 }
 
-fn expand_home(p: &str) -> Result<PathBuf> {
+pub(crate) fn expand_home(p: &str) -> Result<PathBuf> {
     if let Some(rest) = p.strip_prefix("~/") {
         let home = std::env::var_os("HOME").context("`~` in a path but HOME is not set")?;
         return Ok(PathBuf::from(home).join(rest));
@@ -861,6 +999,91 @@ mod tests {
             err.contains("more than one oauth2-client-secret source") && !err.contains("s3cret"),
             "{err}"
         );
+    }
+
+    const STAFF: &str =
+        "[accounts.staff]\nhost = \"h\"\nadmin-user = \"backup-admin\"\npassword-env = \"PW\"\n";
+
+    #[test]
+    fn a_users_list_expands_into_one_account_per_user_with_its_own_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users.txt");
+        std::fs::write(&users, "joe\nann\na/b\n").unwrap();
+        let text = format!(
+            "{STAFF}users-file = {:?}\narchive = \"/srv/{{user}}/x\"\n",
+            users.display().to_string()
+        );
+        let (_d, p) = write(&text, 0o600);
+        let c = Config::load(&p).unwrap();
+        let all = c.select(&["staff".into()]).unwrap();
+        let names: Vec<_> = all.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["staff/joe", "staff/ann", "staff/a/b"]);
+        assert_eq!(all[2].user, "a/b");
+        assert_eq!(all[2].archive, Path::new("/srv/a%2Fb/x"));
+        assert_eq!(
+            all[0].admin,
+            Some(crate::org::Admin {
+                user: "backup-admin".into(),
+                login: crate::org::AdminLogin::Authzid
+            })
+        );
+        let filter = crate::org::UserFilter {
+            users: vec!["ann".into()],
+            shard: None,
+        };
+        let one = c.select_users(&[], &filter).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].name, "staff/ann");
+        let filter = crate::org::UserFilter {
+            users: vec!["nobody".into()],
+            shard: None,
+        };
+        let err = format!("{:#}", c.select_users(&[], &filter).unwrap_err());
+        assert!(err.contains("no user `nobody`"), "{err}");
+    }
+
+    #[test]
+    fn a_users_list_needs_an_admin_and_a_user_template_and_no_user() {
+        let text = format!("{STAFF}users-command = \"echo joe\"\narchive = \"/srv/all\"\n");
+        assert!(load_err(&text).contains("has no `{user}`"));
+        let text = format!("{STAFF}users-command = \"echo joe\"\n");
+        assert!(load_err(&text).contains("needs `archive`"));
+        let text = format!(
+            "{STAFF}users-command = \"echo joe\"\nuser = \"u\"\narchive = \"/s/{{user}}\"\n"
+        );
+        assert!(load_err(&text).contains("`user` is set beside a users list"));
+        let text = STAFF.replace("admin-user = \"backup-admin\"\n", "")
+            + "users-command = \"echo joe\"\narchive = \"/s/{user}\"\n";
+        assert!(load_err(&text).contains("needs `admin-user`"));
+        let text = format!(
+            "{STAFF}user = \"joe\"\narchive = \"/a\"\nadmin-login = \"master-separator\"\n"
+        );
+        let (_d, p) = write(&text, 0o600);
+        let a = &Config::load(&p).unwrap().accounts[0];
+        assert_eq!(
+            a.admin.as_ref().unwrap().login,
+            crate::org::AdminLogin::MasterSeparator("*".into())
+        );
+        let text = format!("{MINIMAL}admin-separator = \"*\"\n");
+        assert!(load_err(&text).contains("`admin-user` is not"));
+    }
+
+    #[test]
+    fn a_users_list_with_oauth2_takes_only_the_app_only_flows() {
+        let base = "[accounts.t]\nprovider = \"gmail\"\nusers-command = \"echo a@example.com\"\narchive = \"/s/{user}\"\n";
+        let sa = format!(
+            "{base}oauth2-flow = \"service-account\"\noauth2-service-account-key = \"/k.json\"\n"
+        );
+        let (_d, p) = write(&sa, 0o600);
+        let c = Config::load(&p).unwrap();
+        let all = c.select(&[]).unwrap();
+        assert_eq!(
+            (all[0].name.as_str(), all[0].user.as_str()),
+            ("t/a@example.com", "a@example.com")
+        );
+        assert!(load_err(&format!("{sa}admin-user = \"x\"\n")).contains("`admin-user` is set"));
+        let err = load_err(&format!("{base}oauth2-client-id = \"id\"\n"));
+        assert!(err.contains("client-credentials"), "{err}");
     }
 
     #[test]

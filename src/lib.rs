@@ -44,6 +44,7 @@ pub mod exit_codes;
 pub mod imap;
 pub mod mutf7;
 pub mod oauth;
+pub mod org;
 pub mod progress;
 pub mod report;
 pub mod sync;

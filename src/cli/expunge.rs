@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use globset::{Glob, GlobSetBuilder};
 
-use super::{load_accounts, runtime, AccountArgs, Connector};
+use super::{runtime, AccountArgs, Connector};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::{Bars, Progress};
@@ -78,6 +78,9 @@ without a storage limit); 3 connection; 4 the archive is locked by a pull;
 pub struct ExpungeCmd {
     #[command(flatten)]
     accounts: AccountArgs,
+
+    #[command(flatten)]
+    users: super::UserArgs,
 
     /// Expunge messages whose INTERNALDATE is older than AGE: 1y (365 days), 6mo (30 days each), 2w, 90d
     #[arg(long, value_name = "AGE", value_parser = parse_age)]
@@ -174,7 +177,7 @@ pub(crate) fn expunge_one(
 
 pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let opts = options(&cmd)?;
-    let accounts = load_accounts(config, &cmd.accounts)?;
+    let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;
     let start = Instant::now();
     let progress: Arc<dyn Progress> = Arc::from(Bars::for_terminal(cmd.quiet || cmd.json));
     let rt = runtime()?;

@@ -40,6 +40,18 @@ device, client-credentials, service-account), oauth2-auth-url,
 oauth2-token-url, oauth2-device-url, oauth2-scopes,
 oauth2-service-account-key. Tokens: $XDG_STATE_HOME/imapbak/tokens/.
 
+Organisations: `users-file = \"users.txt\"` or `users-command = \"...\"`
+(one login name per line) instead of `user`, `admin-user` with the password
+keys giving the admin's password, `admin-login = \"authzid\"` (default; SASL
+PLAIN with the user as authorization identity) or `\"master-separator\"`
+(LOGIN user*admin; `admin-separator`, default `*`), and `archive =
+\".../{user}\"`. Each user becomes an account named TABLE/USER with its own
+archive; the user name is mapped to one safe path component (`/`, `%`, a
+leading `.` and non-ASCII as %XX). pull, verify and expunge take --user and
+--shard K/N (or --shard-count N with K from $JOB_COMPLETION_INDEX). With
+OAuth2 a users list takes oauth2-flow client-credentials or service-account
+and no admin-user.
+
 The archive is a Maildir++ tree (ARCHIVE/mail) that a stock Dovecot serves
 as it is: mail_location = maildir:ARCHIVE/mail, mail_plugins = zlib.
 Each message is one zstd frame (`zstd -dc FILE` reads it).
@@ -213,6 +225,52 @@ pub struct AccountArgs {
     pub accounts: Vec<String>,
 }
 
+/// Which users of a multi-user account table (`users-file` or
+/// `users-command`) to work on; for the commands that talk to servers.
+#[derive(Debug, Default, clap::Args)]
+pub struct UserArgs {
+    /// Only this user of the account's users list (repeatable)
+    #[arg(short = 'u', long = "user", value_name = "LOGIN")]
+    pub users: Vec<String>,
+
+    /// Only the K-th of N disjoint shares of the users (0 <= K < N); a
+    /// user's share is a hash of the login name, so adding a user moves no
+    /// other user
+    #[arg(long, value_name = "K/N", value_parser = crate::org::Shard::parse, conflicts_with = "shard_count")]
+    pub shard: Option<crate::org::Shard>,
+
+    /// Like --shard K/N with K from $JOB_COMPLETION_INDEX (a Kubernetes
+    /// Job with `completionMode: Indexed` and N `completions`)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub shard_count: Option<u32>,
+}
+
+impl UserArgs {
+    pub(crate) fn filter(&self) -> Result<crate::org::UserFilter> {
+        let shard = match (self.shard, self.shard_count) {
+            (Some(s), _) => Some(s),
+            (None, Some(n)) => Some(crate::org::Shard::from_job_index(n)?),
+            (None, None) => None,
+        };
+        Ok(crate::org::UserFilter {
+            users: self.users.clone(),
+            shard,
+        })
+    }
+}
+
+/// Loads the configuration and picks the accounts, multi-user tables
+/// expanded into the users `users` keeps.
+pub(crate) fn load_accounts_for(
+    config: Option<&std::path::Path>,
+    args: &AccountArgs,
+    users: &UserArgs,
+) -> Result<Vec<Account>> {
+    let path = crate::config::locate(config)?;
+    let config = Config::load(&path)?;
+    config.select_users(&args.accounts, &users.filter()?)
+}
+
 /// Loads the configuration and picks the accounts.
 pub(crate) fn load_accounts(
     config: Option<&std::path::Path>,
@@ -303,13 +361,27 @@ impl Connector {
 
     async fn connect_imap(&self, bearer: Option<&str>) -> Result<Connection, ImapError> {
         let a = &self.account;
+        // An admin logs in for the user (config `admin-user`): Dovecot's
+        // `user*admin` LOGIN, or PLAIN with the user as authzid.
+        let (user, authcid) = match &a.admin {
+            Some(crate::org::Admin {
+                user: admin,
+                login: crate::org::AdminLogin::MasterSeparator(sep),
+            }) => (format!("{}{sep}{admin}", a.user), None),
+            Some(crate::org::Admin {
+                user: admin,
+                login: crate::org::AdminLogin::Authzid,
+            }) => (a.user.clone(), Some(admin.as_str())),
+            None => (a.user.clone(), None),
+        };
         let conn = Connection::connect(&ConnectParams {
             host: &a.host,
             port: a.port,
             starttls: a.tls == TlsMode::Starttls,
-            user: &a.user,
+            user: &user,
             password: &self.password,
             bearer,
+            authcid,
             tls: self.tls.clone(),
             timeout: a.timeout,
             max_literal: a.max_message_size,

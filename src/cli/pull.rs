@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::expunge::{cut_for, expunge_one};
-use super::{load_accounts, runtime, AccountArgs, Connector};
+use super::{runtime, AccountArgs, Connector};
 use crate::exit_codes::ExitCode;
 use crate::progress::Bars;
 use crate::report::Summary;
@@ -23,6 +23,9 @@ use crate::sync::pull::{pull_account, AccountReport, PullOptions, PullReport};
 pub struct PullCmd {
     #[command(flatten)]
     accounts: AccountArgs,
+
+    #[command(flatten)]
+    users: super::UserArgs,
 
     /// Connections per account used at once
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -67,6 +70,15 @@ not stored twice.
 Every `error` (null when all went well) has a `hint` beside it: what to
 do about it, or null; every `errors` list a `hints` list of its length.
 
+With a users list (`users-file` or `users-command`, see imapbak(1)), every
+user of the table is pulled into its own archive, one user after another,
+each with up to --jobs connections; `--user LOGIN` picks users, `--shard
+K/N` the K-th of N disjoint shares (a hash of the login name: adding a user
+moves no other), `--shard-count N` takes K from $JOB_COMPLETION_INDEX (a
+Kubernetes Indexed Job with N completions; example in contrib/k8s/). One
+user's failure is reported with its name and the others go on; a user whose
+archive another run holds is skipped as locked.
+
 Ctrl-C or SIGTERM stops after the FETCH in flight (at most 10 s; a second
 Ctrl-C quits at once); what arrived is stored and the next run fetches the
 rest.
@@ -77,7 +89,7 @@ connection/TLS/login failure, 4 archive locked; 2-4 only when no account
 could be pulled at all; 130 stopped by Ctrl-C, 143 stopped by SIGTERM.";
 
 pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let accounts = load_accounts(config, &cmd.accounts)?;
+    let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;
     let start = Instant::now();
     let progress: Arc<dyn crate::progress::Progress> =
         Arc::from(Bars::for_terminal(cmd.quiet || cmd.json));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load_accounts, runtime, AccountArgs, Connector};
+use super::{runtime, AccountArgs, Connector};
 use crate::archive::verify::{
     check_files, compare_server, plan_folder, FileCheck, Problem, ServerDiff,
 };
@@ -42,6 +42,9 @@ const LONG_HELP: &str = "\
 pub struct VerifyCmd {
     #[command(flatten)]
     accounts: AccountArgs,
+
+    #[command(flatten)]
+    users: super::UserArgs,
 
     /// Also compare with the server's UID and size lists (no bodies are downloaded)
     #[arg(long)]
@@ -116,7 +119,7 @@ impl AccountVerify {
 }
 
 pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let accounts = load_accounts(config, &cmd.accounts)?;
+    let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;
     let progress: Arc<dyn Progress> = Arc::from(Bars::for_terminal(cmd.json));
     let mut report = VerifyReport::default();
     for account in accounts {

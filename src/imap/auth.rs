@@ -197,6 +197,73 @@ where
     }
 }
 
+/// An admin's login on a user's behalf: SASL PLAIN with an authorization
+/// identity (RFC 4616), as Dovecot master users and Cyrus admins take it.
+pub struct Plain<'a> {
+    /// Whose mailboxes (the user).
+    pub authzid: &'a str,
+    /// Who proves it (the admin).
+    pub authcid: &'a str,
+    pub password: &'a str,
+}
+
+impl Plain<'_> {
+    /// `authzid NUL authcid NUL password`.
+    fn message(&self) -> Vec<u8> {
+        format!("{}\0{}\0{}", self.authzid, self.authcid, self.password).into_bytes()
+    }
+}
+
+/// Sends the PLAIN message at the first continuation (without SASL-IR).
+struct PlainAuth(Option<Vec<u8>>);
+
+impl async_imap::Authenticator for PlainAuth {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        // A second continuation is not part of PLAIN: answer empty, get NO.
+        self.0.take().unwrap_or_default()
+    }
+}
+
+/// Logs in with AUTHENTICATE PLAIN and an authorization identity, the
+/// message on the command line when SASL-IR (RFC 4959) is offered.
+pub(crate) async fn login_plain<T>(
+    mut client: async_imap::Client<T>,
+    p: &Plain<'_>,
+) -> Result<async_imap::Session<T>, ImapError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug,
+{
+    let caps = capabilities(&mut client).await?;
+    let message = p.message();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&message);
+    let sasl_ir = caps.iter().any(|c| c == "SASL-IR");
+    let (command, initial) = if sasl_ir {
+        (format!("PLAIN {b64}"), None)
+    } else {
+        ("PLAIN".to_string(), Some(message))
+    };
+    log::debug!(
+        "> AUTHENTICATE PLAIN <{} on behalf of {}, password hidden>{}",
+        p.authcid,
+        p.authzid,
+        if sasl_ir { " (SASL-IR)" } else { "" }
+    );
+    match client.authenticate(&command, PlainAuth(initial)).await {
+        Ok(session) => Ok(session),
+        Err((e, _)) => Err(match e {
+            async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
+                ImapError::Auth {
+                    user: format!("{} (as admin `{}`)", p.authzid, p.authcid),
+                    text: super::session::server_text(&text),
+                }
+            }
+            other => super::session::async_to_imap(other),
+        }),
+    }
+}
+
 /// The server's error challenge as one line: its JSON (RFC 7628 3.2.2:
 /// `status`, `scope`, `schemes`) compacted, or nothing.
 fn describe_challenge(challenge: Option<&[u8]>) -> String {
@@ -245,6 +312,16 @@ mod tests {
             Mechanism::OAuthBearer.initial_response("a,b=c", "imap.x", 993, "T"),
             b"n,a=a=2Cb=3Dc,\x01host=imap.x\x01port=993\x01auth=Bearer T\x01\x01"
         );
+    }
+
+    #[test]
+    fn plain_with_authzid_is_user_nul_admin_nul_password() {
+        let p = Plain {
+            authzid: "joe",
+            authcid: "backup-admin",
+            password: "pw",
+        };
+        assert_eq!(p.message(), b"joe\0backup-admin\0pw");
     }
 
     #[test]

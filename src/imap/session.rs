@@ -45,6 +45,9 @@ pub struct ConnectParams<'a> {
     /// An OAuth2 access token: log in with SASL OAUTHBEARER or XOAUTH2
     /// (imap/auth.rs) instead of LOGIN, and `password` is unused.
     pub bearer: Option<&'a str>,
+    /// An admin logging in on `user`'s behalf with `password`, the admin's:
+    /// AUTHENTICATE PLAIN with `user` as authorization identity (RFC 4616).
+    pub authcid: Option<&'a str>,
     pub tls: Arc<ClientConfig>,
     pub timeout: Duration,
     /// The largest literal accepted outside a FETCH of known sizes.
@@ -180,6 +183,29 @@ impl Connection {
             let mut conn = Connection::logged_in(session, p, literal_limit, scanning).await?;
             conn.mechanism = Some(mechanism.name());
             return Ok(conn);
+        }
+        if let Some(admin) = p.authcid {
+            let plain = super::auth::Plain {
+                authzid: p.user,
+                authcid: admin,
+                password: p.password,
+            };
+            let session = match timeout(
+                p.timeout,
+                unwinding(super::auth::login_plain(client, &plain)),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(ImapError::Timeout {
+                        what: "login".into(),
+                        secs,
+                    })
+                }
+                Ok(r) => r??,
+            };
+            log::info!("logged in as `{admin}` on behalf of `{}` (PLAIN)", p.user);
+            return Connection::logged_in(session, p, literal_limit, scanning).await;
         }
         let session = match timeout(p.timeout, unwinding(client.login(p.user, p.password))).await {
             Err(_) => {

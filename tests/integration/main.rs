@@ -16,6 +16,7 @@ mod harness;
 mod interop;
 mod namespace;
 mod oauth2;
+mod orgs;
 mod perf;
 mod pull;
 mod restore;

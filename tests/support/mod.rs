@@ -120,6 +120,25 @@ pub fn dovecot_gmail() -> &'static Dovecot {
     DOVECOT_GMAIL.get_or_init(|| Dovecot::start_with(SEP, "", GMAIL_CAPABILITY))
 }
 
+/// The master user of [`dovecot_master`] (scripts/dovecot.sh MASTER_USER).
+pub const MASTER_NAME: &str = "backup-admin";
+pub const MASTER_PASSWORD: &str = "master-secret-9";
+
+static DOVECOT_MASTER: OnceLock<Dovecot> = OnceLock::new();
+
+/// A private Dovecot (separator `/`) with a master passdb holding
+/// [`MASTER_NAME`]: it logs in as any user as `user*backup-admin` or over
+/// SASL PLAIN with the user as authorization identity.
+pub fn dovecot_master() -> &'static Dovecot {
+    DOVECOT_MASTER.get_or_init(|| {
+        Dovecot::start_env(
+            SEP,
+            "",
+            &[("MASTER_USER", format!("{MASTER_NAME}:{MASTER_PASSWORD}"))],
+        )
+    })
+}
+
 /// What the exit-time cleanup needs to know.
 struct Cleanup {
     root: PathBuf,

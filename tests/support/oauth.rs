@@ -161,6 +161,16 @@ impl AuthServer {
         Client { id, secret }
     }
 
+    /// A service account with domain-wide delegation for every one of
+    /// `users` (one JWT per user, `sub` the user).
+    pub fn service_account_for(
+        &self,
+        users: &[&str],
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, Client) {
+        self.service_account(&users.join(" "), dir)
+    }
+
     /// A service account allowed to act for `user`: writes Google's JSON
     /// key file format (`client_email`, `private_key` PKCS#8 PEM) into
     /// `dir` and returns its path and the account as a client.
@@ -697,7 +707,10 @@ fn jwt_bearer(stream: &TcpStream, req: &Request, st: &mut State) {
         return;
     }
     let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
-    if claims["sub"].as_str() != Some(reg.user.as_str())
+    // `reg.user` lists the users delegated to it, space-separated
+    // (Google Workspace domain-wide delegation).
+    let sub = claims["sub"].as_str().unwrap_or("").to_string();
+    if !reg.user.split(' ').any(|u| u == sub)
         || claims["aud"].as_str() != Some(format!("http://127.0.0.1:{port}/token").as_str())
         || claims["scope"].as_str().is_none_or(str::is_empty)
     {
@@ -705,6 +718,10 @@ fn jwt_bearer(stream: &TcpStream, req: &Request, st: &mut State) {
         return;
     }
     let (a, _, ttl) = issue(st, &iss, false);
+    // The token logs in as the user named in `sub`.
+    if let Some(info) = st.access.get_mut(&a) {
+        info.user = sub;
+    }
     respond(stream, "200 OK", "", &token_json(&a, None, ttl));
 }
 

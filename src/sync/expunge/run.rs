@@ -967,6 +967,7 @@ mod tests {
             compress: crate::config::Compress::Off,
             gmail: false,
             gmail_spam_and_trash: false,
+            admin: None,
         }
     }
 

@@ -1,0 +1,331 @@
+//! Organisations against a Dovecot with a master passdb (scripts/dovecot.sh
+//! MASTER_USER; shared/PROVIDERS.md "Organisations"): one admin credential
+//! pulls many users, each into an archive of its own; `--user` and
+//! `--shard` pick which; hostile user names stay inside the template's
+//! directory.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use crate::support::{
+    self, dovecot_master, mail, toml_str, Dovecot, TestEnv, User, MASTER_NAME, MASTER_PASSWORD,
+};
+
+/// `n` users of the master Dovecot, user `i` with `i + 1` messages in INBOX.
+fn users(d: &Dovecot, prefix: &str, n: usize) -> Vec<User> {
+    (0..n)
+        .map(|i| {
+            let u = d.new_user(prefix);
+            let msgs: Vec<(Vec<u8>, i64)> = (0..=i as u32)
+                .map(|j| (mail::plain(j), 1_600_000_000 + i64::from(j)))
+                .collect();
+            d.seed_inbox(&u, &msgs);
+            u
+        })
+        .collect()
+}
+
+/// A `[accounts.staff]` table over `users-file`, archives under `root`.
+fn staff_toml(d: &Dovecot, users_file: &Path, root: &Path, extra: &str) -> String {
+    format!(
+        "[accounts.staff]\n\
+         host = \"127.0.0.1\"\n\
+         port = {port}\n\
+         ca-file = {cert}\n\
+         users-file = {file}\n\
+         admin-user = \"{MASTER_NAME}\"\n\
+         password-env = \"IMAPBAK_TEST_ADMIN_PW\"\n\
+         archive = {archive}\n\
+         {extra}\n",
+        port = d.imaps_port,
+        cert = toml_str(&d.cert.display().to_string()),
+        file = toml_str(&users_file.display().to_string()),
+        archive = toml_str(&format!("{}/{{user}}", root.display())),
+    )
+}
+
+fn write_users(path: &Path, users: &[&str]) {
+    let mut text = users.join("\n");
+    text.push('\n');
+    fs::write(path, text).unwrap();
+}
+
+fn pull(env: &TestEnv, password: &str, args: &[&str]) -> std::process::Output {
+    env.cmd()
+        .env("IMAPBAK_TEST_ADMIN_PW", password)
+        .args(["pull", "--json", "--account", "staff"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn report(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The account names of a pull report (`staff/USER`).
+fn pulled(v: &serde_json::Value) -> BTreeSet<String> {
+    v["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["account"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn inbox_count(archive: &Path) -> usize {
+    support::folder_messages(archive, "").len()
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+fn pulls_two_users_with(admin_login: &str) {
+    let d = dovecot_master();
+    let us = users(d, "org", 2);
+    let env = TestEnv::new();
+    let file = env.path().join("users.txt");
+    write_users(&file, &[&us[0].name, &us[1].name]);
+    let root = env.path().join("archives");
+    env.write_config(&staff_toml(d, &file, &root, admin_login));
+    let out = pull(&env, MASTER_PASSWORD, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let v = report(&out);
+    assert_eq!(
+        pulled(&v),
+        us.iter().map(|u| format!("staff/{}", u.name)).collect()
+    );
+    for (i, u) in us.iter().enumerate() {
+        assert_eq!(inbox_count(&root.join(&u.name)), i + 1, "{}", u.name);
+    }
+    // A second run downloads nothing.
+    let v = report(&pull(&env, MASTER_PASSWORD, &[]));
+    assert_eq!(v["fetched"], 0, "{v}");
+}
+
+#[test]
+fn admin_with_authzid_pulls_each_user_into_its_own_archive() {
+    pulls_two_users_with("");
+}
+
+#[test]
+fn dovecot_master_user_separator_pulls_each_user_into_its_own_archive() {
+    pulls_two_users_with("admin-login = \"master-separator\"\nadmin-separator = \"*\"");
+}
+
+#[test]
+fn a_wrong_admin_password_is_exit_3_and_writes_no_mail() {
+    let d = dovecot_master();
+    let us = users(d, "orgpw", 2);
+    let env = TestEnv::new();
+    let file = env.path().join("users.txt");
+    write_users(&file, &[&us[0].name, &us[1].name]);
+    let root = env.path().join("archives");
+    for login in ["", "admin-login = \"master-separator\""] {
+        env.write_config(&staff_toml(d, &file, &root, login));
+        let out = pull(&env, "not-the-password", &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{login}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("not-the-password"), "{err}");
+        let mail: Vec<_> = files_under(&root)
+            .into_iter()
+            .filter(|p| p.components().any(|c| c.as_os_str() == "mail"))
+            .collect();
+        assert!(mail.is_empty(), "{login}: {mail:?}");
+    }
+}
+
+#[test]
+fn user_pulls_only_the_named_user_and_an_unknown_one_is_an_error() {
+    let d = dovecot_master();
+    let us = users(d, "orgone", 3);
+    let env = TestEnv::new();
+    let file = env.path().join("users.txt");
+    let names: Vec<&str> = us.iter().map(|u| u.name.as_str()).collect();
+    write_users(&file, &names);
+    let root = env.path().join("archives");
+    env.write_config(&staff_toml(d, &file, &root, ""));
+    let out = pull(&env, MASTER_PASSWORD, &["--user", &us[1].name]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        pulled(&report(&out)),
+        BTreeSet::from([format!("staff/{}", us[1].name)])
+    );
+    assert!(!root.join(&us[0].name).exists() && !root.join(&us[2].name).exists());
+    assert_eq!(inbox_count(&root.join(&us[1].name)), 2);
+    let out = pull(&env, MASTER_PASSWORD, &["--user", "nobody-here"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user `nobody-here`"));
+}
+
+#[test]
+fn shards_partition_the_users_and_stay_put_when_a_user_is_added() {
+    let d = dovecot_master();
+    let us = users(d, "orgshard", 7);
+    let env = TestEnv::new();
+    let file = env.path().join("users.txt");
+    let root = env.path().join("archives");
+    env.write_config(&staff_toml(d, &file, &root, ""));
+    let all: BTreeSet<String> = us[..6]
+        .iter()
+        .map(|u| format!("staff/{}", u.name))
+        .collect();
+    let names: Vec<&str> = us[..6].iter().map(|u| u.name.as_str()).collect();
+    write_users(&file, &names);
+    let mut shards = Vec::new();
+    for k in 0..3 {
+        let out = pull(&env, MASTER_PASSWORD, &["--shard", &format!("{k}/3")]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shards.push(pulled(&report(&out)));
+    }
+    let union: BTreeSet<String> = shards.iter().flatten().cloned().collect();
+    assert_eq!(union, all);
+    assert_eq!(shards.iter().map(BTreeSet::len).sum::<usize>(), all.len());
+    for u in &us[..6] {
+        assert!(root.join(&u.name).join("mail").is_dir(), "{}", u.name);
+    }
+    // A new user at the top of the list moves no one else; the same
+    // shares come from JOB_COMPLETION_INDEX with --shard-count.
+    let mut names: Vec<&str> = vec![us[6].name.as_str()];
+    names.extend(us[..6].iter().map(|u| u.name.as_str()));
+    write_users(&file, &names);
+    let newcomer = format!("staff/{}", us[6].name);
+    let mut found = 0;
+    for (k, before) in shards.iter().enumerate() {
+        let out = env
+            .cmd()
+            .env("IMAPBAK_TEST_ADMIN_PW", MASTER_PASSWORD)
+            .env("JOB_COMPLETION_INDEX", k.to_string())
+            .args(["pull", "--json", "--dry-run", "--account", "staff"])
+            .args(["--shard-count", "3"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let mut after = pulled(&report(&out));
+        if after.remove(&newcomer) {
+            found += 1;
+        }
+        assert_eq!(&after, before, "shard {k}");
+    }
+    assert_eq!(found, 1);
+}
+
+#[test]
+fn hostile_user_names_cannot_leave_the_archive_directory() {
+    let d = dovecot_master();
+    let us = users(d, "orgsafe", 1);
+    let env = TestEnv::new();
+    let file = env.path().join("users.txt");
+    write_users(&file, &["../x", "a/b", "../../escaped", &us[0].name]);
+    let root = env.path().join("archives");
+    env.write_config(&staff_toml(d, &file, &root, ""));
+    let before: BTreeSet<_> = fs::read_dir(env.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let out = pull(&env, MASTER_PASSWORD, &[]);
+    // The real user is pulled; the others are no users of the server.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(inbox_count(&root.join(&us[0].name)), 1);
+    let mut after: BTreeSet<_> = fs::read_dir(env.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    after.remove(std::ffi::OsStr::new("archives"));
+    assert_eq!(after, before, "something was written beside the archives");
+    assert!(!env.path().parent().unwrap().join("x").exists());
+    assert!(!env.path().parent().unwrap().join("escaped").exists());
+    for e in fs::read_dir(&root).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(
+            !name.starts_with('.') && !name.contains('/'),
+            "archive `{name}`"
+        );
+    }
+    // A NUL or empty-looking name is refused with the name, before any login.
+    fs::write(&file, "ok\nbad\u{1}name\n").unwrap();
+    let out = pull(&env, MASTER_PASSWORD, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad\\u{1}name"));
+}
+
+/// Google Workspace domain-wide delegation: one service account, a JWT per
+/// user with `sub` the user, no admin password; each user's mail in its
+/// own archive.
+#[test]
+fn a_service_account_pulls_each_user_of_the_list_with_its_own_jwt() {
+    use crate::support::oauth::{auth_server, dovecot_oauth};
+    let d = dovecot_oauth();
+    let us: Vec<User> = users(d, "orgsa", 2);
+    let env = TestEnv::new();
+    let names: Vec<&str> = us.iter().map(|u| u.name.as_str()).collect();
+    let (key, client) = auth_server().service_account_for(&names, env.path());
+    let file = env.path().join("users.txt");
+    write_users(&file, &names);
+    let root = env.path().join("archives");
+    env.write_config(&format!(
+        "[accounts.staff]\nhost = \"127.0.0.1\"\nport = {}\nca-file = {}\nauth = \"oauth2\"\n\
+         oauth2-flow = \"service-account\"\noauth2-service-account-key = {}\n\
+         oauth2-token-url = {}\noauth2-scopes = [\"https://mail.google.com/\"]\n\
+         users-file = {}\narchive = {}\n",
+        d.imaps_port,
+        toml_str(&d.cert.display().to_string()),
+        toml_str(&key.display().to_string()),
+        toml_str(&auth_server().url("/token")),
+        toml_str(&file.display().to_string()),
+        toml_str(&format!("{}/{{user}}", root.display())),
+    ));
+    let out = env
+        .cmd()
+        .args(["pull", "--json", "--account", "staff"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, u) in us.iter().enumerate() {
+        assert_eq!(inbox_count(&root.join(&u.name)), i + 1, "{}", u.name);
+    }
+    assert_eq!(auth_server().grants(&client, "jwt-bearer"), 2);
+}

@@ -27,7 +27,11 @@ fn fake_config(env: &TestEnv, port: u16, tls: &str, extra: &str) {
         support::toml_str(&ca.display().to_string()),
         support::toml_str(&env.archive("a").display().to_string()),
         // 5 s unless the test sets its own.
-        if extra.contains("timeout") { "" } else { "timeout = 5\n" },
+        if extra.contains("timeout") {
+            ""
+        } else {
+            "timeout = 5\n"
+        },
     ));
 }
 

@@ -794,42 +794,7 @@ impl Remote for Connection {
         &mut self,
         changed_since: Option<u64>,
     ) -> Result<Vec<GmailMeta>, RemoteError> {
-        super::lift(async {
-            let items = "UID FLAGS X-GM-MSGID X-GM-THRID X-GM-LABELS";
-            let command = match changed_since {
-                Some(m) => format!("UID FETCH 1:* ({items}) (CHANGEDSINCE {m})"),
-                None => format!("UID FETCH 1:* ({items})"),
-            };
-            let mut out = Vec::new();
-            self.run(&command, |r| {
-                let Response::Fetch(_, attrs) = r else { return };
-                let mut m = GmailMeta::default();
-                let (mut uid, mut flags) = (None, None);
-                for a in attrs {
-                    match a {
-                        AttributeValue::Uid(u) => uid = Some(*u),
-                        AttributeValue::Flags(f) => {
-                            flags = Some(f.iter().map(|s| s.to_string()).collect())
-                        }
-                        AttributeValue::GmailMsgId(id) => m.msgid = *id,
-                        AttributeValue::GmailThrId(id) => m.thrid = *id,
-                        AttributeValue::GmailLabels(l) => {
-                            m.labels = l.iter().map(|l| gmail_label(l)).collect()
-                        }
-                        _ => {}
-                    }
-                }
-                // A FETCH without these is an unsolicited update.
-                if let (Some(uid), Some(flags), true) = (uid, flags, m.msgid != 0) {
-                    m.uid = uid;
-                    m.flags = flags;
-                    out.push(m);
-                }
-            })
-            .await?;
-            Ok(out)
-        })
-        .await
+        super::lift(self.gmail_fetch("1:*", changed_since)).await
     }
 
     async fn flags(&mut self, changed_since: Option<u64>) -> Result<Vec<RemoteFlags>, RemoteError> {
@@ -1255,6 +1220,52 @@ fn take_body(mut buf: bytes::BytesMut, range: std::ops::Range<usize>) -> Vec<u8>
     drop(buf);
     // Unique owner: `From<BytesMut>` reuses the allocation (memmove, no copy out).
     Vec::from(body)
+}
+
+impl Connection {
+    /// UID, flags and the X-GM-* items of the messages of `set` in the
+    /// selected mailbox (Gmail, X-GM-EXT-1).
+    pub(crate) async fn gmail_fetch(
+        &mut self,
+        set: &str,
+        changed_since: Option<u64>,
+    ) -> Result<Vec<GmailMeta>, ImapError> {
+        {
+            let items = "UID FLAGS X-GM-MSGID X-GM-THRID X-GM-LABELS";
+            let command = match changed_since {
+                Some(m) => format!("UID FETCH {set} ({items}) (CHANGEDSINCE {m})"),
+                None => format!("UID FETCH {set} ({items})"),
+            };
+            let mut out = Vec::new();
+            self.run(&command, |r| {
+                let Response::Fetch(_, attrs) = r else { return };
+                let mut m = GmailMeta::default();
+                let (mut uid, mut flags) = (None, None);
+                for a in attrs {
+                    match a {
+                        AttributeValue::Uid(u) => uid = Some(*u),
+                        AttributeValue::Flags(f) => {
+                            flags = Some(f.iter().map(|s| s.to_string()).collect())
+                        }
+                        AttributeValue::GmailMsgId(id) => m.msgid = *id,
+                        AttributeValue::GmailThrId(id) => m.thrid = *id,
+                        AttributeValue::GmailLabels(l) => {
+                            m.labels = l.iter().map(|l| gmail_label(l)).collect()
+                        }
+                        _ => {}
+                    }
+                }
+                // A FETCH without these is an unsolicited update.
+                if let (Some(uid), Some(flags), true) = (uid, flags, m.msgid != 0) {
+                    m.uid = uid;
+                    m.flags = flags;
+                    out.push(m);
+                }
+            })
+            .await?;
+            Ok(out)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,11 +27,14 @@ struct Msg {
     msgid: u64,
     thrid: u64,
     body: Vec<u8>,
-    date: &'static str,
+    date: String,
     flags: BTreeSet<String>,
     /// System labels (`\Inbox`, `\Sent`, ...) and user labels.
     labels: BTreeSet<String>,
     modseq: u64,
+    /// Deleted forever (expunged in Trash): gone from every view and from
+    /// the quota (PROVIDERS.md, "Gmail", imapsync FAQ.Gmail).
+    gone: bool,
 }
 
 /// One view: a mailbox as Gmail lists it.
@@ -95,10 +98,22 @@ struct Store {
     selected: HashMap<usize, usize>,
     /// "Show in IMAP" off for All Mail (PROVIDERS.md, "Hidden mail").
     hide_all: bool,
+    /// `\Deleted` marks, per view (view name, msgid).
+    deleted: BTreeSet<(&'static str, u64)>,
+    /// QUOTA STORAGE limit in KiB.
+    quota_limit_kib: u64,
+    /// EXPUNGEs that removed a label (sent in a label folder).
+    label_expunges: u32,
+    /// End the session with BYE right after the next UID MOVE (a run
+    /// killed between the move and the expunge).
+    bye_after_move: bool,
 }
 
 impl Store {
     fn in_view(v: &View, m: &Msg) -> bool {
+        if m.gone {
+            return false;
+        }
         match v.label {
             Some(l) => m.labels.contains(l),
             None => !m.labels.contains("\\Trash") && !m.labels.contains("\\Spam"),
@@ -120,17 +135,18 @@ impl Store {
         out
     }
 
-    fn add(&mut self, body: Vec<u8>, date: &'static str, flags: &[&str], labels: &[&str]) {
+    fn add(&mut self, body: Vec<u8>, date: &str, flags: &[&str], labels: &[&str]) {
         self.modseq += 1;
         let n = self.messages.len() as u64;
         self.messages.push(Msg {
             msgid: 1_600_000_000_000_000_000 + n,
             thrid: 1_600_000_000_000_000_000 + n / 2,
             body,
-            date,
+            date: date.to_string(),
             flags: flags.iter().map(|s| s.to_string()).collect(),
             labels: labels.iter().map(|s| s.to_string()).collect(),
             modseq: self.modseq,
+            gone: false,
         });
         for v in VIEWS {
             self.view(v);
@@ -152,6 +168,27 @@ impl Store {
         for v in VIEWS {
             self.view(v);
         }
+    }
+
+    /// QUOTA usage in bytes: every message not deleted forever, Trash and
+    /// Spam included (PROVIDERS.md, "Gmail": an EXPUNGE in a label folder
+    /// or All Mail "keeps using quota").
+    fn usage(&self) -> u64 {
+        self.messages
+            .iter()
+            .filter(|m| !m.gone)
+            .map(|m| m.body.len() as u64)
+            .sum()
+    }
+
+    /// Flags of message `i` as view `v` shows them.
+    fn flags_in(&self, v: &View, i: usize) -> String {
+        let m = &self.messages[i];
+        let mut f: Vec<&str> = m.flags.iter().map(String::as_str).collect();
+        if self.deleted.contains(&(v.name, m.msgid)) {
+            f.push("\\Deleted");
+        }
+        f.join(" ")
     }
 }
 
@@ -202,8 +239,11 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
         }
         r.push_str(&format!("{tag} OK Success\r\n"));
         r
-    } else if upper.starts_with("EXAMINE ") {
-        let name = cmd[8..].trim_end_matches(" (CONDSTORE)").trim_matches('"');
+    } else if upper.starts_with("EXAMINE ") || upper.starts_with("SELECT ") {
+        let read_only = upper.starts_with("EXAMINE ");
+        let name = cmd[cmd.find(' ').unwrap() + 1..]
+            .trim_end_matches(" (CONDSTORE)")
+            .trim_matches('"');
         match VIEWS.iter().position(|v| v.name == name) {
             Some(i) => {
                 st.selected.insert(n, i);
@@ -215,8 +255,9 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
                     .max()
                     .unwrap_or(1);
                 format!(
-                    "* {} EXISTS\r\n* OK [UIDVALIDITY 11] ok\r\n* OK [UIDNEXT {uidnext}] ok\r\n* OK [HIGHESTMODSEQ {modseq}] ok\r\n{tag} OK [READ-ONLY] {name} selected. (Success)\r\n",
-                    view.len()
+                    "* {} EXISTS\r\n* OK [UIDVALIDITY 11] ok\r\n* OK [UIDNEXT {uidnext}] ok\r\n* OK [HIGHESTMODSEQ {modseq}] ok\r\n{tag} OK [{}] {name} selected. (Success)\r\n",
+                    view.len(),
+                    if read_only { "READ-ONLY" } else { "READ-WRITE" }
                 )
             }
             None => format!("{tag} NO [NONEXISTENT] Unknown Mailbox\r\n"),
@@ -242,8 +283,7 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
             if since.is_some_and(|s| m.modseq <= s) {
                 continue;
             }
-            let flags: Vec<&str> = m.flags.iter().map(String::as_str).collect();
-            let flags = flags.join(" ");
+            let flags = st.flags_in(&VIEWS[vi], *i);
             let seq = seq + 1;
             if upper.contains("BODY.PEEK[]") {
                 r.extend_from_slice(
@@ -264,6 +304,16 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
                         m.msgid,
                         m.thrid,
                         labels_item(m),
+                        m.modseq
+                    )
+                    .as_bytes(),
+                );
+            } else if upper.contains("INTERNALDATE") {
+                r.extend_from_slice(
+                    format!(
+                        "* {seq} FETCH (UID {uid} FLAGS ({flags}) INTERNALDATE \"{}\" RFC822.SIZE {} MODSEQ ({}))\r\n",
+                        m.date,
+                        m.body.len(),
                         m.modseq
                     )
                     .as_bytes(),
@@ -296,6 +346,126 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
         r.extend_from_slice(format!("{tag} OK Success\r\n").as_bytes());
         let _ = s.send(&r);
         return Hook::Done;
+    } else if upper.starts_with("UID MOVE ") {
+        let Some(&vi) = st.selected.get(&n) else {
+            return reply_and(s, format!("{tag} BAD no mailbox selected\r\n"));
+        };
+        let mut words = cmd.splitn(4, ' ');
+        let set = words.nth(2).unwrap_or("");
+        let to = words.next().unwrap_or("").trim_matches('"');
+        let Some(ti) = VIEWS.iter().position(|v| v.name == to) else {
+            return reply_and(s, format!("{tag} NO [TRYCREATE] No folder {to}\r\n"));
+        };
+        let view = st.view(&VIEWS[vi]);
+        let max = view.iter().map(|(u, _)| *u).max().unwrap_or(0);
+        let wanted: BTreeSet<u32> = parse_set(set, max).into_iter().collect();
+        let moving: Vec<(u32, usize)> = view
+            .into_iter()
+            .filter(|(u, _)| wanted.contains(u))
+            .collect();
+        for (_, i) in &moving {
+            // Into Trash, a message leaves every other label: All Mail
+            // holds "every message except Spam and Trash" (PROVIDERS.md).
+            let m = &mut st.messages[*i];
+            if VIEWS[ti].label == Some("\\Trash") {
+                m.labels.clear();
+            } else if let Some(l) = VIEWS[vi].label {
+                m.labels.remove(l);
+            }
+            if let Some(l) = VIEWS[ti].label {
+                m.labels.insert(l.to_string());
+            }
+        }
+        st.modseq += 1;
+        let ms = st.modseq;
+        for (_, i) in &moving {
+            st.messages[*i].modseq = ms;
+        }
+        let trash_view = st.view(&VIEWS[ti]);
+        let (mut src, mut dst) = (Vec::new(), Vec::new());
+        for (u, i) in &moving {
+            if let Some((tu, _)) = trash_view.iter().find(|(_, j)| j == i) {
+                src.push(u.to_string());
+                dst.push(tu.to_string());
+            }
+        }
+        // UIDPLUS/MOVE: COPYUID in an untagged OK (RFC 6851).
+        let mut r = format!(
+            "* OK [COPYUID 11 {} {}] (Success)\r\n",
+            src.join(","),
+            dst.join(",")
+        );
+        if st.bye_after_move {
+            st.bye_after_move = false;
+            let _ = s.send(format!("{r}* BYE Session expired\r\n").as_bytes());
+            return Hook::Close;
+        }
+        r.push_str(&format!(
+            "{tag} OK [COPYUID 11 {} {}] (Success)\r\n",
+            src.join(","),
+            dst.join(",")
+        ));
+        r
+    } else if upper.starts_with("UID STORE ") && upper.contains("FLAGS.SILENT (\\DELETED)") {
+        let Some(&vi) = st.selected.get(&n) else {
+            return reply_and(s, format!("{tag} BAD no mailbox selected\r\n"));
+        };
+        let view = st.view(&VIEWS[vi]);
+        let max = view.iter().map(|(u, _)| *u).max().unwrap_or(0);
+        let set = cmd.split(' ').nth(2).unwrap_or("");
+        let wanted: BTreeSet<u32> = parse_set(set, max).into_iter().collect();
+        let add = upper.contains("+FLAGS");
+        for (u, i) in view {
+            if wanted.contains(&u) {
+                let key = (VIEWS[vi].name, st.messages[i].msgid);
+                if add {
+                    st.deleted.insert(key);
+                } else {
+                    st.deleted.remove(&key);
+                }
+            }
+        }
+        format!("{tag} OK Success\r\n")
+    } else if upper.starts_with("UID EXPUNGE ") {
+        let Some(&vi) = st.selected.get(&n) else {
+            return reply_and(s, format!("{tag} BAD no mailbox selected\r\n"));
+        };
+        let v = &VIEWS[vi];
+        let view = st.view(v);
+        let max = view.iter().map(|(u, _)| *u).max().unwrap_or(0);
+        let set = cmd.split(' ').nth(2).unwrap_or("");
+        let wanted: BTreeSet<u32> = parse_set(set, max).into_iter().collect();
+        let mut r = String::new();
+        for (seq, (u, i)) in view.iter().enumerate().rev() {
+            let key = (v.name, st.messages[*i].msgid);
+            if !wanted.contains(u) || !st.deleted.remove(&key) {
+                continue;
+            }
+            match v.label {
+                // In Trash (and Spam) EXPUNGE deletes forever (imapsync
+                // FAQ.Gmail; gmvault `erase_mailbox`).
+                Some("\\Trash") | Some("\\Spam") => st.messages[*i].gone = true,
+                // In a label folder it removes that label, nothing more.
+                Some(l) => {
+                    st.messages[*i].labels.remove(l);
+                    st.label_expunges += 1;
+                }
+                // In All Mail, under the default setting, nothing visible
+                // happens (PROVIDERS.md, "Gmail").
+                None => continue,
+            }
+            r.push_str(&format!("* {} EXPUNGE\r\n", seq + 1));
+        }
+        r.push_str(&format!("{tag} OK Success\r\n"));
+        r
+    } else if upper.starts_with("GETQUOTAROOT ") {
+        // QUOTA is in Gmail's capabilities (PROVIDERS.md); STORAGE in KiB
+        // (RFC 9208).
+        format!(
+            "* QUOTAROOT \"INBOX\" \"\"\r\n* QUOTA \"\" (STORAGE {} {})\r\n{tag} OK Success\r\n",
+            st.usage().div_ceil(1024),
+            st.quota_limit_kib
+        )
     } else if upper == "LOGOUT" {
         let _ = s.send(
             format!("* BYE LOGOUT Requested\r\n{tag} OK 73 good day (Success)\r\n").as_bytes(),
@@ -587,31 +757,189 @@ fn gmail_mode_off_backs_up_every_folder_and_no_all_mail_is_an_error_with_the_set
     assert!(!env.archive("g").join("mail/cur").exists());
 }
 
+/// Labels of `seeded`'s message `n`.
+fn labels_of(n: u32) -> &'static [&'static str] {
+    match n % 5 {
+        0 => &["\\Inbox", "Work"],
+        1 => &["\\Inbox", "Work", "Work/Projects"],
+        2 => &["\\Sent", "Work", "Work/Projects", "\\Inbox"],
+        3 => &["\\Inbox"],
+        _ => &[],
+    }
+}
+
+/// 20 messages labelled as in `seeded`: 0-9 from 2020, 10-19 from last
+/// week; and message 20, old, already in Trash before imapbak runs.
+fn seeded_by_age() -> Arc<Mutex<Store>> {
+    let recent = (chrono::Utc::now() - chrono::Duration::days(7))
+        .format("%d-%b-%Y %H:%M:%S +0000")
+        .to_string();
+    let store = Arc::new(Mutex::new(Store::default()));
+    let mut st = store.lock().unwrap();
+    for n in 0..20u32 {
+        let date = if n < 10 {
+            "01-Jan-2020 10:00:00 +0000"
+        } else {
+            &recent
+        };
+        let flags: &[&str] = if n % 2 == 0 { &["\\Seen"] } else { &[] };
+        st.add(message(n), date, flags, labels_of(n));
+    }
+    st.add(message(20), "01-Jan-2020 10:00:00 +0000", &[], &["\\Trash"]);
+    st.quota_limit_kib = 100;
+    drop(st);
+    store
+}
+
+/// Every `UID EXPUNGE` the fake saw, with the mailbox selected at the time.
+fn expunged_in(server: &FakeServer) -> Vec<String> {
+    let mut selected = String::new();
+    let mut out = Vec::new();
+    for c in server.commands() {
+        let cmd = c.split_once(' ').map(|x| x.1).unwrap_or("");
+        let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("SELECT ") || upper.starts_with("EXAMINE ") {
+            selected = cmd.split_once(' ').unwrap().1.to_string();
+        } else if upper.starts_with("UID EXPUNGE") || upper == "EXPUNGE" || upper == "CLOSE" {
+            out.push(selected.clone());
+        }
+    }
+    out
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 #[test]
-fn expunge_refuses_gmail_and_deletes_nothing() {
-    let store = seeded();
+fn gmail_expunge_frees_quota_through_trash_and_a_killed_run_is_finished_by_the_next() {
+    let store = seeded_by_age();
     let server = start(store.clone());
     let env = TestEnv::new();
     config(&env, server.port, "");
     run(&env, &["pull"]);
+    let archive = env.archive("g");
+    assert_eq!(folder_files(&archive, ALL).len(), 20);
+    let (usage_before, old_bytes) = {
+        let st = store.lock().unwrap();
+        let old: u64 = st.messages[..10].iter().map(|m| m.body.len() as u64).sum();
+        (st.usage(), old)
+    };
+
+    // Killed between the move and the expunge: the old mail sits in Trash.
+    store.lock().unwrap().bye_after_move = true;
     let out = env
         .cmd()
         .env("IMAPBAK_FAKE_PW", PW)
-        .args(["expunge", "--older-than", "1d"])
+        .args(["expunge", "--older-than", "365d"])
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("Gmail") && err.contains("hint:"), "{err}");
-    let stores: Vec<String> = server
-        .commands()
-        .into_iter()
-        .filter(|c| {
-            c.split(' ')
-                .skip(1)
-                .take(2)
-                .any(|w| w.eq_ignore_ascii_case("STORE") || w.eq_ignore_ascii_case("EXPUNGE"))
-        })
-        .collect();
-    assert!(stores.is_empty(), "sent {stores:?}");
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    {
+        let st = store.lock().unwrap();
+        for m in &st.messages[..10] {
+            assert!(!m.gone);
+            assert_eq!(m.labels, BTreeSet::from(["\\Trash".to_string()]));
+        }
+    }
+    let pending = |archive: &Path| {
+        walkdir::WalkDir::new(archive.join("state"))
+            .into_iter()
+            .flatten()
+            .any(|d| d.file_name() == "gmail-trash-pending.json")
+    };
+    assert!(pending(&archive), "no record of the moved messages");
+
+    // The next run finishes it, and there is nothing more to take.
+    let out = run(&env, &["expunge", "--older-than", "365d", "--json"]);
+    let v = json_of(&out);
+    let acct = &v["accounts"][0];
+    assert_eq!(acct["expunged"], 10, "{v:#}");
+    assert_eq!(acct["bytes_freed"], old_bytes, "{v:#}");
+    let st = store.lock().unwrap();
+    // QUOTA falls by the old messages' bytes: gone everywhere.
+    assert_eq!(st.usage(), usage_before - old_bytes);
+    assert!(st.messages[..10].iter().all(|m| m.gone));
+    // What was in Trash before is still there, untouched.
+    assert!(!st.messages[20].gone);
+    assert!(!st
+        .deleted
+        .iter()
+        .any(|(_, id)| *id == st.messages[20].msgid));
+    // Recent mail keeps its labels; no label was ever expunged.
+    for (n, m) in st.messages[10..20].iter().enumerate() {
+        let want: BTreeSet<String> = labels_of(n as u32 + 10)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(m.labels, want);
+    }
+    assert_eq!(st.label_expunges, 0);
+    drop(st);
+    let trash = "\"[Google Mail]/Papierkorb\"";
+    let places = expunged_in(&server);
+    assert!(!places.is_empty());
+    assert!(
+        places.iter().all(|p| p.starts_with(trash)),
+        "expunged in {places:?}"
+    );
+    // The archive keeps everything; the record is gone.
+    assert!(!pending(&archive));
+    assert_eq!(folder_files(&archive, ALL).len(), 20);
+    assert!(!folder_files(&archive, ".Work").is_empty());
+}
+
+#[test]
+fn gmail_expunge_free_to_ends_under_target_and_mailbox_selects_by_label() {
+    let store = seeded_by_age();
+    let server = start(store.clone());
+    let env = TestEnv::new();
+    config(&env, server.port, "");
+    run(&env, &["pull"]);
+    // Usage at about 80 % of the limit.
+    let usage = store.lock().unwrap().usage();
+    store.lock().unwrap().quota_limit_kib = usage.div_ceil(1024) * 10 / 8;
+
+    // `--mailbox` selects by label: only old mail labelled Work/Projects.
+    let out = run(
+        &env,
+        &[
+            "expunge",
+            "--older-than",
+            "365d",
+            "--mailbox",
+            "Work/Projects",
+            "--json",
+        ],
+    );
+    let v = json_of(&out);
+    {
+        let st = store.lock().unwrap();
+        let gone: Vec<usize> = (0..21).filter(|&i| st.messages[i].gone).collect();
+        // Old (0-9) messages n % 5 in {1, 2} carry Work/Projects.
+        assert_eq!(gone, vec![1, 2, 6, 7], "{v:#}");
+    }
+
+    let limit = store.lock().unwrap().quota_limit_kib;
+    let out = run(&env, &["expunge", "--free-to", "50%", "--json"]);
+    let v = json_of(&out);
+    let st = store.lock().unwrap();
+    assert!(
+        (st.usage().div_ceil(1024) as f64) < 0.5 * limit as f64 + 1.0,
+        "usage {} of {limit} KiB: {v:#}",
+        st.usage()
+    );
+    // Oldest first, never what was in Trash before.
+    assert!(!st.messages[20].gone);
+    assert_eq!(st.label_expunges, 0);
 }

@@ -1,5 +1,4 @@
-//! Gmail done right, in one place that pull asks (and, later, expunge and
-//! restore): every label is a folder on Gmail, plus All Mail (`\All`), so
+//! Gmail done right, in one place that pull, expunge and restore ask: every label is a folder on Gmail, plus All Mail (`\All`), so
 //! a tool that backs up every folder stores each message once per label.
 //! In Gmail mode (the server announces X-GM-EXT-1; account key
 //! `gmail = false` turns it off) bodies come from `\All` only, once each,
@@ -11,13 +10,16 @@
 //!
 //! - `plan.rs`: pure: the listing -> [`Layout`]; labels + links -> changes
 //! - `run.rs`: applies the link changes to the archive
+//! - `expunge.rs`: expunge's rules (free quota through Trash) and its record
 //!
 //! Spam and Trash are not labels of `\All` messages; they are pulled as
 //! ordinary folders only when the account asks (`gmail-spam-and-trash`).
 
+pub mod expunge;
 pub mod plan;
 mod run;
 
+pub use expunge::{load_ids, record_ids};
 pub use plan::{layout, plan_links, Layout, LinkChange};
 pub use run::apply_links;
 

@@ -382,6 +382,12 @@ async fn pull_mailbox<T: Task>(
         Some(layout) if !dry => {
             let linked = tokio::task::block_in_place(|| {
                 let keywords = folder.load_keywords()?;
+                // Expunge checks a message's X-GM-MSGID against this record.
+                gmail::record_ids(
+                    folder.state_dir(),
+                    examined.selected.uidvalidity,
+                    &examined.gmail,
+                )?;
                 gmail::apply_links(
                     &ctx.archive,
                     layout,

@@ -107,6 +107,16 @@ struct Store {
     /// End the session with BYE right after the next UID MOVE (a run
     /// killed between the move and the expunge).
     bye_after_move: bool,
+    /// APPENDLIMIT to announce instead of Gmail's 35,651,584 (PROVIDERS.md),
+    /// so a test need not send 35 MB; 0: Gmail's.
+    append_limit: usize,
+    /// User labels not created yet (an empty account): not listed, and a
+    /// STORE of them fails, as STORE does not create labels (PROVIDERS.md).
+    missing_labels: BTreeSet<String>,
+    /// Labels CREATEd, in order.
+    created: Vec<String>,
+    /// Messages APPENDed (a merge included).
+    appends: u32,
 }
 
 impl Store {
@@ -206,14 +216,61 @@ fn labels_item(m: &Msg) -> String {
 fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session) -> Hook {
     let mut st = store.lock().unwrap();
     let upper = cmd.to_ascii_uppercase();
+    let caps = if st.append_limit == 0 {
+        CAPS.to_string()
+    } else {
+        CAPS.replace(
+            "APPENDLIMIT=35651584",
+            &format!("APPENDLIMIT={}", st.append_limit),
+        )
+    };
     let reply = if upper.starts_with("LOGIN ") {
-        format!("{tag} OK [CAPABILITY {CAPS}] me@gmail.com authenticated (Success)\r\n")
+        format!("{tag} OK [CAPABILITY {caps}] me@gmail.com authenticated (Success)\r\n")
     } else if upper == "CAPABILITY" {
-        format!("* CAPABILITY {CAPS}\r\n{tag} OK Success\r\n")
+        format!("* CAPABILITY {caps}\r\n{tag} OK Success\r\n")
+    } else if upper == "LIST \"\" \"\"" {
+        format!("* LIST (\\Noselect) \"/\" \"\"\r\n{tag} OK Success\r\n")
+    } else if upper == "UNSELECT" {
+        st.selected.remove(&n);
+        format!("{tag} OK Returned to authenticated state. (Success)\r\n")
+    } else if upper.starts_with("CREATE ") {
+        let name = cmd[7..].trim_matches('"').to_string();
+        st.missing_labels.remove(&name);
+        st.created.push(name);
+        format!("{tag} OK Success\r\n")
+    } else if upper.starts_with("APPEND ") {
+        return append(&mut st, n, tag, cmd, s);
+    } else if upper.starts_with("UID STORE ") && upper.contains("+X-GM-LABELS.SILENT") {
+        let Some(&vi) = st.selected.get(&n) else {
+            return reply_and(s, format!("{tag} BAD no mailbox selected\r\n"));
+        };
+        let uid: u32 = cmd
+            .split(' ')
+            .nth(2)
+            .and_then(|u| u.parse().ok())
+            .unwrap_or(0);
+        let list = &cmd[cmd.find('(').unwrap_or(0) + 1..cmd.rfind(')').unwrap_or(0)];
+        let labels = store_labels(list);
+        if let Some(l) = labels.iter().find(|l| st.missing_labels.contains(*l)) {
+            // STORE does not create labels (PROVIDERS.md, "APPEND").
+            return reply_and(s, format!("{tag} NO [NONEXISTENT] No label {l}\r\n"));
+        }
+        let view = st.view(&VIEWS[vi]);
+        if let Some(&(_, i)) = view.iter().find(|(u, _)| *u == uid) {
+            st.relabel(
+                i,
+                &labels.iter().map(String::as_str).collect::<Vec<_>>(),
+                &[],
+            );
+        }
+        format!("{tag} OK Success\r\n")
     } else if upper.starts_with("LIST ") {
         let mut r = String::new();
         for v in VIEWS {
             if st.hide_all && v.attr == "\\All" {
+                continue;
+            }
+            if st.missing_labels.contains(v.name) {
                 continue;
             }
             let attrs = if v.attr.is_empty() {
@@ -305,6 +362,19 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
                         m.thrid,
                         labels_item(m),
                         m.modseq
+                    )
+                    .as_bytes(),
+                );
+            } else if upper.contains("HEADER.FIELDS") {
+                let id = message_id(&m.body)
+                    .map(|id| format!("Message-ID: {id}\r\n\r\n"))
+                    .unwrap_or_else(|| "\r\n".into());
+                r.extend_from_slice(
+                    format!(
+                        "* {seq} FETCH (UID {uid} RFC822.SIZE {} INTERNALDATE \"{}\" BODY[HEADER.FIELDS (MESSAGE-ID)] {{{}}}\r\n{id})\r\n",
+                        m.body.len(),
+                        m.date,
+                        id.len()
                     )
                     .as_bytes(),
                 );
@@ -475,6 +545,121 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
         format!("{tag} BAD Unknown command\r\n")
     };
     reply_and(s, reply)
+}
+
+/// The Message-ID header's value of a message.
+fn message_id(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let head = text.split("\r\n\r\n").next()?;
+    head.lines()
+        .find_map(|l| l.strip_prefix("Message-ID: "))
+        .map(str::to_string)
+}
+
+/// The labels of a `+X-GM-LABELS.SILENT (...)` list: system labels as
+/// atoms (`\Inbox`), user labels quoted (PROVIDERS.md, "X-GM-EXT-1").
+fn store_labels(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = list.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' => {}
+            '"' => {
+                let mut l = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => l.extend(chars.next()),
+                        c => l.push(c),
+                    }
+                }
+                out.push(l);
+            }
+            c => {
+                let mut l = c.to_string();
+                while let Some(&c) = chars.peek() {
+                    if c == ' ' {
+                        break;
+                    }
+                    l.push(c);
+                    chars.next();
+                }
+                out.push(l);
+            }
+        }
+    }
+    out
+}
+
+/// `APPEND "mailbox" (flags) "date" {n}` or `{n+}`.
+fn append(st: &mut Store, n: usize, tag: &str, cmd: &str, s: &mut Session) -> Hook {
+    let _ = n;
+    let open = cmd.rfind('{').unwrap_or(0);
+    let spec = cmd[open + 1..].trim_end_matches('}');
+    let plus = spec.ends_with('+');
+    let len: usize = spec.trim_end_matches('+').parse().unwrap_or(0);
+    let limit = if st.append_limit == 0 {
+        35_651_584
+    } else {
+        st.append_limit
+    };
+    if plus && len > 4096 {
+        // LITERAL-: a non-synchronizing literal over 4096 bytes is an
+        // error (PROVIDERS.md, "literals"; RFC 7888): the bytes that follow
+        // would be read as commands, so the session ends.
+        let _ = s.send(format!("{tag} BAD [TOOBIG] Literal too large\r\n* BYE\r\n").as_bytes());
+        return Hook::Close;
+    }
+    if len > limit {
+        // APPENDLIMIT (PROVIDERS.md): refused before the literal is sent.
+        return reply_and(s, format!("{tag} NO [TOOBIG] Message too large\r\n"));
+    }
+    if !plus && s.send(b"+ go ahead\r\n").is_err() {
+        return Hook::Close;
+    }
+    let Ok((body, _)) = s.read_literal(len) else {
+        return Hook::Close;
+    };
+    let head = &cmd[7..open];
+    let name = head.split('"').nth(1).unwrap_or("").to_string();
+    let Some(vi) = VIEWS.iter().position(|v| v.name == name) else {
+        return reply_and(s, format!("{tag} NO [TRYCREATE] No folder {name}\r\n"));
+    };
+    let flags: Vec<String> = head
+        .find('(')
+        .map(|a| head[a + 1..head.find(')').unwrap_or(a + 1)].to_string())
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let date = head.split('"').nth(3).unwrap_or("").to_string();
+    st.appends += 1;
+    let view_label: Vec<&str> = VIEWS[vi].label.into_iter().collect();
+    // Gmail de-duplicates an APPEND of a message it already has (same
+    // Message-ID): it merges labels and keeps one copy (PROVIDERS.md).
+    let known = message_id(&body).and_then(|id| {
+        st.messages
+            .iter()
+            .position(|m| !m.gone && message_id(&m.body).as_deref() == Some(id.as_str()))
+    });
+    let i = match known {
+        Some(i) => {
+            st.relabel(i, &view_label, &[]);
+            i
+        }
+        None => {
+            let f: Vec<&str> = flags.iter().map(String::as_str).collect();
+            st.add(body, &date, &f, &view_label);
+            st.messages.len() - 1
+        }
+    };
+    let view = st.view(&VIEWS[vi]);
+    let uid = view
+        .iter()
+        .find(|(_, j)| *j == i)
+        .map(|(u, _)| *u)
+        .unwrap_or(0);
+    reply_and(s, format!("{tag} OK [APPENDUID 11 {uid}] (Success)\r\n"))
 }
 
 fn reply_and(s: &mut Session, reply: String) -> Hook {
@@ -942,4 +1127,122 @@ fn gmail_expunge_free_to_ends_under_target_and_mailbox_selects_by_label() {
     // Oldest first, never what was in Trash before.
     assert!(!st.messages[20].gone);
     assert_eq!(st.label_expunges, 0);
+}
+
+/// A second account, `h`, on the fake Gmail at `port`.
+fn second_account(env: &TestEnv, port: u16) -> String {
+    let ca = env.path().join("ca.pem");
+    format!(
+        "\n[accounts.h]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"new@gmail.com\"\n\
+         password-env = \"IMAPBAK_FAKE_PW\"\nca-file = {}\narchive = {}\ntimeout = 10\n",
+        support::toml_str(&ca.display().to_string()),
+        support::toml_str(&env.path().join("h-archive").display().to_string()),
+    )
+}
+
+/// An empty Gmail account: no mail, and no user label created yet.
+fn empty_gmail() -> Arc<Mutex<Store>> {
+    let store = Arc::new(Mutex::new(Store::default()));
+    {
+        let mut st = store.lock().unwrap();
+        st.missing_labels = ["Work", "Work/Projects"].map(String::from).into();
+    }
+    store
+}
+
+fn internaldate(s: &str) -> i64 {
+    chrono::DateTime::parse_from_str(s.trim(), "%d-%b-%Y %H:%M:%S %z")
+        .unwrap_or_else(|e| panic!("`{s}`: {e}"))
+        .timestamp()
+}
+
+/// (bytes, flags, date, labels) of every message All Mail shows.
+type Seen = Vec<(String, BTreeSet<String>, i64, BTreeSet<String>)>;
+
+fn all_mail(store: &Mutex<Store>) -> Seen {
+    let st = store.lock().unwrap();
+    let all = VIEWS.iter().find(|v| v.attr == "\\All").unwrap();
+    let mut out: Seen = st
+        .messages
+        .iter()
+        .filter(|m| Store::in_view(all, m))
+        .map(|m| {
+            (
+                sha(&m.body),
+                m.flags.clone(),
+                internaldate(&m.date),
+                m.labels.clone(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn gmail_restore_appends_each_message_once_into_all_mail_with_its_labels() {
+    let source = seeded();
+    {
+        // A 40 KB message (a synchronizing literal under LITERAL-) and one
+        // over the target's APPENDLIMIT.
+        let mut st = source.lock().unwrap();
+        let mut big = message(40);
+        big.extend(b"y".repeat(40 * 1024));
+        big.extend(b"\r\n");
+        st.add(
+            big,
+            "02-Jan-2024 10:00:00 +0000",
+            &["\\Seen"],
+            &["\\Inbox", "Work"],
+        );
+        let mut huge = message(70);
+        huge.extend(b"z".repeat(70 * 1024));
+        huge.extend(b"\r\n");
+        st.add(huge, "03-Jan-2024 10:00:00 +0000", &[], &["\\Inbox"]);
+    }
+    let src = start(source.clone());
+    let target = empty_gmail();
+    target.lock().unwrap().append_limit = 60 * 1024;
+    let dst = start(target.clone());
+    let env = TestEnv::new();
+    let extra = second_account(&env, dst.port);
+    config(&env, src.port, &extra);
+    run(&env, &["pull"]);
+
+    let restore = |env: &TestEnv| {
+        env.cmd()
+            .env("IMAPBAK_FAKE_PW", PW)
+            .args(["restore", "--account", "g", "--to", "h", "--json"])
+            .timeout(Duration::from_secs(120))
+            .output()
+            .unwrap()
+    };
+    let out = restore(&env);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The message over APPENDLIMIT is reported, the rest restored.
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{err}");
+    assert!(
+        stdout.contains("APPENDLIMIT") || err.contains("APPENDLIMIT"),
+        "{stdout}\n{err}"
+    );
+    // Labels were created parents first.
+    assert_eq!(target.lock().unwrap().created, ["Work", "Work/Projects"]);
+
+    // All Mail holds each message once, with bytes, flags, date and labels.
+    let mut want = all_mail(&source);
+    let huge = {
+        let st = source.lock().unwrap();
+        sha(&st.messages.last().unwrap().body)
+    };
+    want.retain(|m| m.0 != huge);
+    assert_eq!(all_mail(&target), want);
+    let appends = target.lock().unwrap().appends;
+    assert_eq!(appends as usize, want.len());
+
+    // A rerun adds nothing.
+    let out = restore(&env);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(all_mail(&target), want);
+    assert_eq!(target.lock().unwrap().appends, appends, "a rerun appended");
 }

@@ -11,12 +11,14 @@
 //! - `plan.rs`: pure: the listing -> [`Layout`]; labels + links -> changes
 //! - `run.rs`: applies the link changes to the archive
 //! - `expunge.rs`: expunge's rules (free quota through Trash) and its record
+//! - `restore.rs`: restore's rules (append once into `\All`, then labels)
 //!
 //! Spam and Trash are not labels of `\All` messages; they are pulled as
 //! ordinary folders only when the account asks (`gmail-spam-and-trash`).
 
 pub mod expunge;
 pub mod plan;
+pub mod restore;
 mod run;
 
 pub use expunge::{load_ids, record_ids};

@@ -388,6 +388,8 @@ async fn pull_mailbox<T: Task>(
                     examined.selected.uidvalidity,
                     &examined.gmail,
                 )?;
+                // Restore reads which folder is which label from here.
+                gmail::restore::record_layout(folder.state_dir(), layout)?;
                 gmail::apply_links(
                     &ctx.archive,
                     layout,

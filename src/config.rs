@@ -67,6 +67,7 @@ struct AccountFile {
     compress: Option<bool>,
     gmail: Option<bool>,
     gmail_spam_and_trash: Option<bool>,
+    daily_download_limit: Option<u64>,
 }
 
 /// The OAuth2 keys of an account, taken out of [`AccountFile`] (serde's
@@ -164,6 +165,9 @@ pub struct Account {
     pub gmail: bool,
     /// In Gmail mode, also pull Spam and Trash (as ordinary folders).
     pub gmail_spam_and_trash: bool,
+    /// `daily-download-limit` in bytes as configured (0: none); unset:
+    /// Gmail mode's default, none elsewhere (`sync::gmail`).
+    pub daily_download_limit: Option<u64>,
 }
 
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
@@ -359,6 +363,7 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<Account> {
         compress: a.compress.unwrap_or(false),
         gmail: a.gmail.unwrap_or(true),
         gmail_spam_and_trash: a.gmail_spam_and_trash.unwrap_or(false),
+        daily_download_limit: a.daily_download_limit,
     })
 }
 

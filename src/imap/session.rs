@@ -385,6 +385,12 @@ fn verb(command: &str) -> &str {
 }
 
 /// The end of `command`: its tagged reply, or a BYE (which ends everything).
+/// Set when a command completed with Gmail's `OK ... [THROTTLED]`
+/// (PROVIDERS.md, "Limits"); the engine takes it through
+/// `Remote::take_throttled` and decides what to do.
+pub(crate) static THROTTLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 pub(crate) fn completion(
     r: &Response<'_>,
     tag: &RequestId,
@@ -395,7 +401,16 @@ pub(crate) fn completion(
             tag: t,
             status,
             outcome,
-        } if t == tag => Some(done_status(command, status, outcome)),
+        } if t == tag => {
+            if outcome
+                .information
+                .as_deref()
+                .is_some_and(|i| i.contains("[THROTTLED]"))
+            {
+                THROTTLED.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Some(done_status(command, status, outcome))
+        }
         Response::Data {
             status: Status::Bye,
             outcome,
@@ -788,6 +803,10 @@ impl Remote for Connection {
             Ok(out)
         })
         .await
+    }
+
+    fn take_throttled(&mut self) -> bool {
+        THROTTLED.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn gmail_meta(

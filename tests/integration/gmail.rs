@@ -117,6 +117,31 @@ struct Store {
     created: Vec<String>,
     /// Messages APPENDed (a merge included).
     appends: u32,
+    /// Body bytes a day allows (0: no limit); past it every session ends
+    /// with `BYE Session expired` (PROVIDERS.md, "Limits": about 2,500 MB).
+    daily_byte_limit: u64,
+    /// Body bytes sent today (a test turns the day by zeroing it).
+    today_bytes: u64,
+    /// One BYE mid-run once this many body bytes went out (0: never):
+    /// Gmail's "Session expired" in the middle of a run.
+    bye_once_at: u64,
+    /// Every Nth tagged OK says `OK Success [THROTTLED]` (0: never;
+    /// PROVIDERS.md, "Limits").
+    throttle_every: u32,
+    /// Tagged OKs sent, for `throttle_every`.
+    oks: u32,
+}
+
+impl Store {
+    /// The text of a tagged OK: `Success`, now and then `[THROTTLED]`.
+    fn ok(&mut self) -> &'static str {
+        self.oks += 1;
+        if self.throttle_every > 0 && self.oks.is_multiple_of(self.throttle_every) {
+            "Success [THROTTLED]"
+        } else {
+            "Success"
+        }
+    }
 }
 
 impl Store {
@@ -411,9 +436,18 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
                 .filter(|(u, _)| wanted.contains(u))
                 .map(|(_, i)| st.messages[*i].body.len() as u64)
                 .sum();
+            let over_day = st.daily_byte_limit > 0 && st.today_bytes + bytes > st.daily_byte_limit;
+            let mid_run = st.bye_once_at > 0 && st.today_bytes + bytes > st.bye_once_at;
+            if over_day || mid_run {
+                st.bye_once_at = 0;
+                let _ = s.send(b"* BYE Session expired, please login again.\r\n");
+                return Hook::Close;
+            }
             st.body_bytes += bytes;
+            st.today_bytes += bytes;
         }
-        r.extend_from_slice(format!("{tag} OK Success\r\n").as_bytes());
+        let ok = st.ok();
+        r.extend_from_slice(format!("{tag} OK {ok}\r\n").as_bytes());
         let _ = s.send(&r);
         return Hook::Done;
     } else if upper.starts_with("UID MOVE ") {
@@ -543,6 +577,13 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
         return Hook::Close;
     } else {
         format!("{tag} BAD Unknown command\r\n")
+    };
+    let done = format!("{tag} OK Success\r\n");
+    let reply = if reply.ends_with(&done) {
+        let ok = st.ok();
+        format!("{}{tag} OK {ok}\r\n", &reply[..reply.len() - done.len()])
+    } else {
+        reply
     };
     reply_and(s, reply)
 }
@@ -1245,4 +1286,116 @@ fn gmail_restore_appends_each_message_once_into_all_mail_with_its_labels() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(all_mail(&target), want);
     assert_eq!(target.lock().unwrap().appends, appends, "a rerun appended");
+}
+
+/// The day turns: Gmail's daily counter and imapbak's budget record both
+/// start afresh.
+fn next_day(store: &Mutex<Store>, archive: &Path) {
+    store.lock().unwrap().today_bytes = 0;
+    let p = archive.join("state/download-budget.json");
+    let text = fs::read_to_string(&p).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let moved = serde_json::json!({"day": "2000-01-01", "bytes": v["bytes"]});
+    fs::write(&p, moved.to_string()).unwrap();
+}
+
+#[test]
+fn gmail_daily_limit_stops_cleanly_and_the_next_run_completes_everything_once() {
+    let store = seeded();
+    let unique: u64 = {
+        let st = store.lock().unwrap();
+        st.messages[..18].iter().map(|m| m.body.len() as u64).sum()
+    };
+    // Gmail itself would end the session a little later.
+    store.lock().unwrap().daily_byte_limit = unique / 2;
+    let server = start(store.clone());
+    let env = TestEnv::new();
+    let limit = unique * 4 / 10;
+    config(
+        &env,
+        server.port,
+        &format!("daily-download-limit = {limit}"),
+    );
+    let archive = env.archive("g");
+
+    let out = env
+        .cmd()
+        .env("IMAPBAK_FAKE_PW", PW)
+        .args(["pull", "--json"])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let v = json_of(&out);
+    assert_eq!(out.status.code(), Some(7), "{v:#}");
+    assert_eq!(v["incomplete"], true, "{v:#}");
+    let acct = &v["accounts"][0];
+    assert_eq!(acct["incomplete"], true);
+    let left = acct["download_left"].as_u64().unwrap();
+    let got = folder_files(&archive, ALL).len();
+    assert!(got > 0 && got < 18, "{got} messages after the first day");
+    let fetched = store.lock().unwrap().body_bytes;
+    assert!(fetched <= limit, "fetched {fetched} of a {limit} budget");
+    assert_eq!(fetched + left, unique, "{v:#}");
+    // Everything fetched was saved, with its labels.
+    assert_eq!(v["fetched"].as_u64().unwrap() as usize, got);
+
+    // The same day: nothing more.
+    let out = env
+        .cmd()
+        .env("IMAPBAK_FAKE_PW", PW)
+        .args(["pull", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(store.lock().unwrap().body_bytes, fetched);
+
+    // Next days: the rest, each message once.
+    for _ in 0..3 {
+        next_day(&store, &archive);
+        let out = env
+            .cmd()
+            .env("IMAPBAK_FAKE_PW", PW)
+            .args(["pull", "--json"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert_eq!(out.status.code(), Some(7));
+    }
+    assert_eq!(folder_files(&archive, ALL).len(), 18);
+    assert_eq!(
+        store.lock().unwrap().body_bytes,
+        unique,
+        "a body came twice"
+    );
+    let served = serve_copy(&archive);
+    assert_eq!(served_view(&served, "Work"), fake_view(&store, "Work"));
+}
+
+#[test]
+fn gmail_throttled_replies_and_a_bye_mid_run_still_complete() {
+    let store = seeded();
+    let unique: u64 = {
+        let st = store.lock().unwrap();
+        st.messages[..18].iter().map(|m| m.body.len() as u64).sum()
+    };
+    {
+        let mut st = store.lock().unwrap();
+        st.throttle_every = 3;
+        st.bye_once_at = unique / 3;
+    }
+    let server = start(store.clone());
+    let env = TestEnv::new();
+    config(&env, server.port, "");
+    let out = run(&env, &["pull", "--json"]);
+    let v = json_of(&out);
+    assert_eq!(v["fetched"], 18, "{v:#}");
+    assert_eq!(folder_files(&env.archive("g"), ALL).len(), 18);
+    let logins = server
+        .commands()
+        .iter()
+        .filter(|c| c.to_ascii_uppercase().contains(" LOGIN "))
+        .count();
+    assert!(logins >= 2, "no reconnect after the BYE");
 }

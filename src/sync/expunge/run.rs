@@ -1222,6 +1222,7 @@ mod tests {
             compress: false,
             gmail: false,
             gmail_spam_and_trash: false,
+            daily_download_limit: None,
         }
     }
 

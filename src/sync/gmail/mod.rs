@@ -25,6 +25,20 @@ pub use expunge::{load_ids, record_ids};
 pub use plan::{layout, plan_links, Layout, LinkChange};
 pub use run::apply_links;
 
+/// Gmail allows about 2,500 MB of IMAP download a day per account
+/// (PROVIDERS.md, "Limits"): the default budget stays under it.
+pub const DAILY_DOWNLOAD_LIMIT: u64 = 2_400 * 1_000_000;
+
+/// The daily download budget of a pull: the configured one (0: none), else
+/// Gmail mode's default, else none.
+pub fn daily_download_limit(configured: Option<u64>, gmail_mode: bool) -> Option<u64> {
+    match configured {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => gmail_mode.then_some(DAILY_DOWNLOAD_LIMIT),
+    }
+}
+
 /// Whether a server is Gmail (X-GM-EXT-1, per Google's "IMAP Extensions").
 pub fn is_gmail(has_capability: impl Fn(&str) -> bool) -> bool {
     has_capability("X-GM-EXT-1")

@@ -148,6 +148,47 @@ mod tests {
         }
     }
 
+    fn source(dir: &str, name: &str, bases: &[&str]) -> SourceMailbox {
+        SourceMailbox {
+            dir: dir.into(),
+            levels: name.split('/').map(str::to_string).collect(),
+            messages: bases
+                .iter()
+                .map(|b| crate::sync::restore::SourceMessage {
+                    path: b.into(),
+                    base: b.to_string(),
+                    secs: 0,
+                    size: 1,
+                    letters: String::new(),
+                })
+                .collect(),
+            keywords: Default::default(),
+        }
+    }
+
+    #[test]
+    fn labels_come_from_the_links_and_all_mail_duplicates_can_be_left_out() {
+        let g = GmailArchive {
+            all_dir: ".[Gmail].All Mail".into(),
+            labels: [("".to_string(), "\\Inbox".to_string())].into(),
+        };
+        let mut sources = vec![
+            source("", "INBOX", &["a", "b"]),
+            source(".[Gmail].All Mail", "[Gmail]/All Mail", &["a", "b", "c"]),
+            source(".Work", "Work", &["b"]),
+        ];
+        let by_base = labels_by_base(&sources, &g);
+        assert_eq!(by_base["b"].iter().collect::<Vec<_>>(), ["Work", "\\Inbox"]);
+        assert!(!by_base.contains_key("c"));
+        drop_all_mail_duplicates(&mut sources, &g);
+        let all: Vec<&str> = sources[1]
+            .messages
+            .iter()
+            .map(|m| m.base.as_str())
+            .collect();
+        assert_eq!(all, ["c"]);
+    }
+
     #[test]
     fn nested_labels_are_created_parents_first_and_system_labels_never() {
         let labels = [

@@ -72,6 +72,7 @@ struct AccountFile {
     compress: Option<CompressFile>,
     gmail: Option<bool>,
     gmail_spam_and_trash: Option<bool>,
+    daily_download_limit: Option<u64>,
 }
 
 /// The OAuth2 keys of an account, taken out of [`AccountFile`] (serde's
@@ -208,6 +209,9 @@ pub struct Account {
     /// Set when an admin logs in on the user's behalf (`admin-user`); the
     /// password is then the admin's.
     pub admin: Option<crate::org::Admin>,
+    /// `daily-download-limit` in bytes as configured (0: none); unset:
+    /// Gmail mode's default, none elsewhere (`sync::gmail`).
+    pub daily_download_limit: Option<u64>,
 }
 
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
@@ -465,6 +469,7 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<(Account, Option<cra
         gmail: a.gmail.unwrap_or(true),
         gmail_spam_and_trash: a.gmail_spam_and_trash.unwrap_or(false),
         admin,
+        daily_download_limit: a.daily_download_limit,
     };
     Ok((account, users))
 }

@@ -17,6 +17,9 @@ pub enum ExitCode {
     Internal,
     /// The target server is over quota; the run stopped (restore).
     QuotaFull,
+    /// Pull stopped at the account's daily download limit; what was
+    /// fetched is saved and the next run continues.
+    DailyLimit,
     /// Stopped by SIGINT (Ctrl-C) after the commands in flight.
     Interrupted,
     /// Stopped by SIGTERM after the commands in flight.
@@ -33,6 +36,7 @@ impl ExitCode {
             ExitCode::Locked => 4,
             ExitCode::Internal => 5,
             ExitCode::QuotaFull => 6,
+            ExitCode::DailyLimit => 7,
             // 128 + the signal's number, as shells report a death by signal.
             ExitCode::Interrupted => 130,
             ExitCode::Terminated => 143,
@@ -74,6 +78,8 @@ Exit status:
     4  the archive is locked by another imapbak run
     5  internal error
     6  restore stopped: the target server is over quota
+    7  pull stopped at the account's daily-download-limit (Gmail: 2,400 MB
+       by default); everything fetched is saved, the next run continues
   130  stopped by Ctrl-C (SIGINT) after the commands in flight; run it again
   143  stopped by SIGTERM after the commands in flight; run it again";
 }

@@ -25,6 +25,9 @@
 //!   pool.rs     queue, connect on demand, retry (pull and restore)
 //!   interrupt.rs the Ctrl-C/SIGTERM flag executors check before a command
 //!   mailboxes.rs which listed mailboxes a run works on
+//!   gmail/      Gmail's rules, asked by pull (layout, label links),
+//!               expunge (through Trash, its record) and restore (All
+//!               Mail once, then labels); the daily budget's default
 //! progress    one trait; bars on a terminal, nothing elsewhere
 //! report      the Summary trait every run report implements, error text
 //! ```

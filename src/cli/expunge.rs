@@ -62,6 +62,18 @@ changed_during_run), `mailboxes` (the same per mailbox, with `unmarked`,
 `warnings`, `errors`) and
 `messages` (`mailbox`, `uid`, `internaldate`, `size`, `resumed`).
 
+Gmail (the server announces X-GM-EXT-1; `gmail = false` turns this
+off): an EXPUNGE in a label folder only removes the label and one in All
+Mail frees nothing, so candidates are chosen in All Mail (--mailbox
+selects by label), verified as above plus the X-GM-MSGID recorded at
+pull, moved to Trash with UID MOVE, found there by COPYUID and checked by
+X-GM-MSGID, and only those UIDs are marked \\Deleted and UID EXPUNGEd in
+Trash. Nothing else in Trash is touched; nothing is expunged in a label
+folder. The moved messages are recorded first
+(gmail-trash-pending.json), so a run killed between the move and the
+expunge is finished by the next. --free-to reads Gmail's QUOTA.
+Skip reason msgid_differs: the X-GM-MSGID is not the one recorded.
+
 Exit status: 0 when everything due was expunged or there was nothing to do
 (skips, including marks left as they are, are reported, not failures); 1
 when a mailbox failed or the server lacks UIDPLUS, or one account failed

@@ -63,8 +63,9 @@ not stored twice.
 
 --json prints one object on stdout:
   dry_run, seconds, mailboxes, fetched, bytes, bytes_on_disk, flag_updates,
-  errors, exit_code, and accounts: [{account, archive, error, hint,
-  mailboxes: [{name, folder, outcome (fetched|unchanged|planned|failed),
+  errors, incomplete, exit_code, and accounts: [{account, archive, error,
+  hint, incomplete, download_left, daily_limit,
+  mailboxes: [{name, folder, outcome (fetched|unchanged|planned|failed|incomplete),
   fetched, bytes, bytes_on_disk, flag_updates, deduplicated,
   uidvalidity_changed, errors: [text], hints: [text|null]}]}]
 Every `error` (null when all went well) has a `hint` beside it: what to
@@ -86,7 +87,10 @@ rest.
 Exit status: 0 success, 1 some mailboxes, messages or accounts failed
 (one account of two failing is 1), 2 usage or configuration error, 3
 connection/TLS/login failure, 4 archive locked; 2-4 only when no account
-could be pulled at all; 130 stopped by Ctrl-C, 143 stopped by SIGTERM.";
+could be pulled at all; 7 stopped at the daily-download-limit (Gmail
+mode: 2,400 MB a day by default; everything fetched is saved, the
+summary says INCOMPLETE and how much is left, the next run continues);
+130 stopped by Ctrl-C, 143 stopped by SIGTERM.";
 
 pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;

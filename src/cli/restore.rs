@@ -49,6 +49,16 @@ Examples:
       --since 2024-01-01 --before 2025-01-01
   imapbak restore --account work --dry-run       # what would be appended
 
+Gmail: an archive pulled in Gmail mode restored into a Gmail account
+(X-GM-EXT-1, `gmail` not false) is appended once into All Mail (found by
+its \\All attribute), and each message then gets its labels with UID STORE
++X-GM-LABELS.SILENT from its APPENDUID; missing labels are created level
+by level first. Restored into any other server, the archive's folders go
+as a Dovecot serving it shows them (All Mail included); use
+--skip-all-mail-duplicates to leave out All Mail's copy of labelled
+messages. A message over the target's APPENDLIMIT is reported and
+skipped; the rest goes on.
+
 A message the server rejects is reported with the server's words and the run
 goes on (exit status 1). A full target (OVERQUOTA) stops the run with exit
 status 6; raise the quota and run the same command again. A dropped
@@ -98,6 +108,13 @@ pub struct RestoreCmd {
     /// No progress bars and no summary line; only warnings and errors
     #[arg(short, long)]
     quiet: bool,
+
+    /// For an archive pulled in Gmail mode restored into a server that is
+    /// not Gmail: leave out the All Mail copy of every message that a
+    /// label folder (INBOX, Sent, a label) also holds, so each such
+    /// message is restored once per label, not once more in All Mail
+    #[arg(long)]
+    skip_all_mail_duplicates: bool,
 }
 
 fn parse_date(s: &str) -> Result<i64, String> {
@@ -177,6 +194,9 @@ pub fn run(cmd: RestoreCmd, config: Option<&std::path::Path>) -> Result<ExitCode
         before: cmd.before,
         dry_run: cmd.dry_run,
         jobs: cmd.jobs as usize,
+        gmail_archive: crate::sync::gmail::restore::archive_info(&archive),
+        gmail_target: target.gmail,
+        skip_all_mail_duplicates: cmd.skip_all_mail_duplicates,
         ..Default::default()
     };
     let start = Instant::now();

@@ -192,6 +192,37 @@ impl RestoreTarget for Connection {
         .await
     }
 
+    fn append_limit(&self) -> Option<u64> {
+        self.caps
+            .iter()
+            .find_map(|c| c.strip_prefix("APPENDLIMIT=")?.parse().ok())
+    }
+
+    async fn add_labels(
+        &mut self,
+        raw: &str,
+        labels: &[(u32, Vec<String>)],
+    ) -> Result<(), RemoteError> {
+        super::lift(async {
+            self.run(&format!("SELECT {}", quote(raw)?), |_| {}).await?;
+            self.examined = false;
+            for (uid, l) in labels {
+                let list = l
+                    .iter()
+                    .map(|l| label_arg(l))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(" ");
+                self.run(
+                    &format!("UID STORE {uid} +X-GM-LABELS.SILENT ({list})"),
+                    |_| {},
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn append<F>(
         &mut self,
         raw: &str,
@@ -207,7 +238,10 @@ impl RestoreTarget for Connection {
         super::lift(async {
             let mailbox = quote(raw)?;
             self.leave_examined().await?;
-            let plus = self.caps.contains("LITERAL+");
+            let plus_all = self.caps.contains("LITERAL+");
+            // LITERAL- (RFC 7888, Gmail): non-synchronizing only up to 4096 bytes.
+            let minus = self.caps.contains("LITERAL-");
+            let plus = plus_all;
             if messages.len() > 1 && self.caps.contains("MULTIAPPEND") {
                 // One command, one transaction: the server commits the batch at
                 // once (one fsync instead of one per message), all or nothing.
@@ -232,16 +266,17 @@ impl RestoreTarget for Connection {
                 while pending.len() >= WINDOW {
                     self.settle_one(&mut pending, &mut on_result).await?;
                 }
+                let plus_one = plus_all || (minus && m.body.len() <= 4096);
                 let command = format!(
                     "APPEND {mailbox} ({}) \"{}\" {{{}{}}}",
                     m.flags.join(" "),
                     imap_date(m.internaldate),
                     m.body.len(),
-                    if plus { "+" } else { "" }
+                    if plus_one { "+" } else { "" }
                 );
                 let tag = self.send_line(&command).await?;
                 pending.insert(tag.clone(), i);
-                if !plus {
+                if !plus_one {
                     // A synchronizing literal: the server may refuse it up front.
                     loop {
                         match self.read_seen().await? {
@@ -266,6 +301,16 @@ impl RestoreTarget for Connection {
             Ok(())
         })
         .await
+    }
+}
+
+/// One label in a STORE: system labels as atoms (`\Inbox`), user labels
+/// quoted, in modified UTF-7 (Google's "IMAP Extensions" page).
+fn label_arg(l: &str) -> Result<String, ImapError> {
+    if l.starts_with('\\') && l[1..].bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(l.to_string())
+    } else {
+        quote(&crate::mutf7::encode(l))
     }
 }
 

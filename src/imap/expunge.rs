@@ -238,6 +238,69 @@ impl ExpungeRemote for Connection {
         .await
     }
 
+    async fn uid_move(&mut self, uids: &[u32], to: &str) -> Result<Vec<(u32, u32)>, RemoteError> {
+        super::lift(async {
+            if uids.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Raw: imap-proto does not hand back COPYUID's sets.
+            let command = format!("UID MOVE {} {}", uid_set(uids), quote(to)?);
+            let (untagged, tagged) = self
+                .raw_exchange(&[&command])
+                .await?
+                .pop()
+                .expect("one reply per command");
+            let mut parts = tagged.splitn(3, ' ').skip(1);
+            let status = parts.next().unwrap_or("").to_ascii_uppercase();
+            let text = parts.next().unwrap_or("").to_string();
+            match status.as_str() {
+                "OK" => {}
+                "NO" => {
+                    return Err(ImapError::No {
+                        command: "UID MOVE".into(),
+                        text,
+                    })
+                }
+                _ => {
+                    return Err(ImapError::Bad {
+                        command: "UID MOVE".into(),
+                        text,
+                    })
+                }
+            }
+            // RFC 6851: COPYUID comes in an untagged OK before the
+            // EXPUNGEs, or in the tagged OK.
+            let mut pairs = Vec::new();
+            for line in untagged.iter().chain(std::iter::once(&tagged)) {
+                pairs.extend(copyuid_of(line));
+            }
+            pairs.retain(|(s, _)| uids.contains(s));
+            Ok(pairs)
+        })
+        .await
+    }
+
+    async fn gmail_meta(
+        &mut self,
+        uids: Option<&[u32]>,
+    ) -> Result<Vec<crate::sync::remote::GmailMeta>, RemoteError> {
+        super::lift(async {
+            let set = match uids {
+                Some([]) => return Ok(Vec::new()),
+                Some(u) => uid_set(u),
+                None => "1:*".to_string(),
+            };
+            let mut out = self.gmail_fetch(&set, None).await?;
+            if let Some(u) = uids {
+                out.retain(|m| u.contains(&m.uid));
+            }
+            out.sort_by_key(|m| m.uid);
+            out.dedup_by_key(|m| m.uid);
+            Ok(out)
+        })
+        .await
+    }
+
     async fn quota_roots(&mut self, mailbox: &str) -> Result<Vec<QuotaRoot>, RemoteError> {
         super::lift(async {
             // Raw: Courier answers `* QUOTA "ROOT"` with no resource list
@@ -323,6 +386,59 @@ mod tests {
         assert_eq!(modified_of(text).unwrap(), [7, 9, 10, 11]);
         assert_eq!(modified_of("Store completed").unwrap(), Vec::<u32>::new());
         assert!(modified_of("[MODIFIED x] no").is_err());
+    }
+}
+
+/// Expands one UID set (`4,7:9`) in order; None if unreadable or huge.
+fn expand_set(set: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in set.split(',') {
+        let (a, b) = part.split_once(':').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+        if a.abs_diff(b) > 1_000_000 {
+            return None;
+        }
+        // RFC 6851 pairs the sets in order; `9:7` counts down.
+        if a <= b {
+            out.extend(a..=b);
+        } else {
+            out.extend((b..=a).rev());
+        }
+    }
+    Some(out)
+}
+
+/// The (source, destination) UID pairs of a `[COPYUID <uidvalidity>
+/// <source set> <destination set>]` in `line` (RFC 4315).
+fn copyuid_of(line: &str) -> Vec<(u32, u32)> {
+    let upper = line.to_ascii_uppercase();
+    let Some(at) = upper.find("[COPYUID ") else {
+        return Vec::new();
+    };
+    let rest = &line[at + 9..];
+    let rest = rest.split(']').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let [_, src, dst] = f.as_slice() else {
+        return Vec::new();
+    };
+    match (expand_set(src), expand_set(dst)) {
+        (Some(s), Some(d)) if s.len() == d.len() => s.into_iter().zip(d).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod copyuid_tests {
+    use super::*;
+
+    #[test]
+    fn copyuid_pairs_sources_with_destinations_in_order() {
+        assert_eq!(
+            copyuid_of("* OK [COPYUID 11 4,7:8 20:22] Moved"),
+            vec![(4, 20), (7, 21), (8, 22)]
+        );
+        assert_eq!(copyuid_of("A1 OK [COPYUID 11 4:5 9] x"), vec![]);
+        assert_eq!(copyuid_of("* 3 EXPUNGE"), vec![]);
     }
 }
 

@@ -413,6 +413,12 @@ fn verb(command: &str) -> &str {
 }
 
 /// The end of `command`: its tagged reply, or a BYE (which ends everything).
+/// Set when a command completed with Gmail's `OK ... [THROTTLED]`
+/// (PROVIDERS.md, "Limits"); the engine takes it through
+/// `Remote::take_throttled` and decides what to do.
+pub(crate) static THROTTLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 pub(crate) fn completion(
     r: &Response<'_>,
     tag: &RequestId,
@@ -423,7 +429,16 @@ pub(crate) fn completion(
             tag: t,
             status,
             outcome,
-        } if t == tag => Some(done_status(command, status, outcome)),
+        } if t == tag => {
+            if outcome
+                .information
+                .as_deref()
+                .is_some_and(|i| i.contains("[THROTTLED]"))
+            {
+                THROTTLED.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Some(done_status(command, status, outcome))
+        }
         Response::Data {
             status: Status::Bye,
             outcome,
@@ -810,46 +825,15 @@ impl Remote for Connection {
         .await
     }
 
+    fn take_throttled(&mut self) -> bool {
+        THROTTLED.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn gmail_meta(
         &mut self,
         changed_since: Option<u64>,
     ) -> Result<Vec<GmailMeta>, RemoteError> {
-        super::lift(async {
-            let items = "UID FLAGS X-GM-MSGID X-GM-THRID X-GM-LABELS";
-            let command = match changed_since {
-                Some(m) => format!("UID FETCH 1:* ({items}) (CHANGEDSINCE {m})"),
-                None => format!("UID FETCH 1:* ({items})"),
-            };
-            let mut out = Vec::new();
-            self.run(&command, |r| {
-                let Response::Fetch(_, attrs) = r else { return };
-                let mut m = GmailMeta::default();
-                let (mut uid, mut flags) = (None, None);
-                for a in attrs {
-                    match a {
-                        AttributeValue::Uid(u) => uid = Some(*u),
-                        AttributeValue::Flags(f) => {
-                            flags = Some(f.iter().map(|s| s.to_string()).collect())
-                        }
-                        AttributeValue::GmailMsgId(id) => m.msgid = *id,
-                        AttributeValue::GmailThrId(id) => m.thrid = *id,
-                        AttributeValue::GmailLabels(l) => {
-                            m.labels = l.iter().map(|l| gmail_label(l)).collect()
-                        }
-                        _ => {}
-                    }
-                }
-                // A FETCH without these is an unsolicited update.
-                if let (Some(uid), Some(flags), true) = (uid, flags, m.msgid != 0) {
-                    m.uid = uid;
-                    m.flags = flags;
-                    out.push(m);
-                }
-            })
-            .await?;
-            Ok(out)
-        })
-        .await
+        super::lift(self.gmail_fetch("1:*", changed_since)).await
     }
 
     async fn flags(&mut self, changed_since: Option<u64>) -> Result<Vec<RemoteFlags>, RemoteError> {
@@ -1275,6 +1259,52 @@ fn take_body(mut buf: bytes::BytesMut, range: std::ops::Range<usize>) -> Vec<u8>
     drop(buf);
     // Unique owner: `From<BytesMut>` reuses the allocation (memmove, no copy out).
     Vec::from(body)
+}
+
+impl Connection {
+    /// UID, flags and the X-GM-* items of the messages of `set` in the
+    /// selected mailbox (Gmail, X-GM-EXT-1).
+    pub(crate) async fn gmail_fetch(
+        &mut self,
+        set: &str,
+        changed_since: Option<u64>,
+    ) -> Result<Vec<GmailMeta>, ImapError> {
+        {
+            let items = "UID FLAGS X-GM-MSGID X-GM-THRID X-GM-LABELS";
+            let command = match changed_since {
+                Some(m) => format!("UID FETCH {set} ({items}) (CHANGEDSINCE {m})"),
+                None => format!("UID FETCH {set} ({items})"),
+            };
+            let mut out = Vec::new();
+            self.run(&command, |r| {
+                let Response::Fetch(_, attrs) = r else { return };
+                let mut m = GmailMeta::default();
+                let (mut uid, mut flags) = (None, None);
+                for a in attrs {
+                    match a {
+                        AttributeValue::Uid(u) => uid = Some(*u),
+                        AttributeValue::Flags(f) => {
+                            flags = Some(f.iter().map(|s| s.to_string()).collect())
+                        }
+                        AttributeValue::GmailMsgId(id) => m.msgid = *id,
+                        AttributeValue::GmailThrId(id) => m.thrid = *id,
+                        AttributeValue::GmailLabels(l) => {
+                            m.labels = l.iter().map(|l| gmail_label(l)).collect()
+                        }
+                        _ => {}
+                    }
+                }
+                // A FETCH without these is an unsolicited update.
+                if let (Some(uid), Some(flags), true) = (uid, flags, m.msgid != 0) {
+                    m.uid = uid;
+                    m.flags = flags;
+                    out.push(m);
+                }
+            })
+            .await?;
+            Ok(out)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -287,6 +287,12 @@ pub trait Remote: Send {
         async move { Ok(all) }
     }
 
+    /// True (once) when a command since the last call completed with
+    /// `OK ... [THROTTLED]` (Gmail): the server asks the client to slow down.
+    fn take_throttled(&mut self) -> bool {
+        false
+    }
+
     /// Gmail only: UID, flags, X-GM-MSGID, X-GM-THRID and X-GM-LABELS of
     /// every message of the selected mailbox, or of those changed since
     /// `changed_since` (CONDSTORE). Other servers: an error.

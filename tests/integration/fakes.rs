@@ -103,6 +103,15 @@ impl Session {
         s.flush()
     }
 
+    /// Reads exactly `n` bytes (a literal), then the rest of its line.
+    pub fn read_literal(&mut self, n: usize) -> io::Result<(Vec<u8>, String)> {
+        let mut b = vec![0; n];
+        self.stream.read_exact(&mut b)?;
+        let mut rest = Vec::new();
+        self.stream.read_until(b'\n', &mut rest)?;
+        Ok((b, String::from_utf8_lossy(&rest).trim_end().to_string()))
+    }
+
     /// The next command line, split into (tag, command); None at EOF.
     pub fn read_command(&mut self) -> Option<(String, String)> {
         let mut line = Vec::new();

@@ -26,7 +26,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
-use super::remote::{ListedMailbox, Namespace, Selected};
+use super::remote::{GmailMeta, ListedMailbox, Namespace, Selected};
 use crate::sync::remote::RemoteError;
 
 mod plan;
@@ -138,6 +138,28 @@ pub trait ExpungeRemote: Send {
     /// `uids` that carry `\Deleted`, never anything else.
     fn uid_expunge(&mut self, uids: &[u32])
         -> impl Future<Output = Result<(), RemoteError>> + Send;
+
+    /// Gmail only: `UID MOVE <uids> <to>` from the selected mailbox (RFC
+    /// 6851); returns the (source UID, destination UID) pairs of its
+    /// COPYUID (empty when the server sent none).
+    fn uid_move(
+        &mut self,
+        uids: &[u32],
+        to: &str,
+    ) -> impl Future<Output = Result<Vec<(u32, u32)>, RemoteError>> + Send {
+        let _ = (uids, to);
+        async { Err(RemoteError::broken("the server does not offer MOVE")) }
+    }
+
+    /// Gmail only: UID, flags, X-GM-MSGID, X-GM-THRID and X-GM-LABELS of
+    /// the selected mailbox's messages: all (`None`) or only `uids`.
+    fn gmail_meta(
+        &mut self,
+        uids: Option<&[u32]>,
+    ) -> impl Future<Output = Result<Vec<GmailMeta>, RemoteError>> + Send {
+        let _ = uids;
+        async { Err(RemoteError::broken("the server does not offer X-GM-EXT-1")) }
+    }
 
     /// The quota roots of `mailbox` with their resources (GETQUOTAROOT).
     fn quota_roots(

@@ -110,6 +110,9 @@ pub enum SkipReason {
     /// Changed by another client between our last check and our STORE
     /// (`[MODIFIED]`): not marked, left for a later run.
     ChangedDuringRun,
+    /// Gmail: the server's X-GM-MSGID is not the one recorded at pull (or
+    /// none was recorded): not provably the archived message.
+    MsgidDiffers,
 }
 
 impl SkipReason {
@@ -128,6 +131,9 @@ impl SkipReason {
                 "marked \\Deleted, but not provably by imapbak (left as it is)"
             }
             SkipReason::ChangedDuringRun => "changed by another client during the run",
+            SkipReason::MsgidDiffers => {
+                "X-GM-MSGID differs from the one recorded at pull (run `imapbak pull` first)"
+            }
         }
     }
 

@@ -19,7 +19,11 @@ use crate::archive::{hash_file, Archive, ArchiveError, Folder};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
-use crate::sync::mailboxes::{choose_mailboxes_in, Naming};
+use crate::sync::gmail::{
+    self,
+    expunge::{confirm_in_trash, load_trash_pending, save_trash_pending, TrashEntry},
+};
+use crate::sync::mailboxes::{choose_mailboxes_in, Naming, Target};
 use crate::sync::remote::{ListedMailbox, RemoteError};
 
 /// A failure in one mailbox.
@@ -96,16 +100,15 @@ pub async fn expunge_account<R: ExpungeRemote>(
             ),
         );
     }
-    if account.gmail && crate::sync::gmail::is_gmail(|c| conn.has_capability(c)) {
+    let gmail = account.gmail && gmail::is_gmail(|c| conn.has_capability(c));
+    if gmail && !conn.has_capability("MOVE") {
         conn.logout().await;
-        // An EXPUNGE in a label folder only removes that label, and one in
-        // All Mail frees nothing under Gmail's default settings
-        // (PROVIDERS.md, "Gmail"): refusing is the only safe answer until
-        // expunge moves mail to Trash the way Gmail frees quota.
+        // Without MOVE, Trash is reached only by a label STORE, which this
+        // run does not attempt (PROVIDERS.md, "Gmail").
         return report.fail(
             ExitCode::Usage,
             format!(
-                "server `{}` is Gmail, where an EXPUNGE frees no quota and strips labels; nothing was deleted\nhint: expunge does not support Gmail yet; delete old mail in Gmail itself (search `older_than:1y`), it is safe in the archive",
+                "server `{}` is Gmail but offers no MOVE, so mail cannot be moved to Trash (the one way Gmail frees quota); nothing was deleted\nhint: delete old mail in Gmail itself (search `older_than:1y`), it is safe in the archive",
                 account.host
             ),
         );
@@ -126,6 +129,7 @@ pub async fn expunge_account<R: ExpungeRemote>(
         progress,
         report,
         boxes: HashMap::new(),
+        gmail: gmail.then(GmailRun::default),
     };
     match run.go(&mut conn).await {
         Ok(()) => {}
@@ -154,6 +158,19 @@ struct Run<'a> {
     progress: Arc<dyn Progress>,
     report: AccountExpunge,
     boxes: HashMap<usize, Box_>,
+    /// Gmail mode: candidates come from `\All`, and go through Trash.
+    gmail: Option<GmailRun>,
+}
+
+/// What a Gmail run knows beyond the generic one.
+#[derive(Default)]
+struct GmailRun {
+    /// Label -> mailbox name, for `--mailbox`.
+    names: HashMap<String, String>,
+    /// `\Trash`'s name as the server sends it.
+    trash: String,
+    /// All Mail's X-GM-MSGIDs as recorded at pull, by UID.
+    ids: HashMap<u32, u64>,
 }
 
 impl Run<'_> {
@@ -196,9 +213,32 @@ impl Run<'_> {
         let globs = self.opts.mailboxes.clone();
         let archive = Archive::at(&self.account.archive);
         let naming = Naming::for_archive(conn.namespace().as_ref(), &archive);
-        let (targets, refused) = choose_mailboxes_in(&listed, &naming, |n| {
-            self.account.wants(n) && globs.as_ref().is_none_or(|g| g.is_match(n))
-        });
+        let (targets, refused) = if let Some(g) = &mut self.gmail {
+            // Gmail: every message is in `\All` once; labels only select.
+            let layout = match gmail::layout(&listed, &naming, |_| true, false) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.report.code = Some(ExitCode::Usage);
+                    self.report.error = Some(e);
+                    return Ok(());
+                }
+            };
+            let Some(trash) = gmail::expunge::trash(&listed) else {
+                self.report.code = Some(ExitCode::Usage);
+                self.report.error = Some(
+                    "the account shows no Trash (`\\Trash`) mailbox, and Gmail frees quota only through Trash; nothing was deleted\nhint: in Gmail's settings, Labels, tick \"Show in IMAP\" for Trash".into(),
+                );
+                return Ok(());
+            };
+            g.trash = trash.raw.clone();
+            g.names = layout.names.clone();
+            (vec![layout.all], Vec::new())
+        } else {
+            choose_mailboxes_in(&listed, &naming, |n| {
+                self.account.wants(n) && globs.as_ref().is_none_or(|g| g.is_match(n))
+            })
+        };
+        let targets: Vec<Target> = targets;
         for r in refused {
             log::info!(
                 "mailbox `{}` is not archived ({}); left alone",
@@ -316,6 +356,13 @@ impl Run<'_> {
             log::info!("mailbox `{}` was never pulled; left alone", mailbox.name);
             return Ok(None);
         }
+        if self.gmail.is_some() && !self.opts.dry_run {
+            // A run killed between the move and the expunge left these in
+            // Trash: finish them before anything else.
+            let mut trash = load_trash_pending(folder.state_dir())?;
+            self.finish_trash(conn, folder.state_dir(), &mut trash, idx, true)
+                .await?;
+        }
         let selected = conn.examine(&mailbox.raw).await?;
         let index = tokio::task::block_in_place(|| folder.scan())?;
         let messages = if selected.exists == 0 {
@@ -362,7 +409,46 @@ impl Run<'_> {
             pending: &pending,
             condstore: conn.has_capability("CONDSTORE"),
         };
-        let plan = plan_mailbox(&facts, sel, idx);
+        let mut plan = plan_mailbox(&facts, sel, idx);
+        if let Some(g) = &mut self.gmail {
+            // Gmail: the same X-GM-MSGID as recorded at pull, and, with
+            // `--mailbox`, a label that matches.
+            let ids = gmail::load_ids(folder.state_dir())?;
+            let server: HashMap<u32, crate::sync::remote::GmailMeta> = if plan.candidates.is_empty()
+            {
+                HashMap::new()
+            } else {
+                conn.gmail_meta(None)
+                    .await?
+                    .into_iter()
+                    .map(|m| (m.uid, m))
+                    .collect()
+            };
+            let globs = &self.opts.mailboxes;
+            let mut kept = Vec::new();
+            for c in plan.candidates.drain(..) {
+                let Some(m) = server.get(&c.uid) else {
+                    continue;
+                };
+                if let Some(globs) = globs {
+                    if !gmail::expunge::selected_by_labels(
+                        &m.labels,
+                        &g.names,
+                        &mailbox.name,
+                        |n| globs.is_match(n),
+                    ) {
+                        continue;
+                    }
+                }
+                if ids.get(&(selected.uidvalidity, c.uid)) != Some(&m.msgid) {
+                    *plan.skipped.entry(SkipReason::MsgidDiffers).or_default() += 1;
+                    continue;
+                }
+                g.ids.insert(c.uid, m.msgid);
+                kept.push(c);
+            }
+            plan.candidates = kept;
+        }
         // Reported once, then forgotten: from the next run on such a mark is
         // simply another client's, which is never touched either.
         if !plan.ambiguous.is_empty() {
@@ -553,6 +639,9 @@ impl Run<'_> {
         i: usize,
         ch: Chosen,
     ) -> Result<(), Failure> {
+        if self.gmail.is_some() {
+            return self.apply_gmail(conn, i, ch).await;
+        }
         let Some(b) = self.boxes.get(&i) else {
             return Ok(());
         };
@@ -698,6 +787,172 @@ impl Run<'_> {
         if let Some(b) = self.boxes.get_mut(&i) {
             b.pending = pending;
         }
+        Ok(())
+    }
+}
+
+impl Run<'_> {
+    /// Gmail: moves what was chosen in `\All` to Trash and expunges it
+    /// there, never in All Mail or a label folder (PROVIDERS.md, "Gmail").
+    async fn apply_gmail<R: ExpungeRemote>(
+        &mut self,
+        conn: &mut R,
+        i: usize,
+        ch: Chosen,
+    ) -> Result<(), Failure> {
+        let Some(b) = self.boxes.get(&i) else {
+            return Ok(());
+        };
+        let (raw, state, uv) = (
+            b.raw.clone(),
+            b.folder.state_dir().to_path_buf(),
+            b.uidvalidity,
+        );
+        let trash_raw = self
+            .gmail
+            .as_ref()
+            .map(|g| g.trash.clone())
+            .unwrap_or_default();
+        let mut uids = ch.uids.clone();
+        uids.sort_unstable_by_key(|u| u.uid);
+        for chunk in uids.chunks(CHUNK) {
+            let selected = conn.select(&raw).await?;
+            if selected.uidvalidity != uv {
+                return Err(Failure::Remote(RemoteError::broken(format!(
+                    "UIDVALIDITY of `{}` changed during the run ({uv} -> {}); nothing expunged",
+                    self.report.mailboxes[i].name, selected.uidvalidity
+                ))));
+            }
+            let set: Vec<u32> = chunk.iter().map(|u| u.uid).collect();
+            // The world may have moved since pass 1: drop anything marked,
+            // resized, gone, or no longer the same message.
+            let now = by_uid(conn.metadata(Some(&set)).await?);
+            let ids: HashMap<u32, u64> = conn
+                .gmail_meta(Some(&set))
+                .await?
+                .into_iter()
+                .map(|m| (m.uid, m.msgid))
+                .collect();
+            let mut moved = Vec::new();
+            let mut trash = load_trash_pending(&state)?;
+            for p in chunk {
+                let Some(m) = now.get(&p.uid) else { continue };
+                let want = self.gmail.as_ref().and_then(|g| g.ids.get(&p.uid));
+                if m.size as u64 != p.size || m.has_flag("\\Deleted") {
+                    moved.push(p.uid);
+                    continue;
+                }
+                let (Some(&have), Some(&want)) = (ids.get(&p.uid), want) else {
+                    continue;
+                };
+                if have != want {
+                    continue;
+                }
+                trash.entries.push(TrashEntry {
+                    all_uid: p.uid,
+                    msgid: want,
+                    size: p.size,
+                    internaldate: p.internaldate,
+                    trash_uid: None,
+                });
+            }
+            self.left_alone(i, &mut Vec::new(), &mut moved);
+            if trash.is_empty() {
+                continue;
+            }
+            // Named before the MOVE, so a kill during it leaves a trace.
+            save_trash_pending(&state, &trash)?;
+            let go: Vec<u32> = trash
+                .entries
+                .iter()
+                .filter(|e| e.trash_uid.is_none())
+                .map(|e| e.all_uid)
+                .collect();
+            let pairs: HashMap<u32, u32> =
+                conn.uid_move(&go, &trash_raw).await?.into_iter().collect();
+            for e in &mut trash.entries {
+                if e.trash_uid.is_none() {
+                    e.trash_uid = pairs.get(&e.all_uid).copied();
+                }
+            }
+            save_trash_pending(&state, &trash)?;
+            self.finish_trash(conn, &state, &mut trash, i, false)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Expunges in Trash exactly the messages `trash` names: found by
+    /// their COPYUID and checked by X-GM-MSGID (or, where the MOVE's
+    /// answer was lost, found by X-GM-MSGID). Nothing else in Trash is
+    /// touched. Entries not found in Trash are forgotten: their message is
+    /// still in All Mail (the MOVE never happened) and is judged again.
+    async fn finish_trash<R: ExpungeRemote>(
+        &mut self,
+        conn: &mut R,
+        state: &std::path::Path,
+        trash: &mut gmail::expunge::TrashPending,
+        i: usize,
+        resumed: bool,
+    ) -> Result<(), Failure> {
+        if trash.is_empty() {
+            return Ok(());
+        }
+        let trash_raw = self
+            .gmail
+            .as_ref()
+            .map(|g| g.trash.clone())
+            .unwrap_or_default();
+        let selected = conn.select(&trash_raw).await?;
+        if trash.trash_uidvalidity != 0 && trash.trash_uidvalidity != selected.uidvalidity {
+            for e in &mut trash.entries {
+                e.trash_uid = None;
+            }
+        }
+        trash.trash_uidvalidity = selected.uidvalidity;
+        let known: Vec<u32> = {
+            let mut u: Vec<u32> = trash.entries.iter().filter_map(|e| e.trash_uid).collect();
+            u.sort_unstable();
+            u
+        };
+        let meta = if trash.entries.iter().all(|e| e.trash_uid.is_some()) {
+            conn.gmail_meta(Some(&known)).await?
+        } else {
+            conn.gmail_meta(None).await?
+        };
+        let confirmed = confirm_in_trash(trash, &meta);
+        let uids: Vec<u32> = confirmed.iter().map(|(u, _)| *u).collect();
+        if !uids.is_empty() {
+            conn.set_deleted(&uids, true, None).await?;
+            conn.uid_expunge(&uids).await?;
+        }
+        let left: HashSet<u32> = conn
+            .metadata(Some(&uids))
+            .await?
+            .into_iter()
+            .map(|m| m.uid)
+            .collect();
+        let mut keep = Vec::new();
+        for (u, e) in &confirmed {
+            let e = &trash.entries[*e];
+            if left.contains(u) {
+                keep.push(e.clone());
+                continue;
+            }
+            let a = self.action(i, e.all_uid, e.size, e.internaldate, resumed);
+            self.report.messages.push(a);
+            let m = &mut self.report.mailboxes[i];
+            m.expunged += 1;
+            m.bytes_freed += e.size;
+        }
+        if !keep.is_empty() {
+            log::warn!(
+                "Trash: {} marked message(s) were not expunged by the server",
+                keep.len()
+            );
+        }
+        trash.entries = keep;
+        save_trash_pending(state, trash)?;
         Ok(())
     }
 }
@@ -968,6 +1223,7 @@ mod tests {
             gmail: false,
             gmail_spam_and_trash: false,
             admin: None,
+            daily_download_limit: None,
         }
     }
 

@@ -23,6 +23,9 @@ pub struct Layout {
     pub plain: Vec<Target>,
     /// Label (as X-GM-LABELS names it) -> the folder of hard links.
     pub labels: HashMap<String, String>,
+    /// Label -> the mailbox name the server shows it as (`\Inbox` ->
+    /// `INBOX`), so `--mailbox` can select by label.
+    pub names: HashMap<String, String>,
     /// Warnings for the user (a label folder on a size limit).
     pub warnings: Vec<String>,
 }
@@ -65,6 +68,7 @@ pub fn layout(
         all,
         plain: Vec::new(),
         labels: HashMap::new(),
+        names: HashMap::new(),
         warnings: Vec::new(),
     };
     for m in listed.iter().filter(|m| m.selectable) {
@@ -98,13 +102,16 @@ pub fn layout(
             Some(u) => {
                 if let Some(label) = system_label(u) {
                     out.labels.insert(label.to_string(), folder);
+                    out.names.insert(label.to_string(), name.to_string());
                 }
             }
             None if m.name.eq_ignore_ascii_case("INBOX") => {
                 out.labels.insert("\\Inbox".to_string(), folder);
+                out.names.insert("\\Inbox".to_string(), name.to_string());
             }
             None => {
                 out.labels.insert(m.name.clone(), folder);
+                out.names.insert(m.name.clone(), name.to_string());
             }
         }
     }

@@ -18,6 +18,7 @@
 pub mod plan;
 pub mod report;
 mod run;
+mod state;
 
 pub use plan::MailboxPlan;
 pub use report::{AccountReport, MailboxReport, PullReport};

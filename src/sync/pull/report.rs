@@ -44,6 +44,14 @@ pub struct AccountReport {
     #[serde(skip)]
     pub code: Option<ExitCode>,
     pub mailboxes: Vec<MailboxReport>,
+    /// Stopped at the daily download limit: the next run continues.
+    pub incomplete: bool,
+    /// Bytes the daily limit left for the next run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_left: Option<u64>,
+    /// The daily download limit, when it stopped the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_limit: Option<u64>,
 }
 
 /// The whole run.
@@ -58,6 +66,8 @@ pub struct PullReport {
     pub bytes_on_disk: u64,
     pub flag_updates: u64,
     pub errors: u64,
+    /// Some account stopped at its daily download limit.
+    pub incomplete: bool,
     pub exit_code: i32,
 }
 
@@ -88,6 +98,7 @@ impl PullReport {
             self.errors += m.errors.len() as u64;
         }
         self.errors += self.accounts.iter().filter(|a| a.error.is_some()).count() as u64;
+        self.incomplete = self.accounts.iter().any(|a| a.incomplete);
         let code = ExitCode::for_accounts(self.accounts.iter().map(AccountReport::exit_code));
         self.exit_code = code.code();
         code
@@ -122,6 +133,15 @@ impl fmt::Display for PullReport {
             "fetched"
         };
         let accounts = self.accounts.len();
+        for a in self.accounts.iter().filter(|a| a.incomplete) {
+            writeln!(
+                f,
+                "pull: INCOMPLETE: account `{}` reached its daily download limit ({}); {} left for the next run",
+                a.account,
+                human_bytes(a.daily_limit.unwrap_or(0)),
+                human_bytes(a.download_left.unwrap_or(0))
+            )?;
+        }
         let plural = |n: u64, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
         if self.fetched == 0 && self.flag_updates == 0 && self.errors == 0 {
             return write!(

@@ -17,6 +17,7 @@ use super::plan::{
     speculation_holds, unchanged, Examined, FlagQuery, MailboxPlan,
 };
 use super::report::{AccountReport, MailboxReport};
+use super::state;
 use super::PullOptions;
 use crate::archive::headers::HeaderRecord;
 use crate::archive::{flags_to_letters, Archive, ArchiveError, Folder, FolderIndex, JournalEntry};
@@ -40,6 +41,26 @@ struct Ctx {
     progress: Arc<dyn Progress>,
     budget: Arc<Semaphore>,
     budget_kib: u32,
+    /// The daily download budget, when there is one.
+    daily: Option<Daily>,
+}
+
+/// What is left of the daily download budget (`daily-download-limit`).
+struct Daily {
+    limit: u64,
+    /// Fetched today before this run.
+    before: u64,
+    /// Fetched (asked for) by this run.
+    now: std::sync::atomic::AtomicU64,
+    /// Bytes the budget kept this run from fetching.
+    left: std::sync::atomic::AtomicU64,
+}
+
+impl Daily {
+    fn remaining(&self) -> u64 {
+        self.limit
+            .saturating_sub(self.before + self.now.load(std::sync::atomic::Ordering::SeqCst))
+    }
 }
 
 /// A failure while pulling one mailbox.
@@ -52,6 +73,9 @@ enum Failure {
     Unreached(RemoteError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// The daily download budget is spent: the rest waits for the next run.
+    #[error("daily download limit reached")]
+    Budget,
 }
 
 /// Pulls one account. Never panics on server input; every failure ends up
@@ -151,6 +175,21 @@ where
             ..Default::default()
         });
     }
+    let daily =
+        gmail::daily_download_limit(account.daily_download_limit, gmail.is_some()).map(|limit| {
+            Daily {
+                limit,
+                before: state::used_today(&archive.state_dir()).unwrap_or(0),
+                now: Default::default(),
+                left: Default::default(),
+            }
+        });
+    let mut opts = opts;
+    if gmail.is_some() {
+        // Gmail ends sessions mid-run (`BYE Session expired`, PROVIDERS.md
+        // "Limits"): reconnect with backoff and go on.
+        opts.attempts_after_close = opts.attempts_after_close.max(8);
+    }
     let budget_kib = (opts.memory_budget / 1024).clamp(1, u32::MAX as u64) as u32;
     let jobs = opts.jobs;
     let task = Arc::new(PullTask {
@@ -161,6 +200,7 @@ where
             account: account.clone(),
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
+            daily,
             opts,
             progress,
         },
@@ -207,6 +247,23 @@ where
         };
         if let Err(e) = task.ctx.archive.save_unchanged(&run) {
             log::warn!("cannot record the unchanged mailboxes: {e}");
+        }
+    }
+    if let Some(d) = &task.ctx.daily {
+        let now = d.now.load(std::sync::atomic::Ordering::SeqCst);
+        if !task.ctx.opts.dry_run && now > 0 {
+            if let Err(e) = state::save_used(&task.ctx.archive.state_dir(), d.before + now) {
+                log::warn!("cannot record today's downloads: {e}");
+            }
+        }
+        let left = d.left.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            report.incomplete = true;
+            report.download_left = Some(left);
+            report.daily_limit = Some(d.limit);
+            if report.code.is_none() && report.mailboxes.iter().all(|m| m.errors.is_empty()) {
+                report.code = Some(ExitCode::DailyLimit);
+            }
         }
     }
     report.mailboxes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -291,6 +348,10 @@ where
         });
         match pull_mailbox(slot, self, t, &self.ctx, &mut rep).await {
             Ok(()) => Step::Done(rep),
+            Err(Failure::Budget) => {
+                rep.outcome = "incomplete";
+                Step::Done(rep)
+            }
             Err(Failure::Unreached(e)) => Step::Unreached(e),
             Err(Failure::Remote(e))
                 if matches!(e.kind(), ErrorKind::Closed | ErrorKind::Broken)
@@ -382,6 +443,14 @@ async fn pull_mailbox<T: Task>(
         Some(layout) if !dry => {
             let linked = tokio::task::block_in_place(|| {
                 let keywords = folder.load_keywords()?;
+                // Expunge checks a message's X-GM-MSGID against this record.
+                gmail::record_ids(
+                    folder.state_dir(),
+                    examined.selected.uidvalidity,
+                    &examined.gmail,
+                )?;
+                // Restore reads which folder is which label from here.
+                gmail::restore::record_layout(folder.state_dir(), layout)?;
                 gmail::apply_links(
                     &ctx.archive,
                     layout,
@@ -625,7 +694,8 @@ async fn fetch_planned<R: Remote>(
         reserved: AsyncMutex::new(None),
     };
     let mut not_sent: Vec<u32> = Vec::new();
-    for batch in &plan.batches {
+    let mut pause = std::time::Duration::ZERO;
+    for (bi, batch) in plan.batches.iter().enumerate() {
         if crate::sync::interrupt::requested().is_some() {
             // What is not stored stays below the floor for the next run.
             first_error = Some(Failure::Remote(RemoteError::new(
@@ -633,6 +703,28 @@ async fn fetch_planned<R: Remote>(
                 "interrupted; the rest is fetched by the next run",
             )));
             break;
+        }
+        // The daily budget: fetch what fits, leave the rest for the next run.
+        let mut batch = &batch[..];
+        if let Some(d) = &ctx.daily {
+            let wanted: Vec<u64> = batch.iter().map(|u| sizes[u] as u64).collect();
+            let n = state::fitting(&wanted, d.remaining());
+            if n < batch.len() {
+                let rest: u64 = wanted[n..].iter().sum::<u64>()
+                    + plan.batches[bi + 1..]
+                        .iter()
+                        .flatten()
+                        .map(|u| sizes[u] as u64)
+                        .sum::<u64>();
+                d.left.fetch_add(rest, std::sync::atomic::Ordering::SeqCst);
+                first_error = Some(Failure::Budget);
+                if n == 0 {
+                    break;
+                }
+                batch = &batch[..n];
+            }
+            let take: u64 = wanted[..n].iter().sum();
+            d.now.fetch_add(take, std::sync::atomic::Ordering::SeqCst);
         }
         // Reserve what the batch will bring before asking for it.
         let kib = batch
@@ -655,6 +747,7 @@ async fn fetch_planned<R: Remote>(
                 break;
             }
         };
+        let budget_spent = matches!(first_error, Some(Failure::Budget));
         // A server may answer OK and still leave messages out (some
         // cannot convert every item). Gone is fine; still there is not:
         // those stay below the floor and are asked for again.
@@ -672,6 +765,20 @@ async fn fetch_planned<R: Remote>(
                 }
             }
         }
+        if budget_spent {
+            break;
+        }
+        // `[THROTTLED]`: slow down, more each time it comes back.
+        if conn.take_throttled() {
+            pause = (pause * 2).clamp(THROTTLE_PAUSE, THROTTLE_PAUSE_MAX);
+            log::info!(
+                "`{}`: the server throttles; pausing {pause:?}",
+                t.mailbox.name
+            );
+            tokio::time::sleep(pause).await;
+        } else {
+            pause = std::time::Duration::ZERO;
+        }
     }
     drop(sink);
     let out = tokio::task::block_in_place(|| writer.join()).unwrap_or_else(|_| WriteOutcome {
@@ -683,6 +790,11 @@ async fn fetch_planned<R: Remote>(
     });
     (out, not_sent, first_error)
 }
+
+/// The pause after a batch the server answered `[THROTTLED]`, doubling
+/// while it keeps doing so.
+const THROTTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+const THROTTLE_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The largest body a batch may bring: the server's own RFC822.SIZE with
 /// room for servers that report it loosely, never above the configured cap.

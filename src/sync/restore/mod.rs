@@ -101,6 +101,23 @@ pub trait RestoreTarget: Remote {
         uids: &[u32],
     ) -> impl Future<Output = Result<Vec<(u32, String)>, RemoteError>> + Send;
 
+    /// The largest message the server accepts (APPENDLIMIT, RFC 7889).
+    fn append_limit(&self) -> Option<u64> {
+        None
+    }
+
+    /// Gmail only: SELECTs `raw` and gives each UID its labels with
+    /// `UID STORE <uid> +X-GM-LABELS.SILENT (...)` (system labels as atoms
+    /// such as `\Inbox`, user labels quoted).
+    fn add_labels(
+        &mut self,
+        raw: &str,
+        labels: &[(u32, Vec<String>)],
+    ) -> impl Future<Output = Result<(), RemoteError>> + Send {
+        let _ = (raw, labels);
+        async { Err(RemoteError::broken("the server does not offer X-GM-EXT-1")) }
+    }
+
     /// Appends `messages` to `raw` in order, pipelined. `on_result(i, r)`
     /// is called once per message as the server answers, with APPENDUID's
     /// (UIDVALIDITY, UID) when given; the call returns `Err` only when the

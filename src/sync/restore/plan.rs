@@ -100,6 +100,14 @@ pub struct RestoreOptions {
     pub before: Option<i64>,
     pub dry_run: bool,
     pub jobs: usize,
+    /// The archive was pulled in Gmail mode: its All Mail folder and labels.
+    pub gmail_archive: Option<crate::sync::gmail::restore::GmailArchive>,
+    /// The target account is in Gmail mode (`gmail` key); the server must
+    /// also announce X-GM-EXT-1.
+    pub gmail_target: bool,
+    /// Into a server that is not Gmail: leave out All Mail's copy of
+    /// messages that carry another label.
+    pub skip_all_mail_duplicates: bool,
 }
 
 /// One archived mailbox and where it goes.

@@ -22,6 +22,7 @@ use crate::archive::names::levels_for;
 use crate::archive::{hash_file, read_message, Archive};
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
+use crate::sync::gmail;
 use crate::sync::interrupt;
 use crate::sync::pool::{self, Slot, Step, Task};
 use crate::sync::remote::{ErrorKind, RemoteError, Selected};
@@ -167,6 +168,10 @@ struct Ctx {
     stop: AtomicBool,
     quota: Mutex<Option<String>>,
     target_name: String,
+    /// Gmail target: each All Mail message's labels, by base name.
+    labels: Option<HashMap<String, Vec<String>>>,
+    /// The target's APPENDLIMIT.
+    append_limit: Option<u64>,
 }
 
 /// Restores the archive of `source_name` (already read into `sources`)
@@ -221,6 +226,46 @@ where
         .unwrap_or_default();
     // The namespace's delimiter is the one its names use.
     let delimiter = namespace.and_then(|n| n.delimiter).or(delimiter);
+    // Gmail's rules (sync::gmail::restore): into Gmail, All Mail once and
+    // labels by STORE; elsewhere, optionally without All Mail's duplicates.
+    let mut sources = sources;
+    let mut labels = None;
+    if let Some(g) = opts.gmail_archive.clone() {
+        if opts.gmail_target && first.has_capability("X-GM-EXT-1") {
+            let by_base = gmail::restore::labels_by_base(&sources, &g);
+            sources = match gmail::restore::sources_for_gmail(sources, &g, &listed) {
+                Ok(s) => s,
+                Err(e) => {
+                    report.code = Some(ExitCode::Usage);
+                    report.error = Some(e);
+                    return report;
+                }
+            };
+            opts.prefix.clear();
+            let wanted = by_base.values().flatten();
+            for label in gmail::restore::labels_to_create(wanted, &listed) {
+                if opts.dry_run {
+                    continue;
+                }
+                let raw = crate::mutf7::encode(&label);
+                if let Err(e) = first.create(&raw).await {
+                    report.code = Some(ExitCode::Partial);
+                    report.error = Some(format!(
+                        "the target refused to create the label `{label}`: {e}\nhint: create it in Gmail, then run the same command again"
+                    ));
+                    return report;
+                }
+            }
+            labels = Some(
+                by_base
+                    .into_iter()
+                    .map(|(b, l)| (b, l.into_iter().collect()))
+                    .collect(),
+            );
+        } else if opts.skip_all_mail_duplicates {
+            gmail::restore::drop_all_mail_duplicates(&mut sources, &g);
+        }
+    }
     let (plans, refused) = plan_mailboxes(&sources, &listed, delimiter, &opts);
     for r in refused {
         report.mailboxes.push(RestoreMailboxReport {
@@ -259,6 +304,7 @@ where
     }
     ready.sort_by_key(|p| std::cmp::Reverse(p.messages.len()));
 
+    let append_limit = first.append_limit();
     let jobs = opts.jobs.clamp(1, ready.len().max(1));
     let jobs_list: Vec<Job> = ready
         .into_iter()
@@ -280,6 +326,8 @@ where
             stop: AtomicBool::new(false),
             quota: Mutex::new(None),
             target_name: target_name.to_string(),
+            labels,
+            append_limit,
         },
         connect,
         _conn: PhantomData,
@@ -633,6 +681,22 @@ async fn append_all<R: RestoreTarget>(
     rep: &mut RestoreMailboxReport,
     sel: Selected,
 ) -> Result<(), Stop> {
+    // A message over APPENDLIMIT is reported and skipped; the rest goes on.
+    let mut todo: Vec<&SourceMessage> = todo.to_vec();
+    if let Some(limit) = ctx.append_limit {
+        todo.retain(|m| {
+            if m.size <= limit {
+                return true;
+            }
+            rep.errors.push(format!(
+                "`{}` is {} bytes, over the target's APPENDLIMIT of {limit}; not restored\nhint: the server accepts no message this large; export it with `imapbak export` instead",
+                m.path.display(),
+                m.size
+            ));
+            false
+        });
+    }
+    let todo = todo.as_slice();
     // No copy of the next batch can get a UID below this.
     let mut floor = sel.uidnext;
     let sizes: Vec<u64> = todo.iter().map(|m| m.size).collect();
@@ -720,6 +784,31 @@ async fn append_all<R: RestoreTarget>(
                 },
             })
             .await;
+        if let (Some(labels), Ok(())) = (&ctx.labels, &r) {
+            let set: Vec<(u32, Vec<String>)> = records
+                .iter()
+                .filter_map(|(_, uid, base)| {
+                    let l = labels.get(base).filter(|l| !l.is_empty())?;
+                    Some((*uid, l.clone()))
+                })
+                .collect();
+            if !set.is_empty() {
+                if let Err(e) = conn.add_labels(&plan.raw, &set).await {
+                    let lost = e.is_connection_level();
+                    rep.errors.push(format!(
+                        "labels of {} restored message(s) not set: {e}\nhint: the messages are in All Mail; label them in Gmail",
+                        set.len()
+                    ));
+                    if lost {
+                        if let Some(state) = &ctx.state {
+                            state.record(&plan.raw, &records);
+                        }
+                        outcome = Err(classify(e));
+                        break;
+                    }
+                }
+            }
+        }
         if let Some(max) = records.iter().map(|(_, uid, _)| *uid).max() {
             floor = floor.max(max.saturating_add(1));
         }

@@ -1,0 +1,259 @@
+//! Gmail's rules for expunge. An EXPUNGE in a label folder only removes
+//! that label, and one in All Mail frees nothing under Gmail's default
+//! settings (PROVIDERS.md, "Gmail"); the one way that frees quota whatever
+//! the settings is to move the message to `\Trash` and there mark it
+//! `\Deleted` and `UID EXPUNGE` it (imapsync FAQ.Gmail; gmvault
+//! `erase_mailbox`). So candidates are chosen in `\All`, identified by
+//! X-GM-MSGID (recorded at pull, checked again before the move and in
+//! Trash), and only the UIDs COPYUID names in Trash are expunged.
+//!
+//! The move and the expunge are two commands: between them the messages
+//! sit in Trash. `gmail-trash-pending.json` (in All Mail's state
+//! directory) names them before the move and again with their Trash UIDs
+//! after it, so a run killed in between is finished by the next.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::ArchiveError;
+use crate::sync::remote::{GmailMeta, ListedMailbox, SpecialUse};
+
+/// Where X-GM-MSGIDs of All Mail's messages are recorded, per folder.
+pub const IDS: &str = "gmail-ids";
+/// Messages on their way through Trash.
+pub const TRASH_PENDING: &str = "gmail-trash-pending.json";
+
+/// One message moved (or about to be moved) from All Mail to Trash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrashEntry {
+    /// Its UID in All Mail.
+    pub all_uid: u32,
+    pub msgid: u64,
+    pub size: u64,
+    pub internaldate: i64,
+    /// Its UID in Trash, from COPYUID; None until the MOVE answered.
+    pub trash_uid: Option<u32>,
+}
+
+/// The record of messages between the MOVE and the EXPUNGE in Trash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrashPending {
+    /// Trash's UIDVALIDITY when the Trash UIDs were recorded.
+    pub trash_uidvalidity: u32,
+    pub entries: Vec<TrashEntry>,
+}
+
+impl TrashPending {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Reads the record in All Mail's state directory `state`.
+pub fn load_trash_pending(state: &Path) -> Result<TrashPending, ArchiveError> {
+    let path = state.join(TRASH_PENDING);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_else(|e| {
+            log::warn!("ignoring unreadable `{}`: {e}", path.display());
+            TrashPending::default()
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TrashPending::default()),
+        Err(e) => Err(ArchiveError::Io {
+            what: "cannot read",
+            path,
+            source: e,
+        }),
+    }
+}
+
+/// Writes the record (removes it when empty), atomically.
+pub fn save_trash_pending(state: &Path, p: &TrashPending) -> Result<(), ArchiveError> {
+    let path = state.join(TRASH_PENDING);
+    if p.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Ok(()) => crate::archive::sync_dir(state),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ArchiveError::Io {
+                what: "cannot remove",
+                path,
+                source: e,
+            }),
+        };
+    }
+    let bytes = serde_json::to_vec_pretty(p).expect("serialisable");
+    crate::archive::write_atomic(&path, &bytes)
+}
+
+/// The X-GM-MSGIDs recorded for All Mail: (UIDVALIDITY, UID) -> MSGID.
+pub fn load_ids(state: &Path) -> Result<HashMap<(u32, u32), u64>, ArchiveError> {
+    let path = state.join(IDS);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => {
+            return Err(ArchiveError::Io {
+                what: "cannot read",
+                path,
+                source: e,
+            })
+        }
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let uv = f.next()?.parse().ok()?;
+            let uid = f.next()?.parse().ok()?;
+            let id = f.next()?.parse().ok()?;
+            Some(((uv, uid), id))
+        })
+        .collect())
+}
+
+/// Adds what the server reported this run to the recorded X-GM-MSGIDs.
+pub fn record_ids(state: &Path, uidvalidity: u32, meta: &[GmailMeta]) -> Result<(), ArchiveError> {
+    let mut ids = load_ids(state)?;
+    let before = ids.len();
+    let mut changed = false;
+    for m in meta {
+        if ids.insert((uidvalidity, m.uid), m.msgid) != Some(m.msgid) {
+            changed = true;
+        }
+    }
+    if !changed && ids.len() == before {
+        return Ok(());
+    }
+    let mut rows: Vec<_> = ids.into_iter().collect();
+    rows.sort_unstable();
+    let mut text = String::new();
+    for ((uv, uid), id) in rows {
+        text.push_str(&format!("{uv}\t{uid}\t{id}\n"));
+    }
+    crate::archive::write_atomic(&state.join(IDS), text.as_bytes())
+}
+
+/// The `\Trash` mailbox, found by special use (its name is localised).
+pub fn trash(listed: &[ListedMailbox]) -> Option<&ListedMailbox> {
+    listed
+        .iter()
+        .find(|m| m.selectable && m.special_use == Some(SpecialUse::Trash))
+}
+
+/// Whether a message with `labels` is selected by `--mailbox`: one of its
+/// labels, named as its mailbox is (`names`: label -> mailbox name), or
+/// All Mail's own name, matches.
+pub fn selected_by_labels(
+    labels: &[String],
+    names: &HashMap<String, String>,
+    all_name: &str,
+    matches: impl Fn(&str) -> bool,
+) -> bool {
+    matches(all_name)
+        || labels
+            .iter()
+            .any(|l| matches(names.get(l).map(String::as_str).unwrap_or(l)))
+}
+
+/// Which Trash UIDs are provably ours: those COPYUID named whose
+/// X-GM-MSGID is the one moved; for entries whose Trash UID is unknown (a
+/// run killed before the MOVE answered), the Trash message with that
+/// MSGID. Returns (trash UID, entry index).
+pub fn confirm_in_trash(pending: &TrashPending, trash_meta: &[GmailMeta]) -> Vec<(u32, usize)> {
+    let by_msgid: HashMap<u64, usize> = pending
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.msgid, i))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for m in trash_meta {
+        let Some(&i) = by_msgid.get(&m.msgid) else {
+            continue;
+        };
+        let e = &pending.entries[i];
+        if e.trash_uid.is_some_and(|u| u != m.uid) || !seen.insert(i) {
+            continue;
+        }
+        out.push((m.uid, i));
+    }
+    out.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(uid: u32, msgid: u64) -> GmailMeta {
+        GmailMeta {
+            uid,
+            msgid,
+            ..Default::default()
+        }
+    }
+
+    fn entry(all_uid: u32, msgid: u64, trash_uid: Option<u32>) -> TrashEntry {
+        TrashEntry {
+            all_uid,
+            msgid,
+            size: 10,
+            internaldate: 0,
+            trash_uid,
+        }
+    }
+
+    #[test]
+    fn only_trash_uids_with_the_moved_msgid_are_confirmed() {
+        let p = TrashPending {
+            trash_uidvalidity: 1,
+            entries: vec![
+                entry(4, 100, Some(7)),
+                entry(5, 200, None),
+                entry(6, 300, Some(9)),
+            ],
+        };
+        // 7 is ours; 8 carries 200 (found by MSGID); 9 carries another
+        // message's MSGID (not ours); 3 was in Trash before.
+        let trash = [meta(3, 999), meta(7, 100), meta(8, 200), meta(9, 555)];
+        assert_eq!(confirm_in_trash(&p, &trash), vec![(7, 0), (8, 1)]);
+    }
+
+    #[test]
+    fn labels_select_by_their_mailbox_names() {
+        let names: HashMap<String, String> = [("\\Inbox".to_string(), "INBOX".to_string())].into();
+        let labels = vec!["\\Inbox".to_string(), "Work".to_string()];
+        assert!(selected_by_labels(
+            &labels,
+            &names,
+            "[Gmail]/All Mail",
+            |n| n == "INBOX"
+        ));
+        assert!(selected_by_labels(
+            &labels,
+            &names,
+            "[Gmail]/All Mail",
+            |n| n == "Work"
+        ));
+        assert!(!selected_by_labels(
+            &labels,
+            &names,
+            "[Gmail]/All Mail",
+            |n| n == "Sent"
+        ));
+    }
+
+    #[test]
+    fn recorded_ids_survive_and_merge() {
+        let d = tempfile::tempdir().unwrap();
+        record_ids(d.path(), 5, &[meta(1, 10), meta(2, 20)]).unwrap();
+        record_ids(d.path(), 5, &[meta(3, 30)]).unwrap();
+        let ids = load_ids(d.path()).unwrap();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[&(5, 2)], 20);
+    }
+}

@@ -1,0 +1,202 @@
+//! Gmail's rules for restore. An archive pulled in Gmail mode holds each
+//! message once, in its All Mail folder, and every label as a folder of
+//! hard links (same base name) to those files. Into a Gmail target each
+//! message is APPENDed once into `\All`, then given its labels with
+//! `UID STORE <uid> +X-GM-LABELS.SILENT (...)` from the APPENDUID; nested
+//! labels are created level by level first, as STORE does not create them
+//! (PROVIDERS.md, "Gmail"). Into any other server the folders go as a
+//! Dovecot serving the archive shows them; `--skip-all-mail-duplicates`
+//! leaves out the All Mail copy of messages that carry another label.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+
+use super::plan::Layout;
+use crate::archive::{Archive, ArchiveError};
+use crate::sync::remote::{ListedMailbox, SpecialUse};
+use crate::sync::restore::SourceMailbox;
+
+/// Label -> archive folder, as the last Gmail-mode pull laid them out.
+pub const LABELS: &str = "gmail-labels.json";
+
+/// Records, in All Mail's state directory, which folder each label is.
+pub fn record_layout(state: &Path, layout: &Layout) -> Result<(), ArchiveError> {
+    let map: BTreeMap<&String, &String> = layout.labels.iter().collect();
+    let bytes = serde_json::to_vec_pretty(&map).expect("serialisable");
+    if std::fs::read(state.join(LABELS)).is_ok_and(|b| b == bytes) {
+        return Ok(());
+    }
+    crate::archive::write_atomic(&state.join(LABELS), &bytes)
+}
+
+/// What an archive pulled in Gmail mode says about itself.
+#[derive(Debug, Clone, Default)]
+pub struct GmailArchive {
+    /// All Mail's folder under `mail/`.
+    pub all_dir: String,
+    /// Archive folder -> the label it shows.
+    pub labels: HashMap<String, String>,
+}
+
+/// The Gmail layout of `archive`, if it was pulled in Gmail mode (its All
+/// Mail folder carries the label record).
+pub fn archive_info(archive: &Archive) -> Option<GmailArchive> {
+    let state = archive.state_dir().join("mailboxes");
+    for e in std::fs::read_dir(&state).ok()?.flatten() {
+        let p = e.path().join(LABELS);
+        let Ok(bytes) = std::fs::read(&p) else {
+            continue;
+        };
+        let Ok(map) = serde_json::from_slice::<HashMap<String, String>>(&bytes) else {
+            continue;
+        };
+        let dir = e.file_name().to_string_lossy().into_owned();
+        let all_dir = if dir == "INBOX" { String::new() } else { dir };
+        return Some(GmailArchive {
+            all_dir,
+            labels: map.into_iter().map(|(l, d)| (d, l)).collect(),
+        });
+    }
+    None
+}
+
+/// The labels of each All Mail message (by base name): one per label
+/// folder holding a link to it. Folders the record does not name carry
+/// their own name as the label.
+pub fn labels_by_base(
+    sources: &[SourceMailbox],
+    g: &GmailArchive,
+) -> HashMap<String, BTreeSet<String>> {
+    let mut out: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for s in sources.iter().filter(|s| s.dir != g.all_dir) {
+        let label = g.labels.get(&s.dir).cloned().unwrap_or_else(|| s.name());
+        for m in &s.messages {
+            out.entry(m.base.clone()).or_default().insert(label.clone());
+        }
+    }
+    out
+}
+
+/// Into Gmail: only All Mail is appended, under the target's `\All` name
+/// (localised, found by special use). `Err` when the target shows none.
+pub fn sources_for_gmail(
+    mut sources: Vec<SourceMailbox>,
+    g: &GmailArchive,
+    listed: &[ListedMailbox],
+) -> Result<Vec<SourceMailbox>, String> {
+    let all = listed
+        .iter()
+        .find(|m| m.selectable && m.special_use == Some(SpecialUse::All))
+        .ok_or_else(|| {
+            "the target shows no All Mail (`\\All`) mailbox, so messages cannot be restored once each with their labels\n\
+             hint: in Gmail's settings, Labels, tick \"Show in IMAP\" for All Mail"
+                .to_string()
+        })?;
+    sources.retain(|s| s.dir == g.all_dir);
+    let delim = all.delimiter.unwrap_or('/');
+    for s in &mut sources {
+        s.levels = all.name.split(delim).map(str::to_string).collect();
+    }
+    Ok(sources)
+}
+
+/// The user labels (system labels start with `\`) missing on the target,
+/// each parent before its children: STORE does not create them.
+pub fn labels_to_create<'a>(
+    labels: impl Iterator<Item = &'a String>,
+    listed: &[ListedMailbox],
+) -> Vec<String> {
+    let have: HashSet<&str> = listed.iter().map(|m| m.name.as_str()).collect();
+    let mut want = BTreeSet::new();
+    for l in labels.filter(|l| !l.starts_with('\\')) {
+        let parts: Vec<&str> = l.split('/').collect();
+        for n in 1..=parts.len() {
+            want.insert(parts[..n].join("/"));
+        }
+    }
+    // BTreeSet order puts `A` before `A/B`.
+    want.into_iter()
+        .filter(|l| !have.contains(l.as_str()))
+        .collect()
+}
+
+/// Into another server, on request: leaves out All Mail's copy of every
+/// message that some label folder also holds.
+pub fn drop_all_mail_duplicates(sources: &mut [SourceMailbox], g: &GmailArchive) {
+    let labelled: HashSet<String> = sources
+        .iter()
+        .filter(|s| s.dir != g.all_dir)
+        .flat_map(|s| s.messages.iter().map(|m| m.base.clone()))
+        .collect();
+    for s in sources.iter_mut().filter(|s| s.dir == g.all_dir) {
+        s.messages.retain(|m| !labelled.contains(&m.base));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(name: &str) -> ListedMailbox {
+        ListedMailbox {
+            raw: name.into(),
+            name: name.into(),
+            delimiter: Some('/'),
+            selectable: true,
+            status: None,
+            special_use: None,
+        }
+    }
+
+    fn source(dir: &str, name: &str, bases: &[&str]) -> SourceMailbox {
+        SourceMailbox {
+            dir: dir.into(),
+            levels: name.split('/').map(str::to_string).collect(),
+            messages: bases
+                .iter()
+                .map(|b| crate::sync::restore::SourceMessage {
+                    path: b.into(),
+                    base: b.to_string(),
+                    secs: 0,
+                    size: 1,
+                    letters: String::new(),
+                })
+                .collect(),
+            keywords: Default::default(),
+        }
+    }
+
+    #[test]
+    fn labels_come_from_the_links_and_all_mail_duplicates_can_be_left_out() {
+        let g = GmailArchive {
+            all_dir: ".[Gmail].All Mail".into(),
+            labels: [("".to_string(), "\\Inbox".to_string())].into(),
+        };
+        let mut sources = vec![
+            source("", "INBOX", &["a", "b"]),
+            source(".[Gmail].All Mail", "[Gmail]/All Mail", &["a", "b", "c"]),
+            source(".Work", "Work", &["b"]),
+        ];
+        let by_base = labels_by_base(&sources, &g);
+        assert_eq!(by_base["b"].iter().collect::<Vec<_>>(), ["Work", "\\Inbox"]);
+        assert!(!by_base.contains_key("c"));
+        drop_all_mail_duplicates(&mut sources, &g);
+        let all: Vec<&str> = sources[1]
+            .messages
+            .iter()
+            .map(|m| m.base.as_str())
+            .collect();
+        assert_eq!(all, ["c"]);
+    }
+
+    #[test]
+    fn nested_labels_are_created_parents_first_and_system_labels_never() {
+        let labels = [
+            "Work/Projects/2024".to_string(),
+            "\\Inbox".to_string(),
+            "Home".to_string(),
+        ];
+        let got = labels_to_create(labels.iter(), &[listed("INBOX"), listed("Work")]);
+        assert_eq!(got, ["Home", "Work/Projects", "Work/Projects/2024"]);
+    }
+}

@@ -99,7 +99,11 @@ pub async fn run<T: Task>(
     let handles: Vec<_> = (0..jobs)
         .map(|_| {
             let slot = Slot { conn: first.take() };
-            tokio::spawn(worker(slot, task.clone(), queue.clone()))
+            // Each worker starts with an item of its own, so how many
+            // connections open does not depend on how fast the first
+            // workers get through the queue (issue 13).
+            let own = queue.lock().expect("queue lock").pop_front();
+            tokio::spawn(worker(slot, task.clone(), queue.clone(), own))
         })
         .collect();
     let mut out = Finished {
@@ -121,13 +125,20 @@ async fn worker<T: Task>(
     mut slot: Slot<T::Conn>,
     task: Arc<T>,
     queue: Arc<Mutex<VecDeque<T::Item>>>,
+    mut own: Option<T::Item>,
 ) -> Vec<T::Report> {
     let mut reports = Vec::new();
     'items: loop {
         if task.stopped() || super::interrupt::requested().is_some() {
+            if let Some(item) = own.take() {
+                queue.lock().expect("queue lock").push_front(item);
+            }
             break;
         }
-        let Some(mut item) = queue.lock().expect("queue lock").pop_front() else {
+        let next = own
+            .take()
+            .or_else(|| queue.lock().expect("queue lock").pop_front());
+        let Some(mut item) = next else {
             break;
         };
         let mut attempt = 0;

@@ -131,6 +131,9 @@ pub(crate) struct Selection {
     pub warnings: Vec<String>,
     /// Some account or folder could not be read at all.
     pub failed: bool,
+    /// `--mailbox` was given and matched no archived mailbox (a warning
+    /// naming the archived mailboxes is in `warnings`).
+    pub no_mailbox_matched: bool,
 }
 
 /// Every archived message of the chosen accounts that passes `filters`,
@@ -164,6 +167,7 @@ pub(crate) fn select(
         hits: Vec::new(),
         warnings: Vec::new(),
         failed: false,
+        no_mailbox_matched: false,
     };
     // Every (account, folder) to read; the folders are then read in parallel.
     let mut work: Vec<(Arc<str>, Archive, String)> = Vec::new();
@@ -190,17 +194,28 @@ pub(crate) fn select(
         }
     }
     let results = parallel_map(&work, threads, |(account, archive, dir)| {
+        let mut name = None;
         let r = read_tree(archive, dir)
             .map_err(anyhow::Error::from)
             .and_then(|view| {
-                if glob.as_ref().is_some_and(|g| !g.is_match(&view.mailbox)) {
+                name = Some((
+                    view.mailbox.clone(),
+                    glob.as_ref().is_none_or(|g| g.is_match(&view.mailbox)),
+                ));
+                if !name.as_ref().is_some_and(|(_, m)| *m) {
                     return Ok((Vec::new(), Vec::new()));
                 }
                 folder_hits(archive, &view, account, &query, threads)
             });
-        (account.clone(), r)
+        (account.clone(), name, r)
     });
-    for (account, r) in results {
+    let mut archived: Vec<String> = Vec::new();
+    let mut matched = false;
+    for (account, name, r) in results {
+        if let Some((name, m)) = name {
+            matched |= m;
+            archived.push(clean(&name));
+        }
         match r {
             Ok((hits, warnings)) => {
                 sel.hits.extend(hits);
@@ -215,9 +230,31 @@ pub(crate) fn select(
             }
         }
     }
+    if let (Some(g), false) = (&filters.mailbox, matched) {
+        sel.no_mailbox_matched = true;
+        sel.warnings.push(no_match_warning(g, archived));
+    }
     sel.hits
         .sort_by(|a, b| (a.when, &a.id).cmp(&(b.when, &b.id)));
     Ok(sel)
+}
+
+/// The warning for a `--mailbox` glob that matched nothing: what there is
+/// to match, so the rerun can be right.
+pub(crate) fn no_match_warning(glob: &str, mut archived: Vec<String>) -> String {
+    archived.sort();
+    archived.dedup();
+    if archived.is_empty() {
+        return format!("--mailbox `{glob}` matched no archived mailbox: the archive has none");
+    }
+    format!(
+        "--mailbox `{glob}` matched no archived mailbox\nhint: the archived mailboxes are: {}",
+        archived
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn folder_hits(

@@ -1,0 +1,151 @@
+//! More of what a new user trips over in the first hour (issue 18): export
+//! blaming the archive, globs that match nothing, verify with the server
+//! down, exit codes without an archive, risky archive paths, completions,
+//! the version, logging and the shipped units.
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::support::{dovecot, mail, TestEnv, User};
+
+fn run(env: &TestEnv, args: &[&str]) -> Output {
+    env.cmd()
+        .args(args)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A Dovecot user with two messages in INBOX and one in `Work`, pulled
+/// into account `a` of a fresh TestEnv.
+fn pulled(prefix: &str) -> (User, TestEnv) {
+    let user = dovecot().new_user(prefix);
+    let mut imap = user.imap();
+    imap.create("Work");
+    for (i, mb) in [(1, "INBOX"), (2, "INBOX"), (3, "Work")] {
+        imap.append(
+            mb,
+            &["\\Seen"],
+            "01-Jan-2019 10:00:00 +0000",
+            &mail::plain(i),
+        );
+    }
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    let out = run(&env, &["pull", "--quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    (user, env)
+}
+
+#[test]
+fn export_names_existing_files_and_missing_directories_not_the_archive() {
+    let (_user, env) = pulled("exp-exists");
+    let eml = env.path().join("eml");
+    let eml_s = eml.to_str().unwrap();
+    assert_eq!(
+        run(&env, &["export", "--eml", eml_s]).status.code(),
+        Some(0)
+    );
+    let out = run(&env, &["export", "--eml", eml_s]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("could not be read"), "{err}");
+    assert!(
+        err.contains("3 not overwritten because the file exists"),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    let out = run(&env, &["export", "--force", "--eml", eml_s]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exported 3 messages"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(&env, &["export", "--mbox", "/nonexistent/dir/x"]);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("the directory `/nonexistent/dir` does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("must not exist"), "{err}");
+
+    let mbox = env.path().join("x.mbox");
+    let mbox_s = mbox.to_str().unwrap();
+    assert_eq!(
+        run(&env, &["export", "--mbox", mbox_s]).status.code(),
+        Some(0)
+    );
+    let out = run(&env, &["export", "--mbox", mbox_s]);
+    assert!(
+        stderr(&out).contains("exists\nhint: pass --force"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&env, &["export", "--force", "--mbox", mbox_s]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn a_mailbox_glob_matching_nothing_warns_with_the_names_and_leaves_no_file() {
+    let (_user, env) = pulled("glob-none");
+    let mbox = env.path().join("typo.mbox");
+    let out = run(
+        &env,
+        &[
+            "export",
+            "--mailbox",
+            "Wrok",
+            "--mbox",
+            mbox.to_str().unwrap(),
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--mailbox `Wrok` matched no archived mailbox"),
+        "{err}"
+    );
+    assert!(err.contains("`INBOX`, `Sent`, `Trash`, `Work`"), "{err}");
+    assert!(!mbox.exists(), "an empty mbox was left behind");
+    // The corrected rerun works.
+    let out = run(
+        &env,
+        &[
+            "export",
+            "--mailbox",
+            "Work",
+            "--mbox",
+            mbox.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = run(&env, &["search", "--mailbox", "Wrok"]);
+    assert!(
+        stderr(&out).contains("`INBOX`, `Sent`, `Trash`, `Work`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &env,
+        &[
+            "restore",
+            "--account",
+            "a",
+            "--mailbox",
+            "Wrok",
+            "--dry-run",
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("matched no archived mailbox"), "{err}");
+}

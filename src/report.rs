@@ -94,7 +94,11 @@ fn split_hints(value: &mut serde_json::Value) {
             for child in map.values_mut() {
                 split_hints(child);
             }
-            for (field, beside) in [("error", "hint"), ("errors", "hints")] {
+            for (field, beside) in [
+                ("error", "hint"),
+                ("errors", "hints"),
+                ("server_error", "server_hint"),
+            ] {
                 let Some(at) = map.keys().position(|k| k == field) else {
                     continue;
                 };
@@ -102,7 +106,7 @@ fn split_hints(value: &mut serde_json::Value) {
                     continue;
                 }
                 let hint = match (field, map.get_mut(field)) {
-                    ("error", Some(v)) => take(v),
+                    ("error" | "server_error", Some(v)) => take(v),
                     ("errors", Some(Value::Array(items))) if items.iter().all(Value::is_string) => {
                         Value::Array(items.iter_mut().map(take).collect())
                     }

@@ -34,7 +34,9 @@ const LONG_HELP: &str = "\
      With --server, also lists each mailbox's UIDs and sizes on the server (no \
      message is downloaded) and reports every message the server holds that the \
      archive does not (exit 1), sizes that differ (exit 1), and, for information \
-     only, how many archived messages the server no longer has.";
+     only, how many archived messages the server no longer has. When the \
+     server cannot be reached, the files are checked all the same and the \
+     connection failure is reported after them (exit 3 for one account).";
 
 /// Check that every archived message is whole (optionally against the server).
 #[derive(Debug, clap::Args)]
@@ -75,6 +77,9 @@ struct AccountVerify {
     problems: Vec<Problem>,
     /// With --server: one entry per server mailbox compared.
     server: Option<Vec<ServerMailbox>>,
+    /// With --server: set when the server could not be compared at all
+    /// (the files were checked all the same).
+    server_error: Option<String>,
     #[serde(skip)]
     code: Option<ExitCode>,
 }
@@ -103,7 +108,10 @@ impl AccountVerify {
                     + u64::from(m.error.is_some())
             })
             .sum();
-        self.problems.len() as u64 + server + u64::from(self.error.is_some())
+        self.problems.len() as u64
+            + server
+            + u64::from(self.error.is_some())
+            + u64::from(self.server_error.is_some())
     }
 
     fn exit_code(&self) -> ExitCode {
@@ -199,7 +207,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
     let connector = match Connector::new(Arc::new(account.clone())) {
         Ok(c) => c,
         Err(e) => {
-            av.error = Some(crate::report::error_text(&e));
+            av.server_error = Some(crate::report::error_text(&e));
             av.code = Some(ExitCode::Usage);
             return;
         }
@@ -207,7 +215,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            av.error = Some(crate::report::error_text(&e));
+            av.server_error = Some(crate::report::error_text(&e));
             av.code = Some(ExitCode::Internal);
             return;
         }
@@ -217,7 +225,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
         let mut conn = match connector.connect().await {
             Ok(c) => c,
             Err(e) => {
-                av.error = Some(connect_error(account, &e));
+                av.server_error = Some(connect_error(account, &e));
                 av.code = Some(ExitCode::Connection);
                 return;
             }
@@ -225,7 +233,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
         let listed = match conn.list().await {
             Ok(l) => l,
             Err(e) => {
-                av.error = Some(format!("cannot list mailboxes: {e}"));
+                av.server_error = Some(format!("cannot list mailboxes: {e}"));
                 av.code = Some(ExitCode::Connection);
                 return;
             }
@@ -359,6 +367,13 @@ fn human(report: &VerifyReport) -> String {
                 );
             }
             let _ = writeln!(out, "{line}");
+        }
+        if let Some(e) = &a.server_error {
+            let _ = writeln!(
+                out,
+                "error: account `{}`: the files were checked, the server was not compared: {e}",
+                a.account
+            );
         }
     }
     out

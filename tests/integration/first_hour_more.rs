@@ -3,6 +3,7 @@
 //! down, exit codes without an archive, risky archive paths, completions,
 //! the version, logging and the shipped units.
 
+use std::fs;
 use std::process::Output;
 use std::time::Duration;
 
@@ -148,4 +149,37 @@ fn a_mailbox_glob_matching_nothing_warns_with_the_names_and_leaves_no_file() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("matched no archived mailbox"), "{err}");
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then closed).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn verify_server_with_the_server_down_still_checks_the_files() {
+    let (_user, env) = pulled("verify-down");
+    // Damage one file, so the local check has something to find.
+    let cur = env.archive("a").join("mail/cur");
+    let file = fs::read_dir(&cur).unwrap().next().unwrap().unwrap().path();
+    fs::write(&file, b"not zstd").unwrap();
+    let toml = fs::read_to_string(env.config_path()).unwrap();
+    let port = format!("port = {}", dovecot().imaps_port);
+    assert!(toml.contains(&port));
+    env.write_config(&toml.replace(&port, &format!("port = {}", closed_port())));
+    let out = run(&env, &["verify", "--server"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}{}", stderr(&out));
+    assert!(text.contains("message files in"), "{text}");
+    assert!(text.contains("1 problem"), "{text}");
+    assert!(text.contains(&file.display().to_string()), "{text}");
+    assert!(text.contains("the server was not compared"), "{text}");
+    let out = run(&env, &["verify", "--server", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = &v["accounts"][0];
+    assert_eq!(a["files"], 3, "{a}");
+    assert_eq!(a["problems"].as_array().unwrap().len(), 1, "{a}");
+    assert!(a["error"].is_null(), "{a}");
+    assert!(a["server_error"].is_string(), "{a}");
 }

@@ -111,6 +111,24 @@ impl Archive {
         self.root.join("mail")
     }
 
+    /// Why the offline commands find nothing to read here (with a hint),
+    /// or `None` when an archive is there. Every command treats this the
+    /// same way: an account-level error, exit 2 when no account had one.
+    pub fn missing(&self) -> Option<String> {
+        if self.root.exists() && !self.root.is_dir() {
+            return Some(format!(
+                "the archive path `{}` is not a directory\nhint: `archive` must name a directory (the first pull creates it)",
+                self.root.display()
+            ));
+        }
+        (!self.mail_dir().is_dir()).then(|| {
+            format!(
+                "no archive at `{}`\nhint: run `imapbak pull` first, or check `archive` in the configuration",
+                self.root.display()
+            )
+        })
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }

@@ -65,11 +65,11 @@ struct Written {
 }
 
 pub fn run(cmd: ExportCmd, config: Option<&Path>) -> Result<ExitCode> {
-    let sel = select(config, &cmd.accounts, &cmd.filters)?;
+    let mut sel = select(config, &cmd.accounts, &cmd.filters)?;
     for w in &sel.warnings {
         eprintln!("warning: {w}");
     }
-    let mut hits = sel.hits;
+    let mut hits = std::mem::take(&mut sel.hits);
     hits.sort_by(|a, b| {
         (&a.account, &a.levels, a.when, a.uidvalidity, a.uid).cmp(&(
             &b.account,
@@ -90,11 +90,7 @@ pub fn run(cmd: ExportCmd, config: Option<&Path>) -> Result<ExitCode> {
             "no archived message matched; nothing written to `{}`",
             target.display()
         );
-        return Ok(if sel.failed || sel.no_mailbox_matched {
-            ExitCode::Partial
-        } else {
-            ExitCode::Success
-        });
+        return Ok(sel.exit_code(true));
     }
     let w = match &cmd.mbox {
         Some(file) => export_mbox(&hits, file, cmd.force)?,
@@ -121,13 +117,11 @@ pub fn run(cmd: ExportCmd, config: Option<&Path>) -> Result<ExitCode> {
         target.display(),
         notes.iter().map(|n| format!("; {n}")).collect::<String>()
     );
-    Ok(
-        if w.unreadable > 0 || w.existed > 0 || sel.failed || sel.no_mailbox_matched {
-            ExitCode::Partial
-        } else {
-            ExitCode::Success
-        },
-    )
+    Ok(if w.unreadable > 0 || w.existed > 0 {
+        sel.exit_code(true).max(ExitCode::Partial)
+    } else {
+        sel.exit_code(true)
+    })
 }
 
 /// Why a file could not be created, in the user's terms: the file is

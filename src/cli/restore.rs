@@ -140,13 +140,8 @@ pub fn run(cmd: RestoreCmd, config: Option<&std::path::Path>) -> Result<ExitCode
     }
 
     let archive = Archive::at(&source.archive);
-    if !archive.mail_dir().is_dir() {
-        bail!(
-            "no archive at `{}` for account `{}`\nhint: run `imapbak pull --account {}` first, or check `archive` in the configuration",
-            archive.root().display(),
-            source.name,
-            source.name
-        );
+    if let Some(why) = archive.missing() {
+        bail!("account `{}`: {why}", source.name);
     }
     let sources = read_archive(&archive)
         .with_context(|| format!("cannot read the archive of `{}`", source.name))?;

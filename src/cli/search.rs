@@ -134,6 +134,27 @@ pub(crate) struct Selection {
     /// `--mailbox` was given and matched no archived mailbox (a warning
     /// naming the archived mailboxes is in `warnings`).
     pub no_mailbox_matched: bool,
+    /// Accounts chosen, and how many of them have no archive yet.
+    pub accounts: usize,
+    pub missing: usize,
+}
+
+impl Selection {
+    /// The exit status, by the rule every offline command follows: an
+    /// account without an archive is an account-level error (2 when no
+    /// account had one, else 1); anything unreadable is 1.
+    pub fn exit_code(&self, nothing_matched_fails: bool) -> ExitCode {
+        if self.missing > 0 && self.missing == self.accounts {
+            ExitCode::Usage
+        } else if self.missing > 0
+            || self.failed
+            || (nothing_matched_fails && self.no_mailbox_matched)
+        {
+            ExitCode::Partial
+        } else {
+            ExitCode::Success
+        }
+    }
 }
 
 /// Every archived message of the chosen accounts that passes `filters`,
@@ -168,17 +189,18 @@ pub(crate) fn select(
         warnings: Vec::new(),
         failed: false,
         no_mailbox_matched: false,
+        accounts: 0,
+        missing: 0,
     };
     // Every (account, folder) to read; the folders are then read in parallel.
     let mut work: Vec<(Arc<str>, Archive, String)> = Vec::new();
     for account in accounts {
         let archive = Archive::at(&account.archive);
-        if !archive.mail_dir().is_dir() {
-            sel.warnings.push(format!(
-                "account `{}` has no archive at `{}`\nhint: run `imapbak pull` first",
-                account.name,
-                account.archive.display()
-            ));
+        sel.accounts += 1;
+        if let Some(why) = archive.missing() {
+            sel.warnings
+                .push(format!("account `{}`: {why}", account.name));
+            sel.missing += 1;
             continue;
         }
         match folder_dirs(&archive) {
@@ -345,9 +367,5 @@ pub fn run(cmd: SearchCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
         }
     }
     out.flush()?;
-    Ok(if sel.failed {
-        ExitCode::Partial
-    } else {
-        ExitCode::Success
-    })
+    Ok(sel.exit_code(false))
 }

@@ -70,6 +70,9 @@ pub fn run(cmd: ShowCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
         .pop()
         .context("no such account")?;
     let archive = Archive::at(&account.archive);
+    if let Some(why) = archive.missing() {
+        bail!("account `{}`: {why}", account.name);
+    }
     let view = read_folder(&archive, id.folder)
         .with_context(|| format!("cannot read the archive of `{}`", account.name))?;
     let Some(m) = view.find(id.uidvalidity, id.uid) else {

@@ -158,11 +158,9 @@ fn verify_archive(account: &Account, progress: &dyn Progress) -> AccountVerify {
         ..Default::default()
     };
     let archive = Archive::at(&account.archive);
-    if !archive.mail_dir().is_dir() {
-        av.error = Some(format!(
-            "no archive at `{}`\nhint: run `imapbak pull` first, or check `archive` in the configuration",
-            account.archive.display()
-        ));
+    if let Some(why) = archive.missing() {
+        av.error = Some(why);
+        av.code = Some(ExitCode::Usage);
         return av;
     }
     let dirs = match folder_dirs(&archive) {

@@ -183,3 +183,34 @@ fn verify_server_with_the_server_down_still_checks_the_files() {
     assert!(a["error"].is_null(), "{a}");
     assert!(a["server_error"].is_string(), "{a}");
 }
+
+#[test]
+fn no_archive_yet_is_exit_2_for_every_command_and_a_file_is_named_as_such() {
+    let user = dovecot().new_user("no-archive");
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    let mbox = env.path().join("out.mbox");
+    let commands: [&[&str]; 7] = [
+        &["ls"],
+        &["show", "a/INBOX/1/1"],
+        &["verify"],
+        &["search"],
+        &["export", "--mbox", mbox.to_str().unwrap()],
+        &["restore", "--account", "a", "--dry-run"],
+        &["expunge", "--older-than", "1y", "--dry-run"],
+    ];
+    for args in commands {
+        let out = run(&env, args);
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {all}");
+        assert!(all.contains("no archive at"), "{args:?}: {all}");
+    }
+    assert!(!mbox.exists());
+    fs::write(env.archive("a"), b"a file").unwrap();
+    for args in &commands[..6] {
+        let out = run(&env, args);
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {all}");
+        assert!(all.contains("is not a directory"), "{args:?}: {all}");
+    }
+}

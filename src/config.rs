@@ -220,10 +220,16 @@ impl Config {
             .mode();
         let mut accounts = Vec::new();
         for (name, a) in file.accounts {
-            accounts.push(
-                resolve(&name, a, mode)
-                    .with_context(|| format!("in account `{name}` of `{}`", path.display()))?,
-            );
+            let mut account = resolve(&name, a, mode)
+                .with_context(|| format!("in account `{name}` of `{}`", path.display()))?;
+            // Relative to this file, not to the cwd (under cron, $HOME).
+            if account.archive.is_relative() {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                let dir = std::path::absolute(dir.unwrap_or(Path::new(".")))
+                    .with_context(|| format!("cannot resolve `{}`", path.display()))?;
+                account.archive = dir.join(&account.archive);
+            }
+            accounts.push(account);
         }
         Ok(Config {
             path: path.to_path_buf(),

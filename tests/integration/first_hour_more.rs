@@ -214,3 +214,49 @@ fn no_archive_yet_is_exit_2_for_every_command_and_a_file_is_named_as_such() {
         assert!(all.contains("is not a directory"), "{args:?}: {all}");
     }
 }
+
+#[test]
+fn a_relative_archive_is_beside_the_config_and_a_foreign_directory_is_refused() {
+    let user = dovecot().new_user("rel-archive");
+    user.imap()
+        .append("INBOX", &[], "01-Jan-2019 10:00:00 +0000", &mail::plain(1));
+    let env = TestEnv::new();
+    let absolute = env.archive("a").display().to_string();
+    let toml = env.account_toml("a", &user, "");
+    let set = |archive: &str| {
+        env.write_config(&toml.replace(
+            &crate::support::toml_str(&absolute),
+            &crate::support::toml_str(archive),
+        ))
+    };
+    set("rel/archive");
+    // Run from elsewhere, as cron does (from $HOME).
+    let out = env
+        .cmd()
+        .current_dir("/")
+        .args(["pull", "--quiet"])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(env.path().join("rel/archive/mail/cur").is_dir());
+    let out = env.cmd().current_dir("/").args(["ls"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The directory holding config.toml is not an archive: refused.
+    set(&env.path().display().to_string());
+    let out = run(&env, &["pull"]);
+    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is not empty and not an imapbak archive"),
+        "{err}"
+    );
+    assert!(!env.path().join("mail").exists());
+    // An existing empty directory is fine.
+    let empty = env.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    set(&empty.display().to_string());
+    assert_eq!(run(&env, &["pull", "--quiet"]).status.code(), Some(0));
+    assert!(empty.join("mail/cur").is_dir());
+}

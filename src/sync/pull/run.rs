@@ -99,6 +99,7 @@ where
             Err(e) => {
                 report.code = Some(match e {
                     ArchiveError::Locked { .. } => ExitCode::Locked,
+                    ArchiveError::Foreign { .. } => ExitCode::Usage,
                     _ => ExitCode::Partial,
                 });
                 report.error = Some(with_hint(&e));

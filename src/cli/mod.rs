@@ -2,6 +2,7 @@
 //! completions all come from these definitions.
 
 mod check;
+mod completions;
 mod export;
 mod expunge;
 mod login;
@@ -97,6 +98,7 @@ pub enum Command {
     Login(login::LoginCmd),
     Logout(login::LogoutCmd),
     Serve(serve::ServeCmd),
+    Completions(completions::CompletionsCmd),
     /// Print the man page (roff) of imapbak or of one subcommand
     #[command(hide = true)]
     Man {
@@ -142,6 +144,7 @@ fn run_command(cli: Cli) -> Result<ExitCode> {
         Command::Login(cmd) => login::run(cmd, cli.config.as_deref()),
         Command::Logout(cmd) => login::run_logout(cmd, cli.config.as_deref()),
         Command::Serve(cmd) => serve::run(cmd, cli.config.as_deref()),
+        Command::Completions(cmd) => completions::run(cmd),
         Command::Man {
             subcommand,
             write_all: Some(dir),

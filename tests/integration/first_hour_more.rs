@@ -260,3 +260,60 @@ fn a_relative_archive_is_beside_the_config_and_a_foreign_directory_is_refused() 
     assert_eq!(run(&env, &["pull", "--quiet"]).status.code(), Some(0));
     assert!(empty.join("mail/cur").is_dir());
 }
+
+#[test]
+fn completions_are_printed_for_every_shell() {
+    let env = TestEnv::new();
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef imapbak"),
+        ("fish", "complete -c imapbak"),
+        ("elvish", "imapbak"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let out = run(&env, &["completions", shell]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        assert!(text.contains(marker), "{shell}: {text}");
+        assert!(text.contains("search"), "{shell}: no subcommands");
+    }
+    if std::process::Command::new("bash")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let out = run(&env, &["completions", "bash"]);
+        let script = env.path().join("imapbak.bash");
+        fs::write(&script, &out.stdout).unwrap();
+        let st = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&script)
+            .status()
+            .unwrap();
+        assert!(st.success(), "bash -n rejects the bash completions");
+    }
+}
+
+#[test]
+fn install_sh_puts_binary_man_pages_and_completions_under_the_prefix() {
+    let env = TestEnv::new();
+    let prefix = env.path().join("prefix");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/install.sh"))
+        .arg(&prefix)
+        .env("IMAPBAK_BIN", env!("CARGO_BIN_EXE_imapbak"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(prefix.join("bin/imapbak").is_file());
+    assert!(prefix.join("share/man/man1/imapbak.1").is_file());
+    assert!(prefix.join("share/man/man1/imapbak-pull.1").is_file());
+    for f in [
+        "share/bash-completion/completions/imapbak",
+        "share/zsh/site-functions/_imapbak",
+        "share/fish/vendor_completions.d/imapbak.fish",
+    ] {
+        assert!(fs::metadata(prefix.join(f)).unwrap().len() > 100, "{f}");
+    }
+}

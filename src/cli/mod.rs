@@ -73,7 +73,9 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// More log output on stderr (-v info, -vv debug)
+    /// More log output on stderr: -v what imapbak does (each mailbox,
+    /// each command's round trip), -vv its debug output; libraries' logs
+    /// only with RUST_LOG
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 

@@ -331,9 +331,10 @@ impl Connection {
         command: &str,
         mut on_untagged: impl FnMut(&Response<'_>),
     ) -> Result<(), ImapError> {
+        let started = std::time::Instant::now();
         let tag = self.send(command).await?;
         let mut untagged = 0usize;
-        loop {
+        let result = loop {
             untagged += 1;
             if untagged > MAX_UNTAGGED {
                 return Err(ImapError::Protocol(format!(
@@ -351,10 +352,18 @@ impl Connection {
                 })
                 .await?;
             match step {
-                Step::Done(result) => return result,
+                Step::Done(result) => break result,
                 Step::Untagged(()) | Step::Other => {}
             }
-        }
+        };
+        log::info!(
+            "{} answered in {} ms ({} responses){}",
+            verb(command),
+            started.elapsed().as_millis(),
+            untagged - 1,
+            if result.is_ok() { "" } else { ", refused" }
+        );
+        result
     }
 }
 

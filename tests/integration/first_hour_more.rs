@@ -317,3 +317,37 @@ fn install_sh_puts_binary_man_pages_and_completions_under_the_prefix() {
         assert!(fs::metadata(prefix.join(f)).unwrap().len() > 100, "{f}");
     }
 }
+
+#[test]
+fn v_shows_imapbaks_work_vv_its_debug_and_dependencies_only_with_rust_log() {
+    let (_user, env) = pulled("logging");
+    let log_of = |args: &[&str], rust_log: Option<&str>| {
+        let mut c = env.cmd();
+        c.env_remove("RUST_LOG")
+            .args(args)
+            .timeout(Duration::from_secs(120));
+        if let Some(r) = rust_log {
+            c.env("RUST_LOG", r);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let quiet = log_of(&["pull"], None);
+    assert!(!quiet.contains("info:"), "{quiet}");
+
+    let v = log_of(&["-v", "pull"], None);
+    assert!(v.contains("info: mailbox `INBOX`: "), "{v}");
+    assert!(v.contains(" answered in "), "{v}");
+    assert!(!v.contains("debug:"), "{v}");
+    assert!(!v.contains('['), "dependency lines at -v: {v}");
+
+    let vv = log_of(&["-vv", "pull"], None);
+    assert!(vv.contains("debug: > "), "{vv}");
+    assert!(!vv.contains("info: > "), "debug lines labelled info: {vv}");
+    assert!(!vv.to_lowercase().contains("rustls"), "{vv}");
+    assert!(!vv.contains("globset"), "{vv}");
+
+    let deps = log_of(&["pull"], Some("rustls=debug"));
+    assert!(deps.contains("[rustls"), "{deps}");
+}

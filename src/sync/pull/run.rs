@@ -291,7 +291,16 @@ where
             ..Default::default()
         });
         match pull_mailbox(slot, self, t, &self.ctx, &mut rep).await {
-            Ok(()) => Step::Done(rep),
+            Ok(()) => {
+                log::info!(
+                    "mailbox `{}`: {}, {} message(s) fetched ({} bytes)",
+                    t.mailbox.name,
+                    rep.outcome,
+                    rep.fetched,
+                    rep.bytes
+                );
+                Step::Done(rep)
+            }
             Err(Failure::Unreached(e)) => Step::Unreached(e),
             Err(Failure::Remote(e))
                 if matches!(e.kind(), ErrorKind::Closed | ErrorKind::Broken)

@@ -60,7 +60,7 @@ fn after_help() -> String {
 #[derive(Debug, Parser)]
 #[command(
     name = "imapbak",
-    version,
+    version = env!("IMAPBAK_LONG_VERSION"),
     about,
     long_about = "Back up every mailbox of an IMAP account into a compressed, \
                   Dovecot-servable local Maildir, incrementally by UID. Run \
@@ -190,6 +190,8 @@ pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
             sub.name(full.clone()).bin_name(full)
         }
     };
+    // The pages are checked in: they name the release, not the commit.
+    let page_cmd = page_cmd.version(env!("CARGO_PKG_VERSION"));
     let mut out = Vec::new();
     clap_mangen::Man::new(page_cmd).render(&mut out)?;
     Ok(out)
@@ -206,8 +208,20 @@ pub fn all_man_pages() -> Result<Vec<(String, Vec<u8>)>> {
 
 /// Subcommands that get a page of their own under man/.
 pub const MAN_PAGES: &[&str] = &[
-    "check", "pull", "restore", "expunge", "quota", "verify", "ls", "search", "show", "export",
-    "login", "logout", "serve",
+    "check",
+    "pull",
+    "restore",
+    "expunge",
+    "quota",
+    "verify",
+    "ls",
+    "search",
+    "show",
+    "export",
+    "login",
+    "logout",
+    "serve",
+    "completions",
 ];
 
 /// Options shared by the subcommands that talk to servers.

@@ -351,3 +351,25 @@ fn v_shows_imapbaks_work_vv_its_debug_and_dependencies_only_with_rust_log() {
     let deps = log_of(&["pull"], Some("rustls=debug"));
     assert!(deps.contains("[rustls"), "{deps}");
 }
+
+#[test]
+fn version_names_the_commit_when_built_from_git() {
+    let env = TestEnv::new();
+    let out = run(&env, &["--version"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with(&format!("imapbak {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let root = env!("CARGO_MANIFEST_DIR");
+    let head = std::process::Command::new("git")
+        .args(["-C", root, "rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(commit) => assert!(text.contains(&format!("(commit {commit})")), "{text}"),
+        None => eprintln!("not a git checkout: only the version is checked"),
+    }
+}

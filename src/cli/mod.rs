@@ -378,4 +378,11 @@ mod config_example_tests {
         assert_eq!(config.accounts[0].host, "imap.example.com");
         assert!(!config.accounts[0].wants("Junk"));
     }
+
+    #[test]
+    fn contrib_config_example_is_the_same_file() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let contrib = std::fs::read_to_string(root.join("contrib/config.example.toml")).unwrap();
+        assert_eq!(contrib, CONFIG_EXAMPLE);
+    }
 }

@@ -322,6 +322,20 @@ fn folder_hits(
     Ok((hits, warnings))
 }
 
+/// `s` as one word a POSIX shell reads back unchanged: as it is when it
+/// holds only characters no shell treats specially, else in single quotes
+/// (folder names in modified UTF-7 hold `&`, and names may hold spaces).
+pub(crate) fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=,:@%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// A date for people: local time, to the minute.
 pub(crate) fn local_time(secs: i64) -> String {
     Local
@@ -350,7 +364,7 @@ pub fn run(cmd: SearchCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
             writeln!(
                 out,
                 "{}  {}  {}  {}  {}",
-                h.id,
+                shell_word(&h.id),
                 local_time(h.when),
                 clean(&h.mailbox),
                 if h.from.is_empty() {
@@ -368,4 +382,17 @@ pub fn run(cmd: SearchCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
     }
     out.flush()?;
     Ok(sel.exit_code(false))
+}
+
+#[cfg(test)]
+mod shell_word_tests {
+    use super::shell_word;
+
+    #[test]
+    fn ids_with_shell_characters_are_quoted_and_plain_ones_are_not() {
+        assert_eq!(shell_word("w/INBOX/17/42"), "w/INBOX/17/42");
+        assert_eq!(shell_word("w/.R&-D/1/2"), "'w/.R&-D/1/2'");
+        assert_eq!(shell_word("w/.a b/1/2"), "'w/.a b/1/2'");
+        assert_eq!(shell_word("w/.it's/1/2"), "'w/.it'\\''s/1/2'");
+    }
 }

@@ -417,3 +417,52 @@ fn the_systemd_user_units_verify() {
         stderr(&out)
     );
 }
+
+#[test]
+fn search_prints_ids_a_shell_reads_back_and_show_takes_the_mailbox_name() {
+    let user = dovecot().new_user("paste-ids");
+    let mut imap = user.imap();
+    for (i, mb) in [(1, "R&D"), (2, "Entwürfe")] {
+        imap.create(mb);
+        imap.append(mb, &[], "01-Jan-2019 10:00:00 +0000", &mail::plain(i));
+    }
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    assert_eq!(run(&env, &["pull", "--quiet"]).status.code(), Some(0));
+    let out = run(&env, &["search"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for line in &lines {
+        let id = line.split("  ").next().unwrap();
+        assert!(id.starts_with('\''), "an id with `&` is not quoted: {line}");
+        // Pasted into a shell as printed, it is one word `show` takes.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("\"$0\" --config \"$1\" show {id}"))
+            .arg(env!("CARGO_BIN_EXE_imapbak"))
+            .arg(env.config_path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Subject:"));
+    }
+    // The decoded name in place of the folder.
+    let v: serde_json::Value =
+        serde_json::from_slice(&run(&env, &["search", "--json", "--mailbox", "Entwürfe"]).stdout)
+            .unwrap();
+    let id = v[0]["id"].as_str().unwrap();
+    let (uv, uid) = (
+        v[0]["uidvalidity"].as_u64().unwrap(),
+        v[0]["uid"].as_u64().unwrap(),
+    );
+    let by_name = run(&env, &["show", &format!("a/Entwürfe/{uv}/{uid}")]);
+    assert_eq!(by_name.status.code(), Some(0), "{}", stderr(&by_name));
+    assert_eq!(by_name.stdout, run(&env, &["show", id]).stdout);
+    let out = run(&env, &["show", &format!("a/Nope/{uv}/{uid}")]);
+    assert!(
+        stderr(&out).contains("no mailbox `Nope`"),
+        "{}",
+        stderr(&out)
+    );
+}

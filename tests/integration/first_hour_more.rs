@@ -466,3 +466,28 @@ fn search_prints_ids_a_shell_reads_back_and_show_takes_the_mailbox_name() {
         stderr(&out)
     );
 }
+
+#[test]
+fn check_lists_mailboxes_sorted_with_inbox_first_and_counts_aligned() {
+    let user = dovecot().new_user("check-sorted");
+    let mut imap = user.imap();
+    for mb in ["Zeta", "Alpha", "A much longer name"] {
+        imap.create(mb);
+    }
+    let env = TestEnv::new();
+    env.write_config(&env.account_toml("a", &user, ""));
+    let out = run(&env, &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let rows: Vec<&str> = text.lines().filter(|l| l.ends_with(" messages")).collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(names[0], "INBOX", "{text}");
+    let mut sorted = names[1..].to_vec();
+    sorted.sort();
+    assert_eq!(names[1..], sorted[..], "{text}");
+    let ends: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+    assert!(ends.windows(2).all(|w| w[0] == w[1]), "not aligned:\n{text}");
+}

@@ -180,7 +180,8 @@ pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
     let mut cmd = Cli::command();
     cmd.build();
     let page_cmd = match subcommand {
-        None => cmd,
+        // `imapbak help` is clap's, with no page of its own to refer to.
+        None => cmd.mut_subcommand("help", |h| h.hide(true)),
         Some(name) => {
             let sub = cmd
                 .find_subcommand(name)
@@ -192,9 +193,46 @@ pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
     };
     // The pages are checked in: they name the release, not the commit.
     let page_cmd = page_cmd.version(env!("CARGO_PKG_VERSION"));
+    let values = value_names(&page_cmd);
     let mut out = Vec::new();
     clap_mangen::Man::new(page_cmd).render(&mut out)?;
-    Ok(out)
+    Ok(synopsis_with_values(out, &values))
+}
+
+/// Each option's escaped long name (as roff spells it) and value name.
+fn value_names(cmd: &clap::Command) -> Vec<(String, String)> {
+    cmd.get_arguments()
+        .filter(|a| a.get_action().takes_values() && !a.is_positional())
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let value = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
+            Some((long.replace('-', "\\-"), value))
+        })
+        .collect()
+}
+
+/// clap_mangen's SYNOPSIS leaves option values out (`[--config]`); put
+/// them in (`[--config PATH]`), as the OPTIONS section has them.
+fn synopsis_with_values(page: Vec<u8>, values: &[(String, String)]) -> Vec<u8> {
+    let Ok(text) = String::from_utf8(page.clone()) else {
+        return page;
+    };
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    if let Some(i) = lines.iter().position(|l| l == ".SH SYNOPSIS") {
+        if let Some(line) = lines.get_mut(i + 1) {
+            for (long, value) in values {
+                *line = line.replace(
+                    &format!("\\fB\\-\\-{long}\\fR]"),
+                    &format!("\\fB\\-\\-{long}\\fR \\fI{value}\\fR]"),
+                );
+            }
+        }
+    }
+    lines.join("\n").into_bytes()
 }
 
 /// Every page that belongs under man/, with its file name.

@@ -97,9 +97,6 @@ pub fn run(cmd: ShowCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
             cmd.id
         );
     };
-    let args = AccountArgs {
-        accounts: vec![id.account.to_string()],
-    };
     show_folder(
         &cmd.id,
         id.account,

@@ -489,5 +489,31 @@ fn check_lists_mailboxes_sorted_with_inbox_first_and_counts_aligned() {
     sorted.sort();
     assert_eq!(names[1..], sorted[..], "{text}");
     let ends: Vec<usize> = rows.iter().map(|r| r.len()).collect();
-    assert!(ends.windows(2).all(|w| w[0] == w[1]), "not aligned:\n{text}");
+    assert!(
+        ends.windows(2).all(|w| w[0] == w[1]),
+        "not aligned:\n{text}"
+    );
+}
+
+#[test]
+fn man_pages_name_option_values_and_no_help_page() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let pull = fs::read_to_string(root.join("imapbak-pull.1")).unwrap();
+    let synopsis = pull
+        .lines()
+        .skip_while(|l| *l != ".SH SYNOPSIS")
+        .nth(1)
+        .unwrap();
+    assert!(
+        synopsis.contains(r"\fB\-\-account\fR \fINAME\fR]"),
+        "{synopsis}"
+    );
+    assert!(
+        synopsis.contains(r"\fB\-\-config\fR \fIPATH\fR]"),
+        "{synopsis}"
+    );
+    for e in fs::read_dir(&root).unwrap() {
+        let text = fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(!text.contains(r"imapbak\-help(1)"));
+    }
 }

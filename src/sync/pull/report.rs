@@ -223,7 +223,10 @@ mod tests {
         assert!(text.contains("on disk"), "{text}");
         r.dry_run = true;
         let text = r.to_string();
-        assert!(text.starts_with("pull: would fetch 3 messages (300 B) from 2 of 3"), "{text}");
+        assert!(
+            text.starts_with("pull: would fetch 3 messages (300 B) from 2 of 3"),
+            "{text}"
+        );
         assert!(!text.contains("on disk"), "{text}");
     }
 }

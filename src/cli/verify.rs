@@ -36,7 +36,12 @@ const LONG_HELP: &str = "\
      archive does not (exit 1), sizes that differ (exit 1), and, for information \
      only, how many archived messages the server no longer has. When the \
      server cannot be reached, the files are checked all the same and the \
-     connection failure is reported after them (exit 3 for one account).";
+     connection failure is reported after them (exit 3 for one account).\n\n\
+     With --repair, each damaged message file (kinds damaged, size, hash) is \
+     moved out of cur/ or new/ into the archive's state/damaged/FOLDER/ (never \
+     deleted), under the archive's lock, so the next pull fetches that message \
+     again if the server still has it. The run still exits 1: something was \
+     wrong.";
 
 /// Check that every archived message is whole (optionally against the server).
 #[derive(Debug, clap::Args)]
@@ -52,6 +57,11 @@ pub struct VerifyCmd {
     /// Print the result as JSON on stdout
     #[arg(long)]
     json: bool,
+
+    /// Move damaged message files into state/damaged/ (never deleting
+    /// them), so the next pull fetches those messages again
+    #[arg(long)]
+    repair: bool,
 }
 
 /// `verify --json`.
@@ -75,6 +85,8 @@ struct AccountVerify {
     /// Their uncompressed size.
     bytes: u64,
     problems: Vec<Problem>,
+    /// With --repair: each damaged file moved, `from` and `to`.
+    repaired: Vec<Repaired>,
     /// With --server: one entry per server mailbox compared.
     server: Option<Vec<ServerMailbox>>,
     /// With --server: set when the server could not be compared at all
@@ -82,6 +94,12 @@ struct AccountVerify {
     server_error: Option<String>,
     #[serde(skip)]
     code: Option<ExitCode>,
+}
+
+#[derive(Debug, Serialize)]
+struct Repaired {
+    from: std::path::PathBuf,
+    to: std::path::PathBuf,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -129,6 +147,9 @@ pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
     let mut report = VerifyReport::default();
     for account in accounts {
         let mut av = verify_archive(&account, &*progress);
+        if cmd.repair && av.error.is_none() {
+            repair(&account, &mut av);
+        }
         if cmd.server && av.error.is_none() {
             verify_server(&account, &mut av);
         }
@@ -198,6 +219,91 @@ fn verify_archive(account: &Account, progress: &dyn Progress) -> AccountVerify {
     progress.mailbox_finished(&label);
     av.problems.sort_by(|a, b| a.path.cmp(&b.path));
     av
+}
+
+/// The kinds of problem that are a damaged message file.
+const DAMAGE: &[&str] = &["damaged", "size", "hash"];
+
+/// Moves each damaged message file into state/damaged/FOLDER/, under the
+/// archive's lock (a pull may be writing). Renames only: nothing is lost,
+/// and the journal entry left without its file makes the next pull fetch
+/// the message again.
+fn repair(account: &Account, av: &mut AccountVerify) {
+    let damaged: Vec<std::path::PathBuf> = av
+        .problems
+        .iter()
+        .filter(|p| DAMAGE.contains(&p.kind))
+        .map(|p| p.path.clone())
+        .collect();
+    if damaged.is_empty() {
+        return;
+    }
+    let archive = Archive::at(&account.archive);
+    let _lock = match archive.lock() {
+        Ok(l) => l,
+        Err(e) => {
+            av.problems.push(Problem {
+                path: archive.root().to_path_buf(),
+                kind: "repair",
+                detail: format!(
+                    "not repaired: {e}\nhint: run verify --repair again when the other run is done"
+                ),
+            });
+            return;
+        }
+    };
+    let mail = archive.mail_dir();
+    for from in damaged {
+        // mail/[.Folder/]{cur,new}/NAME -> state/damaged/{INBOX,.Folder}/NAME
+        let Some(name) = from.file_name() else {
+            continue;
+        };
+        let folder = from
+            .parent()
+            .and_then(|sub| sub.parent())
+            .and_then(|f| f.strip_prefix(&mail).ok())
+            .map(|f| f.to_string_lossy().into_owned())
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| "INBOX".into());
+        let dir = archive.state_dir().join("damaged").join(&folder);
+        let to = dir.join(name);
+        use std::os::unix::fs::DirBuilderExt;
+        let moved = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| std::fs::rename(&from, &to));
+        match moved {
+            Ok(()) => {
+                lower_floor(&archive, &folder, name.to_str().unwrap_or(""));
+                av.repaired.push(Repaired { from, to })
+            }
+            Err(e) => av.problems.push(Problem {
+                path: from,
+                kind: "repair",
+                detail: format!("cannot move it to `{}`: {e}", to.display()),
+            }),
+        }
+    }
+}
+
+/// Lowers the folder's status floor below the moved message's UID, so the
+/// next pull does not take the mailbox for unchanged and lists that UID
+/// again (the journal entry without its file makes it fetch it).
+fn lower_floor(archive: &Archive, folder: &str, name: &str) {
+    use crate::archive::journal::{load_status, save_status};
+    let Some(n) = crate::archive::FileName::parse(name) else {
+        return;
+    };
+    let dir = if folder == "INBOX" { "" } else { folder };
+    let f = archive.folder(dir);
+    let state = f.state_dir();
+    if let Ok(mut st) = load_status(state) {
+        if st.uidvalidity == n.uidvalidity && st.floor > n.uid {
+            st.floor = n.uid;
+            let _ = save_status(state, &st);
+        }
+    }
 }
 
 /// Compares the server's listing with the archive, mailbox by mailbox.
@@ -320,6 +426,14 @@ fn human(report: &VerifyReport) -> String {
         if let Some(e) = &a.error {
             let _ = writeln!(out, "error: account `{}`: {e}", a.account);
             continue;
+        }
+        for r in &a.repaired {
+            let _ = writeln!(
+                out,
+                "repaired: moved `{}` to `{}`; the next pull fetches this message again if the server still has it",
+                r.from.display(),
+                r.to.display()
+            );
         }
         let n = a.problems.len();
         let _ = writeln!(

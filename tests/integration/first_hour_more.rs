@@ -517,3 +517,37 @@ fn man_pages_name_option_values_and_no_help_page() {
         assert!(!text.contains(r"imapbak\-help(1)"));
     }
 }
+
+#[test]
+fn verify_repair_moves_a_damaged_file_aside_and_the_next_pull_fetches_it_again() {
+    let (_user, env) = pulled("repair");
+    let archive = env.archive("a");
+    let cur = archive.join("mail/cur");
+    let file = fs::read_dir(&cur).unwrap().next().unwrap().unwrap().path();
+    let name = file.file_name().unwrap().to_owned();
+    fs::write(&file, b"not zstd").unwrap();
+    let out = run(&env, &["verify", "--repair"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.contains("repaired: moved"), "{text}");
+    assert!(
+        text.contains("the next pull fetches this message again"),
+        "{text}"
+    );
+    let aside = archive.join("state/damaged/INBOX").join(&name);
+    assert_eq!(
+        fs::read(&aside).unwrap(),
+        b"not zstd",
+        "moved, never deleted"
+    );
+    assert!(!file.exists());
+    let out = run(&env, &["pull", "--quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(&env, &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("3 message files") && text.contains("all whole"),
+        "{text}"
+    );
+}

@@ -130,6 +130,8 @@ impl Connection {
             }
         })?;
 
+        // One line per connection at -v (tests count them).
+        log::info!("connected to {}:{} over TLS", p.host, p.port);
         let literal_limit = Arc::new(AtomicU64::new(p.max_literal));
         let scanning = Arc::new(AtomicBool::new(true));
         let guarded: Stream = Box::new(Guarded::new(tls, literal_limit.clone(), scanning.clone()));

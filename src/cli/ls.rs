@@ -167,7 +167,7 @@ pub fn run(cmd: LsCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
         listings.push(l);
     }
     if cmd.json {
-        println!("{}", serde_json::to_string_pretty(&listings)?);
+        println!("{}", crate::report::json_text(&listings)?);
     } else {
         print!("{}", table(&listings));
     }

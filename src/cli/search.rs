@@ -357,7 +357,7 @@ pub fn run(cmd: SearchCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if cmd.json {
-        serde_json::to_writer_pretty(&mut out, &sel.hits)?;
+        serde_json::to_writer_pretty(&mut out, &crate::report::json_value(&sel.hits)?)?;
         writeln!(out)?;
     } else {
         for h in &sel.hits {

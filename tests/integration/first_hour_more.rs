@@ -551,3 +551,32 @@ fn verify_repair_moves_a_damaged_file_aside_and_the_next_pull_fetches_it_again()
         "{text}"
     );
 }
+
+#[test]
+fn every_json_output_carries_its_schema() {
+    let (_user, env) = pulled("json-schema");
+    let outputs: [&[&str]; 7] = [
+        &["pull", "--json"],
+        &["verify", "--json"],
+        &["quota", "--json"],
+        &["expunge", "--older-than", "1y", "--dry-run", "--json"],
+        &["restore", "--account", "a", "--dry-run", "--json"],
+        &["ls", "--json"],
+        &["search", "--json"],
+    ];
+    for args in outputs {
+        let out = run(&env, args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stderr(&out)));
+        let objects: Vec<&serde_json::Value> = match &v {
+            serde_json::Value::Array(items) => items.iter().collect(),
+            o => vec![o],
+        };
+        assert!(!objects.is_empty(), "{args:?}: {v}");
+        for o in objects {
+            assert_eq!(o["schema"], 1, "{args:?}: {o}");
+            let first = o.as_object().unwrap().keys().next().unwrap();
+            assert_eq!(first, "schema", "{args:?}");
+        }
+    }
+}

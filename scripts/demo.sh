@@ -5,9 +5,12 @@
 #
 # Installs Dovecot and the zstd CLI if missing, builds imapbak (release),
 # starts a private Dovecot in DEMO_DIR/srv (loopback, ports IMAP_PORT [11143]
-# and IMAPS_PORT [11993]), gives its user alice four mailboxes and 20
-# messages, then runs `imapbak pull` twice (the second run has nothing to
-# do) and shows the archive. DEMO_DIR defaults to /tmp/imapbak-demo; each run
+# and IMAPS_PORT [11993]), gives its user alice 20 messages dated over
+# eight years in INBOX, Archive/2024, Entwürfe and R&D (Dovecot adds its own
+# special-use mailboxes; the count printed is the server's), then runs
+# `imapbak pull` twice (the second run has nothing to do), shows the
+# archive, ls, a search by date and an expunge dry run, and names three
+# commands to try next. DEMO_DIR defaults to /tmp/imapbak-demo; each run
 # starts it afresh. The server keeps running afterwards so you can try more:
 #   target/release/imapbak --config /tmp/imapbak-demo/config.toml --help
 #   scripts/dovecot.sh stop /tmp/imapbak-demo/srv
@@ -42,7 +45,7 @@ bash scripts/dovecot.sh start "$SRV"
 doveadm() { command doveadm -c "$SRV/dovecot.conf" "$@"; }
 
 # --- seed mail ------------------------------------------------------------------
-say "seeding $USER_NAME: INBOX, Archive/2024, Entwürfe, R&D with 20 messages"
+say "seeding $USER_NAME: INBOX, Archive/2024, Entwürfe, R&D with 20 messages over eight years"
 mkdir -p "$DEMO/seed"
 
 # message FILE SUBJECT DATE [BODY-LINE...]: a small text/plain message, CRLF.
@@ -64,15 +67,40 @@ message() {
   } >"$file"
 }
 
-save() { # MAILBOX FILE
-  doveadm save -u "$USER_NAME" -m "$1" <"$2"
+# save MAILBOX FILE: APPEND over IMAPS with the Date: header as INTERNALDATE
+# (doveadm save would date every message today, and then ls, search --since
+# and expunge --older-than would have nothing to show).
+save() {
+  DEMO_CA="$SRV/tls/cert.pem" DEMO_USER="$USER_NAME" DEMO_PW="$USER_PW" \
+    python3 - "$1" "$2" <<'PY'
+import email.utils, imaplib, os, ssl, sys
+mailbox, path = sys.argv[1], sys.argv[2]
+data = open(path, "rb").read()
+date = None
+for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+    if line.lower().startswith(b"date:"):
+        date = email.utils.parsedate_to_datetime(line[5:].decode().strip())
+# Modified UTF-7 of the demo's two non-ASCII names (RFC 3501 5.1.3).
+encoded = {"Entwürfe": "Entw&APw-rfe", "R&D": "R&-D"}.get(mailbox, mailbox)
+ctx = ssl.create_default_context(cafile=os.environ["DEMO_CA"])
+ctx.check_hostname = False
+imap = imaplib.IMAP4_SSL("127.0.0.1", int(os.environ["IMAPS_PORT"]), ssl_context=ctx)
+imap.login(os.environ["DEMO_USER"], os.environ["DEMO_PW"])
+when = imaplib.Time2Internaldate(date) if date else None
+typ, answer = imap.append('"%s"' % encoded, None, when, data)
+if typ != "OK":
+    sys.exit("APPEND to %s failed: %r" % (mailbox, answer))
+imap.logout()
+PY
 }
 
 doveadm mailbox create -u "$USER_NAME" "Archive/2024" "Entwürfe" "R&D"
 
+# One note a year, ending this year, so `expunge --older-than 1y` spares some.
+year=$(date +%Y)
 for i in $(seq 1 8); do
   message "$DEMO/seed/inbox-$i.eml" "Weekly note $i" \
-    "$((i + 3)) Mar 2025 08:1$((i % 10)):00 +0100" \
+    "$((i + 3)) Jan $((year - 8 + i)) 08:1$((i % 10)):00 +0100" \
     "Hello Alice," "" "this is weekly note number $i." "" "-- the demo"
   save INBOX "$DEMO/seed/inbox-$i.eml"
 done
@@ -115,7 +143,7 @@ for i in 1 2; do
 done
 for i in 1 2; do
   message "$DEMO/seed/rd-$i.eml" "Prototype $i measurements" \
-    "$((i + 4)) Apr 2025 16:30:00 +0200" "Measured values for prototype $i."
+    "$((i + 4)) Apr $((2020 + i)) 16:30:00 +0200" "Measured values for prototype $i."
   save "R&D" "$DEMO/seed/rd-$i.eml"
 done
 
@@ -126,7 +154,11 @@ doveadm flags add -u "$USER_NAME" '\Seen' mailbox "Archive/2024" all
 doveadm flags add -u "$USER_NAME" '\Draft' mailbox "Entwürfe" all
 doveadm flags add -u "$USER_NAME" '\Seen \Flagged' mailbox "R&D" uid 1
 
-echo "server side (doveadm mailbox status -u $USER_NAME messages '*'):"
+# The selectable ones: what pull's summary counts (Archive itself is only a parent).
+mailboxes=$(doveadm mailbox list -u "$USER_NAME" | while read -r m; do
+  doveadm mailbox status -u "$USER_NAME" messages "$m" >/dev/null 2>&1 && echo "$m"
+done | wc -l)
+echo "server side: $mailboxes mailboxes (doveadm mailbox status -u $USER_NAME messages '*'):"
 doveadm mailbox status -u "$USER_NAME" messages '*'
 
 # --- configure and run imapbak ----------------------------------------------------
@@ -170,8 +202,16 @@ if [[ -n $first ]]; then
   { zstd -dc "$first" || true; } | head -20
 fi
 
+say "the archive offline: ls, a search by date, and what expunge would free"
+run "$BIN" --config "$DEMO/config.toml" ls
+run "$BIN" --config "$DEMO/config.toml" search --since 2024-01-01
+run "$BIN" --config "$DEMO/config.toml" expunge --older-than 1y --dry-run
+
 say "done"
-echo "The demo server is still running. Try more commands, e.g.:"
-echo "  $BIN --config $DEMO/config.toml --help"
+C="$BIN --config $DEMO/config.toml"
+echo "The demo server is still running. Three commands to try next:"
+echo "  $C verify                    (is every archived message whole?)"
+echo "  $C search --subject invoice   (then show one: $C show ID)"
+echo "  $C export --mailbox 'Archive/*' --mbox /tmp/archive.mbox"
 echo "Stop the server with:"
 echo "  scripts/dovecot.sh stop $SRV"

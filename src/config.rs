@@ -272,8 +272,15 @@ impl Config {
         let mut accounts = Vec::new();
         let mut orgs = BTreeMap::new();
         for (name, a) in file.accounts {
-            let (account, users) = resolve(&name, a, mode)
+            let (mut account, users) = resolve(&name, a, mode)
                 .with_context(|| format!("in account `{name}` of `{}`", path.display()))?;
+            // Relative to this file, not to the cwd (under cron, $HOME).
+            if account.archive.is_relative() {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                let dir = std::path::absolute(dir.unwrap_or(Path::new(".")))
+                    .with_context(|| format!("cannot resolve `{}`", path.display()))?;
+                account.archive = dir.join(&account.archive);
+            }
             if let Some(u) = users {
                 orgs.insert(name, u);
             }

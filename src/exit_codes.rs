@@ -73,7 +73,8 @@ Exit status:
     1  partial failure: some messages, mailboxes or accounts failed, the
        rest was done (with several accounts, any account that failed while
        another succeeded gives 1)
-    2  usage or configuration error; nothing was done
+    2  usage or configuration error, or no archive yet at the configured
+       path (or it is not a directory); nothing was done
     3  connection, TLS or authentication failure; nothing was done
     4  the archive is locked by another imapbak run
     5  internal error

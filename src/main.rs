@@ -9,10 +9,12 @@ use imapbak::exit_codes::ExitCode;
 
 fn main() {
     let cli = Cli::parse();
+    // -v and -vv are imapbak's own log; the dependencies' (rustls, globset,
+    // ...) only through RUST_LOG, which replaces the default entirely.
     let level = match cli.verbose {
         0 => "warn",
-        1 => "info",
-        _ => "debug",
+        1 => "warn,imapbak=info",
+        _ => "warn,imapbak=debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         // async-imap traces every command it sends, LOGIN included: never
@@ -26,9 +28,16 @@ fn main() {
             let tag = match record.level() {
                 log::Level::Error => "error",
                 log::Level::Warn => "warning",
-                _ => "info",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
             };
-            writeln!(buf, "{tag}: {}", record.args())
+            if record.target().starts_with("imapbak") {
+                writeln!(buf, "{tag}: {}", record.args())
+            } else {
+                // Someone else's line (RUST_LOG): say whose.
+                writeln!(buf, "{tag}: [{}] {}", record.target(), record.args())
+            }
         })
         .init();
     let code = match run(cli) {

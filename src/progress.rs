@@ -26,12 +26,20 @@ impl Progress for Silent {
     fn mailbox_finished(&self, _: &str) {}
 }
 
-/// Bars on stderr: one for the whole run, one per mailbox being fetched.
+/// Bars on stderr: one line for the whole run, one bar per mailbox being
+/// fetched. The run's total grows as mailboxes are planned, so its line
+/// has no bar (a fraction of a growing total would move backwards), and it
+/// appears only once there is something to fetch. Sizes are in the
+/// summary's units (kB, MB: powers of 1000).
 pub struct Bars {
     multi: MultiProgress,
     total: ProgressBar,
+    total_shown: std::sync::atomic::AtomicBool,
     per_mailbox: Mutex<HashMap<String, ProgressBar>>,
 }
+
+const TOTAL_TEMPLATE: &str =
+    "{prefix:>12.bold} {decimal_bytes} of {decimal_total_bytes} planned so far, {decimal_bytes_per_sec}";
 
 impl Bars {
     /// Bars if stderr is a terminal and `quiet` is off; otherwise silence.
@@ -40,18 +48,13 @@ impl Bars {
             return Box::new(Silent);
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let total = multi.add(ProgressBar::new(0));
-        total.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>12.bold} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
+        let total = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+        total.set_style(ProgressStyle::with_template(TOTAL_TEMPLATE).expect("valid template"));
         total.set_prefix("total");
         Box::new(Bars {
             multi,
             total,
+            total_shown: std::sync::atomic::AtomicBool::new(false),
             per_mailbox: Mutex::new(HashMap::new()),
         })
     }
@@ -60,6 +63,13 @@ impl Bars {
 impl Progress for Bars {
     fn mailbox_started(&self, mailbox: &str, messages: u64, bytes: u64) {
         self.total.inc_length(bytes);
+        if bytes > 0
+            && !self
+                .total_shown
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.multi.insert(0, self.total.clone());
+        }
         let bar = self.multi.add(ProgressBar::new(messages));
         bar.set_style(
             ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} msgs  {msg}")
@@ -97,5 +107,22 @@ impl Progress for Bars {
 impl Drop for Bars {
     fn drop(&mut self) {
         self.total.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_total_line_has_no_bar_and_uses_the_summarys_units() {
+        assert!(ProgressStyle::with_template(TOTAL_TEMPLATE).is_ok());
+        assert!(!TOTAL_TEMPLATE.contains("{bar"));
+        assert!(!TOTAL_TEMPLATE.contains("binary_"));
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+        bar.set_style(ProgressStyle::with_template(TOTAL_TEMPLATE).unwrap());
+        bar.inc_length(2_000_000);
+        bar.inc(1_000_000);
+        assert_eq!(bar.position(), 1_000_000);
     }
 }

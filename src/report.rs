@@ -71,9 +71,30 @@ pub fn error_text(e: &anyhow::Error) -> String {
 /// the cause and the remedy apart and neither holds a line break it did not
 /// ask for.
 pub fn json_text<T: Serialize + ?Sized>(report: &T) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&json_value(report)?)
+}
+
+/// The version of every `--json` output's shape, in its `schema` field
+/// (README, "JSON output"). Raised when a field changes meaning or goes.
+pub const JSON_SCHEMA: u32 = 1;
+
+/// A report as the JSON value `--json` prints: hints split out as in
+/// [`json_text`], and `"schema": N` first in the object (in each object,
+/// for the outputs that are arrays: `ls`, `search`).
+pub fn json_value<T: Serialize + ?Sized>(report: &T) -> serde_json::Result<serde_json::Value> {
+    use serde_json::Value;
     let mut value = serde_json::to_value(report)?;
     split_hints(&mut value);
-    serde_json::to_string_pretty(&value)
+    let stamp = |v: &mut Value| {
+        if let Value::Object(map) = v {
+            map.shift_insert(0, "schema".into(), Value::from(JSON_SCHEMA));
+        }
+    };
+    match &mut value {
+        Value::Array(items) => items.iter_mut().for_each(stamp),
+        v => stamp(v),
+    }
+    Ok(value)
 }
 
 fn split_hints(value: &mut serde_json::Value) {
@@ -94,7 +115,11 @@ fn split_hints(value: &mut serde_json::Value) {
             for child in map.values_mut() {
                 split_hints(child);
             }
-            for (field, beside) in [("error", "hint"), ("errors", "hints")] {
+            for (field, beside) in [
+                ("error", "hint"),
+                ("errors", "hints"),
+                ("server_error", "server_hint"),
+            ] {
                 let Some(at) = map.keys().position(|k| k == field) else {
                     continue;
                 };
@@ -102,7 +127,7 @@ fn split_hints(value: &mut serde_json::Value) {
                     continue;
                 }
                 let hint = match (field, map.get_mut(field)) {
-                    ("error", Some(v)) => take(v),
+                    ("error" | "server_error", Some(v)) => take(v),
                     ("errors", Some(Value::Array(items))) if items.iter().all(Value::is_string) => {
                         Value::Array(items.iter_mut().map(take).collect())
                     }
@@ -187,6 +212,19 @@ mod tests {
         assert!(v["accounts"][1]["hint"].is_null());
         let keys: Vec<&String> = v["accounts"][0].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["account", "error", "hint", "n"]);
+    }
+
+    #[test]
+    fn every_json_output_starts_with_its_schema_also_in_array_items() {
+        let v = json_value(&serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(v.as_object().unwrap().keys().next().unwrap(), "schema");
+        assert_eq!(v["schema"], JSON_SCHEMA);
+        let v = json_value(&serde_json::json!([{"a": 1}, {"b": 2}])).unwrap();
+        assert!(v
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["schema"] == JSON_SCHEMA));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum ArchiveError {
     Locked { root: PathBuf, lock: PathBuf },
     #[error("archive file `{}` is damaged: {reason}", path.display())]
     Damaged { path: PathBuf, reason: String },
+    #[error("`{}` is not empty and not an imapbak archive (no mail/ or state/ in it)\nhint: point `archive` at a new or empty directory, e.g. `{}`", root.display(), root.join("imapbak").display())]
+    Foreign { root: PathBuf },
 }
 
 impl ArchiveError {
@@ -111,12 +113,41 @@ impl Archive {
         self.root.join("mail")
     }
 
+    /// Why the offline commands find nothing to read here (with a hint),
+    /// or `None` when an archive is there. Every command treats this the
+    /// same way: an account-level error, exit 2 when no account had one.
+    pub fn missing(&self) -> Option<String> {
+        if self.root.exists() && !self.root.is_dir() {
+            return Some(format!(
+                "the archive path `{}` is not a directory\nhint: `archive` must name a directory (the first pull creates it)",
+                self.root.display()
+            ));
+        }
+        (!self.mail_dir().is_dir()).then(|| {
+            format!(
+                "no archive at `{}`\nhint: run `imapbak pull` first, or check `archive` in the configuration",
+                self.root.display()
+            )
+        })
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
 
-    /// Creates `mail/` and `state/` (0700) if missing.
+    /// Creates `mail/` and `state/` (0700) if missing. A non-empty
+    /// directory that is not an archive is refused: mixing an archive into
+    /// someone's files (a typo for `~`, say) is never what was meant.
     pub fn create(&self) -> Result<(), ArchiveError> {
+        if !self.mail_dir().is_dir() && !self.state_dir().is_dir() {
+            if let Ok(mut rd) = fs::read_dir(&self.root) {
+                if rd.next().is_some() {
+                    return Err(ArchiveError::Foreign {
+                        root: self.root.clone(),
+                    });
+                }
+            }
+        }
         // The root may be a symlink the user made; below it, nothing is followed.
         fs::DirBuilder::new()
             .recursive(true)

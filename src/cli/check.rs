@@ -83,7 +83,15 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
             |n| account.wants(n),
         );
         println!("  mailboxes ({} to back up):", targets.len());
-        for m in &listed {
+        // Sorted (INBOX first), names padded so the counts line up.
+        let mut listed: Vec<_> = listed.iter().collect();
+        listed.sort_by_key(|m| (!m.name.eq_ignore_ascii_case("INBOX"), m.name.clone()));
+        let width = listed
+            .iter()
+            .map(|m| m.name.chars().count())
+            .max()
+            .unwrap_or(0);
+        for m in listed {
             let mark = if !m.selectable {
                 "noselect"
             } else if targets.iter().any(|t| t.mailbox.raw == m.raw) {
@@ -95,9 +103,10 @@ pub fn run(cmd: CheckCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
             };
             let count = m
                 .status
-                .map(|s| format!("{} messages", s.messages))
+                .map(|s| format!("{:>7} messages", s.messages))
                 .unwrap_or_default();
-            println!("    {mark:<9} {}  {count}", m.name);
+            let line = format!("    {mark:<9} {:<width$}  {count}", m.name);
+            println!("{}", line.trim_end());
         }
         codes.push(ExitCode::Success);
         for r in refused {

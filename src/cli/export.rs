@@ -24,7 +24,10 @@ const LONG_HELP: &str = "\
      DIR/ACCOUNT/MAILBOX/NNNNNN-YYYYMMDD-HHMMSS-UID.eml, numbered in date order \
      within each mailbox, each file the exact archived bytes with its mtime set \
      to the arrival time. Messages are ordered by mailbox, then date. Existing \
-     files are never overwritten. Files are created 0600 and directories 0700, \
+     files are not overwritten unless --force is given (they are counted and \
+     the run exits 1). When nothing is selected no file is created; a \
+     --mailbox that matches no archived mailbox is a warning naming the \
+     archived ones, and exits 1. Files are created 0600 and directories 0700, \
      as private as the archive (a stricter umask still applies).";
 
 /// Write archived messages out as an mbox file or as .eml files.
@@ -37,7 +40,8 @@ pub struct ExportCmd {
     #[command(flatten)]
     filters: Filters,
 
-    /// Write one mboxrd file (`-` for stdout); it must not exist yet
+    /// Write one mboxrd file (`-` for stdout); it must not exist yet,
+    /// unless --force
     #[arg(long, value_name = "FILE")]
     mbox: Option<PathBuf>,
 
@@ -45,14 +49,27 @@ pub struct ExportCmd {
     /// missing)
     #[arg(long, value_name = "DIR")]
     eml: Option<PathBuf>,
+
+    /// Overwrite an existing mbox file or existing .eml files
+    #[arg(long)]
+    force: bool,
+}
+
+/// What an export did; `existed` files were left alone (not --force).
+#[derive(Default)]
+struct Written {
+    done: u64,
+    bytes: u64,
+    unreadable: u64,
+    existed: u64,
 }
 
 pub fn run(cmd: ExportCmd, config: Option<&Path>) -> Result<ExitCode> {
-    let sel = select(config, &cmd.accounts, &cmd.filters)?;
+    let mut sel = select(config, &cmd.accounts, &cmd.filters)?;
     for w in &sel.warnings {
         eprintln!("warning: {w}");
     }
-    let mut hits = sel.hits;
+    let mut hits = std::mem::take(&mut sel.hits);
     hits.sort_by(|a, b| {
         (&a.account, &a.levels, a.when, a.uidvalidity, a.uid).cmp(&(
             &b.account,
@@ -62,32 +79,83 @@ pub fn run(cmd: ExportCmd, config: Option<&Path>) -> Result<ExitCode> {
             b.uid,
         ))
     });
-    let (done, bytes, failed, target) = match (&cmd.mbox, &cmd.eml) {
-        (Some(file), _) => {
-            let (d, b, f) = export_mbox(&hits, file)?;
-            (d, b, f, file.display().to_string())
-        }
-        (None, Some(dir)) => {
-            let (d, b, f) = export_eml(&hits, dir)?;
-            (d, b, f, dir.display().to_string())
-        }
+    let target = match (&cmd.mbox, &cmd.eml) {
+        (Some(file), _) => file,
+        (None, Some(dir)) => dir,
         (None, None) => unreachable!("clap requires --mbox or --eml"),
     };
+    if hits.is_empty() {
+        // An empty file would only make the corrected rerun fail.
+        eprintln!(
+            "no archived message matched; nothing written to `{}`",
+            target.display()
+        );
+        return Ok(sel.exit_code(true));
+    }
+    let w = match &cmd.mbox {
+        Some(file) => export_mbox(&hits, file, cmd.force)?,
+        None => export_eml(&hits, target, cmd.force)?,
+    };
+    let mut notes = Vec::new();
+    if w.unreadable > 0 {
+        notes.push(format!(
+            "{} could not be read (run `imapbak verify`)",
+            w.unreadable
+        ));
+    }
+    if w.existed > 0 {
+        notes.push(format!(
+            "{} not overwritten because the file exists (pass --force, or export into a fresh directory)",
+            w.existed
+        ));
+    }
     eprintln!(
-        "exported {done} message{} ({}) to `{target}`{}",
-        if done == 1 { "" } else { "s" },
-        human_bytes(bytes),
-        if failed > 0 {
-            format!("; {failed} could not be read (run `imapbak verify`)")
-        } else {
-            String::new()
-        }
+        "exported {} message{} ({}) to `{}`{}",
+        w.done,
+        if w.done == 1 { "" } else { "s" },
+        human_bytes(w.bytes),
+        target.display(),
+        notes.iter().map(|n| format!("; {n}")).collect::<String>()
     );
-    Ok(if failed > 0 || sel.failed {
-        ExitCode::Partial
+    Ok(if w.unreadable > 0 || w.existed > 0 {
+        sel.exit_code(true).max(ExitCode::Partial)
     } else {
-        ExitCode::Success
+        sel.exit_code(true)
     })
+}
+
+/// Why a file could not be created, in the user's terms: the file is
+/// there already, or its directory is not.
+fn create_error(e: io::Error, file: &Path) -> anyhow::Error {
+    let parent = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let text = match e.kind() {
+        io::ErrorKind::AlreadyExists => format!(
+            "`{}` exists\nhint: pass --force to overwrite it, or choose another name",
+            file.display()
+        ),
+        io::ErrorKind::NotFound if !parent.is_dir() => format!(
+            "cannot create `{}`: the directory `{}` does not exist\nhint: create it first, or choose another path",
+            file.display(),
+            parent.display()
+        ),
+        _ => return anyhow::Error::new(e).context(format!("cannot create `{}`", file.display())),
+    };
+    anyhow::anyhow!(text)
+}
+
+/// Opens `file` for writing: a new file, or (with `force`) truncated.
+fn create_private(file: &Path, force: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).mode(PRIVATE_FILE);
+    if force {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    o.open(file)
 }
 
 /// Reads one hit's message; a damaged file is reported and skipped.
@@ -111,39 +179,27 @@ fn read_hit(h: &Hit) -> Option<Vec<u8>> {
     }
 }
 
-fn export_mbox(hits: &[Hit], file: &Path) -> Result<(u64, u64, u64)> {
+fn export_mbox(hits: &[Hit], file: &Path, force: bool) -> Result<Written> {
     let sink: Box<dyn Write> = if file == Path::new("-") {
         Box::new(io::stdout().lock())
     } else {
-        Box::new(
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(PRIVATE_FILE)
-                .open(file)
-                .with_context(|| {
-                    format!(
-                        "cannot create `{}`\nhint: the file must not exist yet; choose another name or remove it",
-                        file.display()
-                    )
-                })?,
-        )
+        Box::new(create_private(file, force).map_err(|e| create_error(e, file))?)
     };
     let mut out = io::BufWriter::with_capacity(1 << 20, sink);
-    let (mut done, mut bytes, mut failed) = (0, 0, 0);
+    let mut w = Written::default();
     for h in hits {
         let Some(body) = read_hit(h) else {
-            failed += 1;
+            w.unreadable += 1;
             continue;
         };
         write_mboxrd(&mut out, &from_line(h), &body)
             .with_context(|| format!("cannot write `{}`", file.display()))?;
-        done += 1;
-        bytes += body.len() as u64;
+        w.done += 1;
+        w.bytes += body.len() as u64;
     }
     out.flush()
         .with_context(|| format!("cannot write `{}`", file.display()))?;
-    Ok((done, bytes, failed))
+    Ok(w)
 }
 
 /// The `From ` separator line: the sender's address when it is a plain
@@ -203,9 +259,9 @@ fn create_private_dirs(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create `{}`", dir.display()))
 }
 
-fn export_eml(hits: &[Hit], dir: &Path) -> Result<(u64, u64, u64)> {
+fn export_eml(hits: &[Hit], dir: &Path, force: bool) -> Result<Written> {
     create_private_dirs(dir)?;
-    let (mut done, mut bytes, mut failed) = (0, 0, 0);
+    let mut w = Written::default();
     let mut seq = 0u64;
     let mut current: Option<(&str, &[String])> = None;
     for h in hits {
@@ -215,37 +271,32 @@ fn export_eml(hits: &[Hit], dir: &Path) -> Result<(u64, u64, u64)> {
             seq = 0;
         }
         seq += 1;
+        let path = eml_path(dir, h, seq);
+        if !force && path.exists() {
+            w.existed += 1;
+            continue;
+        }
         let Some(body) = read_hit(h) else {
-            failed += 1;
+            w.unreadable += 1;
             continue;
         };
-        let path = eml_path(dir, h, seq);
         if let Some(parent) = path.parent() {
             create_private_dirs(parent)?;
         }
-        let mut f = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(PRIVATE_FILE)
-            .open(&path)
-        {
+        let mut f = match create_private(&path, force) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                eprintln!(
-                    "error: `{}` exists; not overwritten\nhint: export into an empty directory",
-                    path.display()
-                );
-                failed += 1;
+                w.existed += 1;
                 continue;
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot create `{}`", path.display())),
+            Err(e) => return Err(create_error(e, &path)),
         };
         write_file(&mut f, &body, h.internal_secs)
             .with_context(|| format!("cannot write `{}`", path.display()))?;
-        done += 1;
-        bytes += body.len() as u64;
+        w.done += 1;
+        w.bytes += body.len() as u64;
     }
-    Ok((done, bytes, failed))
+    Ok(w)
 }
 
 fn write_file(f: &mut File, body: &[u8], mtime: i64) -> io::Result<()> {

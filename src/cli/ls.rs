@@ -123,7 +123,7 @@ fn total(rows: &[Row]) -> Row {
 pub fn run(cmd: LsCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let accounts = load_accounts(config, &cmd.accounts)?;
     let mut listings = Vec::new();
-    let mut code = ExitCode::Success;
+    let mut codes = Vec::new();
     for account in accounts {
         let archive = Archive::at(&account.archive);
         let mut l = AccountListing {
@@ -133,11 +133,10 @@ pub fn run(cmd: LsCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
             mailboxes: Vec::new(),
             total: Row::default(),
         };
-        if !archive.mail_dir().is_dir() {
-            l.error = Some(format!(
-                "no archive at `{}`\nhint: run `imapbak pull` first",
-                account.archive.display()
-            ));
+        let mut account_code = ExitCode::Success;
+        if let Some(why) = archive.missing() {
+            l.error = Some(why);
+            account_code = ExitCode::Usage;
         } else {
             match folder_dirs(&archive) {
                 Ok(dirs) => {
@@ -150,7 +149,7 @@ pub fn run(cmd: LsCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
                             }
                             Err(e) => {
                                 eprintln!("error: account `{}`: {e}", account.name);
-                                code = ExitCode::Partial;
+                                account_code = ExitCode::Partial;
                             }
                         }
                     }
@@ -160,18 +159,19 @@ pub fn run(cmd: LsCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
         }
         if let Some(e) = &l.error {
             eprintln!("error: account `{}`: {e}", account.name);
-            code = ExitCode::Partial;
+            account_code = account_code.max(ExitCode::Partial);
         }
+        codes.push(account_code);
         l.mailboxes.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
         l.total = total(&l.mailboxes);
         listings.push(l);
     }
     if cmd.json {
-        println!("{}", serde_json::to_string_pretty(&listings)?);
+        println!("{}", crate::report::json_text(&listings)?);
     } else {
         print!("{}", table(&listings));
     }
-    Ok(code)
+    Ok(ExitCode::for_accounts(codes))
 }
 
 fn table(listings: &[AccountListing]) -> String {

@@ -2,6 +2,7 @@
 //! completions all come from these definitions.
 
 mod check;
+mod completions;
 mod export;
 mod expunge;
 mod login;
@@ -71,7 +72,7 @@ fn after_help() -> String {
 #[derive(Debug, Parser)]
 #[command(
     name = "imapbak",
-    version,
+    version = env!("IMAPBAK_LONG_VERSION"),
     about,
     long_about = "Back up every mailbox of an IMAP account into a compressed, \
                   Dovecot-servable local Maildir, incrementally by UID. Run \
@@ -84,7 +85,9 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// More log output on stderr (-v info, -vv debug)
+    /// More log output on stderr: -v what imapbak does (each mailbox,
+    /// each command's round trip), -vv its debug output; libraries' logs
+    /// only with RUST_LOG
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -109,6 +112,7 @@ pub enum Command {
     Login(login::LoginCmd),
     Logout(login::LogoutCmd),
     Serve(serve::ServeCmd),
+    Completions(completions::CompletionsCmd),
     /// Print the man page (roff) of imapbak or of one subcommand
     #[command(hide = true)]
     Man {
@@ -154,6 +158,7 @@ fn run_command(cli: Cli) -> Result<ExitCode> {
         Command::Login(cmd) => login::run(cmd, cli.config.as_deref()),
         Command::Logout(cmd) => login::run_logout(cmd, cli.config.as_deref()),
         Command::Serve(cmd) => serve::run(cmd, cli.config.as_deref()),
+        Command::Completions(cmd) => completions::run(cmd),
         Command::Man {
             subcommand,
             write_all: Some(dir),
@@ -187,7 +192,8 @@ pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
     let mut cmd = Cli::command();
     cmd.build();
     let page_cmd = match subcommand {
-        None => cmd,
+        // `imapbak help` is clap's, with no page of its own to refer to.
+        None => cmd.mut_subcommand("help", |h| h.hide(true)),
         Some(name) => {
             let sub = cmd
                 .find_subcommand(name)
@@ -197,9 +203,48 @@ pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
             sub.name(full.clone()).bin_name(full)
         }
     };
+    // The pages are checked in: they name the release, not the commit.
+    let page_cmd = page_cmd.version(env!("CARGO_PKG_VERSION"));
+    let values = value_names(&page_cmd);
     let mut out = Vec::new();
     clap_mangen::Man::new(page_cmd).render(&mut out)?;
-    Ok(out)
+    Ok(synopsis_with_values(out, &values))
+}
+
+/// Each option's escaped long name (as roff spells it) and value name.
+fn value_names(cmd: &clap::Command) -> Vec<(String, String)> {
+    cmd.get_arguments()
+        .filter(|a| a.get_action().takes_values() && !a.is_positional())
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let value = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
+            Some((long.replace('-', "\\-"), value))
+        })
+        .collect()
+}
+
+/// clap_mangen's SYNOPSIS leaves option values out (`[--config]`); put
+/// them in (`[--config PATH]`), as the OPTIONS section has them.
+fn synopsis_with_values(page: Vec<u8>, values: &[(String, String)]) -> Vec<u8> {
+    let Ok(text) = String::from_utf8(page.clone()) else {
+        return page;
+    };
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    if let Some(i) = lines.iter().position(|l| l == ".SH SYNOPSIS") {
+        if let Some(line) = lines.get_mut(i + 1) {
+            for (long, value) in values {
+                *line = line.replace(
+                    &format!("\\fB\\-\\-{long}\\fR]"),
+                    &format!("\\fB\\-\\-{long}\\fR \\fI{value}\\fR]"),
+                );
+            }
+        }
+    }
+    lines.join("\n").into_bytes()
 }
 
 /// Every page that belongs under man/, with its file name.
@@ -213,8 +258,20 @@ pub fn all_man_pages() -> Result<Vec<(String, Vec<u8>)>> {
 
 /// Subcommands that get a page of their own under man/.
 pub const MAN_PAGES: &[&str] = &[
-    "check", "pull", "restore", "expunge", "quota", "verify", "ls", "search", "show", "export",
-    "login", "logout", "serve",
+    "check",
+    "pull",
+    "restore",
+    "expunge",
+    "quota",
+    "verify",
+    "ls",
+    "search",
+    "show",
+    "export",
+    "login",
+    "logout",
+    "serve",
+    "completions",
 ];
 
 /// Options shared by the subcommands that talk to servers.
@@ -435,5 +492,12 @@ mod config_example_tests {
         let config = Config::load(&path).unwrap();
         assert_eq!(config.accounts[0].host, "imap.example.com");
         assert!(!config.accounts[0].wants("Junk"));
+    }
+
+    #[test]
+    fn contrib_config_example_is_the_same_file() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let contrib = std::fs::read_to_string(root.join("contrib/config.example.toml")).unwrap();
+        assert_eq!(contrib, CONFIG_EXAMPLE);
     }
 }

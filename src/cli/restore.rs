@@ -157,16 +157,21 @@ pub fn run(cmd: RestoreCmd, config: Option<&std::path::Path>) -> Result<ExitCode
     }
 
     let archive = Archive::at(&source.archive);
-    if !archive.mail_dir().is_dir() {
-        bail!(
-            "no archive at `{}` for account `{}`\nhint: run `imapbak pull --account {}` first, or check `archive` in the configuration",
-            archive.root().display(),
-            source.name,
-            source.name
-        );
+    if let Some(why) = archive.missing() {
+        bail!("account `{}`: {why}", source.name);
     }
     let sources = read_archive(&archive)
         .with_context(|| format!("cannot read the archive of `{}`", source.name))?;
+    if let Some(globs) = &mailboxes {
+        if !sources.iter().any(|s| globs.is_match(s.name())) {
+            let names = sources.iter().map(|s| s.name()).collect();
+            eprintln!(
+                "warning: {}",
+                super::search::no_match_warning(&cmd.mailboxes.join("` `"), names)
+            );
+            return Ok(ExitCode::Partial);
+        }
+    }
     let state = RestoreState::for_accounts(&source.name, &target.name);
     let _lock = match (&state, cmd.dry_run) {
         (Some(st), false) => {

@@ -131,6 +131,30 @@ pub(crate) struct Selection {
     pub warnings: Vec<String>,
     /// Some account or folder could not be read at all.
     pub failed: bool,
+    /// `--mailbox` was given and matched no archived mailbox (a warning
+    /// naming the archived mailboxes is in `warnings`).
+    pub no_mailbox_matched: bool,
+    /// Accounts chosen, and how many of them have no archive yet.
+    pub accounts: usize,
+    pub missing: usize,
+}
+
+impl Selection {
+    /// The exit status, by the rule every offline command follows: an
+    /// account without an archive is an account-level error (2 when no
+    /// account had one, else 1); anything unreadable is 1.
+    pub fn exit_code(&self, nothing_matched_fails: bool) -> ExitCode {
+        if self.missing > 0 && self.missing == self.accounts {
+            ExitCode::Usage
+        } else if self.missing > 0
+            || self.failed
+            || (nothing_matched_fails && self.no_mailbox_matched)
+        {
+            ExitCode::Partial
+        } else {
+            ExitCode::Success
+        }
+    }
 }
 
 /// Every archived message of the chosen accounts that passes `filters`,
@@ -164,17 +188,19 @@ pub(crate) fn select(
         hits: Vec::new(),
         warnings: Vec::new(),
         failed: false,
+        no_mailbox_matched: false,
+        accounts: 0,
+        missing: 0,
     };
     // Every (account, folder) to read; the folders are then read in parallel.
     let mut work: Vec<(Arc<str>, Archive, String)> = Vec::new();
     for account in accounts {
         let archive = Archive::at(&account.archive);
-        if !archive.mail_dir().is_dir() {
-            sel.warnings.push(format!(
-                "account `{}` has no archive at `{}`\nhint: run `imapbak pull` first",
-                account.name,
-                account.archive.display()
-            ));
+        sel.accounts += 1;
+        if let Some(why) = archive.missing() {
+            sel.warnings
+                .push(format!("account `{}`: {why}", account.name));
+            sel.missing += 1;
             continue;
         }
         match folder_dirs(&archive) {
@@ -190,17 +216,28 @@ pub(crate) fn select(
         }
     }
     let results = parallel_map(&work, threads, |(account, archive, dir)| {
+        let mut name = None;
         let r = read_tree(archive, dir)
             .map_err(anyhow::Error::from)
             .and_then(|view| {
-                if glob.as_ref().is_some_and(|g| !g.is_match(&view.mailbox)) {
+                name = Some((
+                    view.mailbox.clone(),
+                    glob.as_ref().is_none_or(|g| g.is_match(&view.mailbox)),
+                ));
+                if !name.as_ref().is_some_and(|(_, m)| *m) {
                     return Ok((Vec::new(), Vec::new()));
                 }
                 folder_hits(archive, &view, account, &query, threads)
             });
-        (account.clone(), r)
+        (account.clone(), name, r)
     });
-    for (account, r) in results {
+    let mut archived: Vec<String> = Vec::new();
+    let mut matched = false;
+    for (account, name, r) in results {
+        if let Some((name, m)) = name {
+            matched |= m;
+            archived.push(clean(&name));
+        }
         match r {
             Ok((hits, warnings)) => {
                 sel.hits.extend(hits);
@@ -215,9 +252,31 @@ pub(crate) fn select(
             }
         }
     }
+    if let (Some(g), false) = (&filters.mailbox, matched) {
+        sel.no_mailbox_matched = true;
+        sel.warnings.push(no_match_warning(g, archived));
+    }
     sel.hits
         .sort_by(|a, b| (a.when, &a.id).cmp(&(b.when, &b.id)));
     Ok(sel)
+}
+
+/// The warning for a `--mailbox` glob that matched nothing: what there is
+/// to match, so the rerun can be right.
+pub(crate) fn no_match_warning(glob: &str, mut archived: Vec<String>) -> String {
+    archived.sort();
+    archived.dedup();
+    if archived.is_empty() {
+        return format!("--mailbox `{glob}` matched no archived mailbox: the archive has none");
+    }
+    format!(
+        "--mailbox `{glob}` matched no archived mailbox\nhint: the archived mailboxes are: {}",
+        archived
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn folder_hits(
@@ -263,6 +322,20 @@ fn folder_hits(
     Ok((hits, warnings))
 }
 
+/// `s` as one word a POSIX shell reads back unchanged: as it is when it
+/// holds only characters no shell treats specially, else in single quotes
+/// (folder names in modified UTF-7 hold `&`, and names may hold spaces).
+pub(crate) fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=,:@%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// A date for people: local time, to the minute.
 pub(crate) fn local_time(secs: i64) -> String {
     Local
@@ -284,14 +357,14 @@ pub fn run(cmd: SearchCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if cmd.json {
-        serde_json::to_writer_pretty(&mut out, &sel.hits)?;
+        serde_json::to_writer_pretty(&mut out, &crate::report::json_value(&sel.hits)?)?;
         writeln!(out)?;
     } else {
         for h in &sel.hits {
             writeln!(
                 out,
                 "{}  {}  {}  {}  {}",
-                h.id,
+                shell_word(&h.id),
                 local_time(h.when),
                 clean(&h.mailbox),
                 if h.from.is_empty() {
@@ -308,9 +381,18 @@ pub fn run(cmd: SearchCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
         }
     }
     out.flush()?;
-    Ok(if sel.failed {
-        ExitCode::Partial
-    } else {
-        ExitCode::Success
-    })
+    Ok(sel.exit_code(false))
+}
+
+#[cfg(test)]
+mod shell_word_tests {
+    use super::shell_word;
+
+    #[test]
+    fn ids_with_shell_characters_are_quoted_and_plain_ones_are_not() {
+        assert_eq!(shell_word("w/INBOX/17/42"), "w/INBOX/17/42");
+        assert_eq!(shell_word("w/.R&-D/1/2"), "'w/.R&-D/1/2'");
+        assert_eq!(shell_word("w/.a b/1/2"), "'w/.a b/1/2'");
+        assert_eq!(shell_word("w/.it's/1/2"), "'w/.it'\\''s/1/2'");
+    }
 }

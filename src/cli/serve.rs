@@ -1026,7 +1026,7 @@ fn stop(child: &mut Child) {
 fn print_settings(s: &Settings, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, s)?;
+        serde_json::to_writer(&mut out, &crate::report::json_value(s)?)?;
         writeln!(out)?;
     } else {
         writeln!(out, "serving read-only over IMAP (Dovecot pid {})", s.pid)?;

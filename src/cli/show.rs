@@ -10,8 +10,11 @@ use crate::exit_codes::ExitCode;
 const LONG_HELP: &str = "\
      ID is what `imapbak search` prints: ACCOUNT/FOLDER/UIDVALIDITY/UID, e.g. \
      `work/INBOX/1700000000/42` or `work/.Archive.2024/1700000000/7` (FOLDER is \
-     the Maildir++ folder under the archive's mail/, INBOX for the root). Quote \
-     it when the folder holds spaces.";
+     the Maildir++ folder under the archive's mail/, INBOX for the root). The \
+     mailbox's own name works in place of FOLDER, levels separated by `/`, \
+     e.g. `work/Archive/2024/1700000000/7` or `work/Entwürfe/1700000000/3`. \
+     `search` prints ids quoted when they hold characters a shell would \
+     read (`&`, spaces, ...), so a pasted id works as printed.";
 
 /// Print one archived message, exactly as the server sent it, to stdout.
 #[derive(Debug, clap::Args)]
@@ -56,26 +59,105 @@ pub(crate) fn parse_id(id: &str) -> Option<MessageId<'_>> {
     })
 }
 
+/// Parses `ACCOUNT/MAILBOX/UIDVALIDITY/UID` where MAILBOX is a mailbox
+/// name with `/` between its levels (what people read in `search`).
+fn parse_named_id(id: &str) -> Option<(&str, &str, u32, u32)> {
+    let (account, rest) = id.split_once('/')?;
+    let mut tail = rest.rsplitn(3, '/');
+    let uid = tail.next()?.parse().ok()?;
+    let uidvalidity = tail.next()?.parse().ok()?;
+    let mailbox = tail.next().filter(|m| !m.is_empty())?;
+    (!account.is_empty()).then_some((account, mailbox, uidvalidity, uid))
+}
+
+/// The folder under mail/ whose mailbox is `name` (levels joined by `/`;
+/// exact, else ignoring case).
+fn folder_named(archive: &Archive, name: &str) -> Option<String> {
+    let dirs = crate::archive::view::folder_dirs(archive).ok()?;
+    let named: Vec<(String, String)> = dirs
+        .into_iter()
+        .filter_map(|d| crate::archive::names::levels_for(&d).map(|l| (l.join("/"), d)))
+        .collect();
+    named
+        .iter()
+        .find(|(n, _)| n == name)
+        .or_else(|| named.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)))
+        .map(|(_, d)| d.clone())
+}
+
 pub fn run(cmd: ShowCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
+    if parse_id(&cmd.id).is_none() {
+        if let Some((account, mailbox, uv, uid)) = parse_named_id(&cmd.id) {
+            return show_named(&cmd.id, account, mailbox, uv, uid, config);
+        }
+    }
     let Some(id) = parse_id(&cmd.id) else {
         bail!(
             "`{}` is not a message id\nhint: ids look like `work/INBOX/1700000000/42`; `imapbak search` prints them",
             cmd.id
         );
     };
+    show_folder(
+        &cmd.id,
+        id.account,
+        id.folder,
+        id.uidvalidity,
+        id.uid,
+        config,
+    )
+}
+
+/// `show` with the mailbox's name in the id instead of its folder.
+fn show_named(
+    text: &str,
+    account: &str,
+    mailbox: &str,
+    uidvalidity: u32,
+    uid: u32,
+    config: Option<&std::path::Path>,
+) -> Result<ExitCode> {
     let args = AccountArgs {
-        accounts: vec![id.account.to_string()],
+        accounts: vec![account.to_string()],
+    };
+    let acc = load_accounts(config, &args)?
+        .pop()
+        .context("no such account")?;
+    let archive = Archive::at(&acc.archive);
+    if let Some(why) = archive.missing() {
+        bail!("account `{}`: {why}", acc.name);
+    }
+    let Some(folder) = folder_named(&archive, mailbox) else {
+        bail!(
+            "no mailbox `{mailbox}` in the archive of `{account}`\nhint: `imapbak ls --account {account}` lists them; `imapbak search` prints ids"
+        );
+    };
+    show_folder(text, account, &folder, uidvalidity, uid, config)
+}
+
+fn show_folder(
+    text: &str,
+    account: &str,
+    folder: &str,
+    uidvalidity: u32,
+    uid: u32,
+    config: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let args = AccountArgs {
+        accounts: vec![account.to_string()],
     };
     let account = load_accounts(config, &args)?
         .pop()
         .context("no such account")?;
     let archive = Archive::at(&account.archive);
-    let view = read_folder(&archive, id.folder)
+    if let Some(why) = archive.missing() {
+        bail!("account `{}`: {why}", account.name);
+    }
+    let view = read_folder(&archive, folder)
         .with_context(|| format!("cannot read the archive of `{}`", account.name))?;
-    let Some(m) = view.find(id.uidvalidity, id.uid) else {
+    let Some(m) = view.find(uidvalidity, uid) else {
         bail!(
             "no message `{}` in the archive `{}`\nhint: `imapbak search` prints the ids of archived messages",
-            cmd.id,
+            text,
             account.archive.display()
         );
     };
@@ -132,5 +214,20 @@ mod tests {
         ] {
             assert_eq!(parse_id(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn named_ids_take_the_last_two_parts_as_numbers_and_the_rest_as_the_mailbox() {
+        assert_eq!(
+            parse_named_id("w/Archive/2024/17/42"),
+            Some(("w", "Archive/2024", 17, 42))
+        );
+        assert_eq!(
+            parse_named_id("w/Entwürfe/1/2"),
+            Some(("w", "Entwürfe", 1, 2))
+        );
+        assert_eq!(parse_named_id("w//1/2"), None);
+        assert_eq!(parse_named_id("/x/1/2"), None);
+        assert_eq!(parse_named_id("w/x/1"), None);
     }
 }

@@ -34,7 +34,14 @@ const LONG_HELP: &str = "\
      With --server, also lists each mailbox's UIDs and sizes on the server (no \
      message is downloaded) and reports every message the server holds that the \
      archive does not (exit 1), sizes that differ (exit 1), and, for information \
-     only, how many archived messages the server no longer has.";
+     only, how many archived messages the server no longer has. When the \
+     server cannot be reached, the files are checked all the same and the \
+     connection failure is reported after them (exit 3 for one account).\n\n\
+     With --repair, each damaged message file (kinds damaged, size, hash) is \
+     moved out of cur/ or new/ into the archive's state/damaged/FOLDER/ (never \
+     deleted), under the archive's lock, so the next pull fetches that message \
+     again if the server still has it. The run still exits 1: something was \
+     wrong.";
 
 /// Check that every archived message is whole (optionally against the server).
 #[derive(Debug, clap::Args)]
@@ -53,6 +60,11 @@ pub struct VerifyCmd {
     /// Print the result as JSON on stdout
     #[arg(long)]
     json: bool,
+
+    /// Move damaged message files into state/damaged/ (never deleting
+    /// them), so the next pull fetches those messages again
+    #[arg(long)]
+    repair: bool,
 }
 
 /// `verify --json`.
@@ -76,10 +88,21 @@ struct AccountVerify {
     /// Their uncompressed size.
     bytes: u64,
     problems: Vec<Problem>,
+    /// With --repair: each damaged file moved, `from` and `to`.
+    repaired: Vec<Repaired>,
     /// With --server: one entry per server mailbox compared.
     server: Option<Vec<ServerMailbox>>,
+    /// With --server: set when the server could not be compared at all
+    /// (the files were checked all the same).
+    server_error: Option<String>,
     #[serde(skip)]
     code: Option<ExitCode>,
+}
+
+#[derive(Debug, Serialize)]
+struct Repaired {
+    from: std::path::PathBuf,
+    to: std::path::PathBuf,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -106,7 +129,10 @@ impl AccountVerify {
                     + u64::from(m.error.is_some())
             })
             .sum();
-        self.problems.len() as u64 + server + u64::from(self.error.is_some())
+        self.problems.len() as u64
+            + server
+            + u64::from(self.error.is_some())
+            + u64::from(self.server_error.is_some())
     }
 
     fn exit_code(&self) -> ExitCode {
@@ -124,6 +150,9 @@ pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
     let mut report = VerifyReport::default();
     for account in accounts {
         let mut av = verify_archive(&account, &*progress);
+        if cmd.repair && av.error.is_none() {
+            repair(&account, &mut av);
+        }
         if cmd.server && av.error.is_none() {
             verify_server(&account, &mut av);
         }
@@ -153,11 +182,9 @@ fn verify_archive(account: &Account, progress: &dyn Progress) -> AccountVerify {
         ..Default::default()
     };
     let archive = Archive::at(&account.archive);
-    if !archive.mail_dir().is_dir() {
-        av.error = Some(format!(
-            "no archive at `{}`\nhint: run `imapbak pull` first, or check `archive` in the configuration",
-            account.archive.display()
-        ));
+    if let Some(why) = archive.missing() {
+        av.error = Some(why);
+        av.code = Some(ExitCode::Usage);
         return av;
     }
     let dirs = match folder_dirs(&archive) {
@@ -197,12 +224,97 @@ fn verify_archive(account: &Account, progress: &dyn Progress) -> AccountVerify {
     av
 }
 
+/// The kinds of problem that are a damaged message file.
+const DAMAGE: &[&str] = &["damaged", "size", "hash"];
+
+/// Moves each damaged message file into state/damaged/FOLDER/, under the
+/// archive's lock (a pull may be writing). Renames only: nothing is lost,
+/// and the journal entry left without its file makes the next pull fetch
+/// the message again.
+fn repair(account: &Account, av: &mut AccountVerify) {
+    let damaged: Vec<std::path::PathBuf> = av
+        .problems
+        .iter()
+        .filter(|p| DAMAGE.contains(&p.kind))
+        .map(|p| p.path.clone())
+        .collect();
+    if damaged.is_empty() {
+        return;
+    }
+    let archive = Archive::at(&account.archive);
+    let _lock = match archive.lock() {
+        Ok(l) => l,
+        Err(e) => {
+            av.problems.push(Problem {
+                path: archive.root().to_path_buf(),
+                kind: "repair",
+                detail: format!(
+                    "not repaired: {e}\nhint: run verify --repair again when the other run is done"
+                ),
+            });
+            return;
+        }
+    };
+    let mail = archive.mail_dir();
+    for from in damaged {
+        // mail/[.Folder/]{cur,new}/NAME -> state/damaged/{INBOX,.Folder}/NAME
+        let Some(name) = from.file_name() else {
+            continue;
+        };
+        let folder = from
+            .parent()
+            .and_then(|sub| sub.parent())
+            .and_then(|f| f.strip_prefix(&mail).ok())
+            .map(|f| f.to_string_lossy().into_owned())
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| "INBOX".into());
+        let dir = archive.state_dir().join("damaged").join(&folder);
+        let to = dir.join(name);
+        use std::os::unix::fs::DirBuilderExt;
+        let moved = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| std::fs::rename(&from, &to));
+        match moved {
+            Ok(()) => {
+                lower_floor(&archive, &folder, name.to_str().unwrap_or(""));
+                av.repaired.push(Repaired { from, to })
+            }
+            Err(e) => av.problems.push(Problem {
+                path: from,
+                kind: "repair",
+                detail: format!("cannot move it to `{}`: {e}", to.display()),
+            }),
+        }
+    }
+}
+
+/// Lowers the folder's status floor below the moved message's UID, so the
+/// next pull does not take the mailbox for unchanged and lists that UID
+/// again (the journal entry without its file makes it fetch it).
+fn lower_floor(archive: &Archive, folder: &str, name: &str) {
+    use crate::archive::journal::{load_status, save_status};
+    let Some(n) = crate::archive::FileName::parse(name) else {
+        return;
+    };
+    let dir = if folder == "INBOX" { "" } else { folder };
+    let f = archive.folder(dir);
+    let state = f.state_dir();
+    if let Ok(mut st) = load_status(state) {
+        if st.uidvalidity == n.uidvalidity && st.floor > n.uid {
+            st.floor = n.uid;
+            let _ = save_status(state, &st);
+        }
+    }
+}
+
 /// Compares the server's listing with the archive, mailbox by mailbox.
 fn verify_server(account: &Account, av: &mut AccountVerify) {
     let connector = match Connector::new(Arc::new(account.clone())) {
         Ok(c) => c,
         Err(e) => {
-            av.error = Some(crate::report::error_text(&e));
+            av.server_error = Some(crate::report::error_text(&e));
             av.code = Some(ExitCode::Usage);
             return;
         }
@@ -210,7 +322,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            av.error = Some(crate::report::error_text(&e));
+            av.server_error = Some(crate::report::error_text(&e));
             av.code = Some(ExitCode::Internal);
             return;
         }
@@ -220,7 +332,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
         let mut conn = match connector.connect().await {
             Ok(c) => c,
             Err(e) => {
-                av.error = Some(connect_error(account, &e));
+                av.server_error = Some(connect_error(account, &e));
                 av.code = Some(ExitCode::Connection);
                 return;
             }
@@ -228,7 +340,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
         let listed = match conn.list().await {
             Ok(l) => l,
             Err(e) => {
-                av.error = Some(format!("cannot list mailboxes: {e}"));
+                av.server_error = Some(format!("cannot list mailboxes: {e}"));
                 av.code = Some(ExitCode::Connection);
                 return;
             }
@@ -318,6 +430,14 @@ fn human(report: &VerifyReport) -> String {
             let _ = writeln!(out, "error: account `{}`: {e}", a.account);
             continue;
         }
+        for r in &a.repaired {
+            let _ = writeln!(
+                out,
+                "repaired: moved `{}` to `{}`; the next pull fetches this message again if the server still has it",
+                r.from.display(),
+                r.to.display()
+            );
+        }
         let n = a.problems.len();
         let _ = writeln!(
             out,
@@ -362,6 +482,13 @@ fn human(report: &VerifyReport) -> String {
                 );
             }
             let _ = writeln!(out, "{line}");
+        }
+        if let Some(e) = &a.server_error {
+            let _ = writeln!(
+                out,
+                "error: account `{}`: the files were checked, the server was not compared: {e}",
+                a.account
+            );
         }
     }
     out

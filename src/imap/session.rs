@@ -135,6 +135,8 @@ impl Connection {
             }
         })?;
 
+        // One line per connection at -v (tests count them).
+        log::info!("connected to {}:{} over TLS", p.host, p.port);
         let literal_limit = Arc::new(AtomicU64::new(p.max_literal));
         let scanning = Arc::new(AtomicBool::new(true));
         let guarded: Stream = Box::new(Guarded::new(tls, literal_limit.clone(), scanning.clone()));
@@ -359,9 +361,10 @@ impl Connection {
         command: &str,
         mut on_untagged: impl FnMut(&Response<'_>),
     ) -> Result<(), ImapError> {
+        let started = std::time::Instant::now();
         let tag = self.send(command).await?;
         let mut untagged = 0usize;
-        loop {
+        let result = loop {
             untagged += 1;
             if untagged > MAX_UNTAGGED {
                 return Err(ImapError::Protocol(format!(
@@ -379,10 +382,18 @@ impl Connection {
                 })
                 .await?;
             match step {
-                Step::Done(result) => return result,
+                Step::Done(result) => break result,
                 Step::Untagged(()) | Step::Other => {}
             }
-        }
+        };
+        log::info!(
+            "{} answered in {} ms ({} responses){}",
+            verb(command),
+            started.elapsed().as_millis(),
+            untagged - 1,
+            if result.is_ok() { "" } else { ", refused" }
+        );
+        result
     }
 }
 

@@ -406,7 +406,7 @@ print(n)
         .arg(&mbox)
         .assert()
         .failure()
-        .stderr(predicates::str::contains("must not exist"));
+        .stderr(predicates::str::contains("exists\nhint: pass --force"));
 
     let eml = env.path().join("eml");
     env.cmd()

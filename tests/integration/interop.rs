@@ -525,11 +525,11 @@ fn no_change_pull_opens_one_connection(s: Srv) {
     };
     for attempt in 0..3 {
         let (_, stderr) = run(&env, &["-vv", "pull", "--jobs", "4"], 0);
-        // rustls logs one line per TLS handshake, i.e. per connection.
-        let connections = stderr.matches("Using ciphersuite").count();
+        // imapbak logs one line per TLS connection at -v.
+        let connections = stderr.matches(" over TLS").count();
         let commands: Vec<&str> = stderr
             .lines()
-            .filter_map(|l| l.strip_prefix("info: > "))
+            .filter_map(|l| l.strip_prefix("debug: > "))
             .collect();
         if attempt == 0 {
             // For the table: what a no-change pull sends.

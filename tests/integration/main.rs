@@ -11,6 +11,7 @@ mod expunge;
 mod fakes;
 mod faults;
 mod first_hour;
+mod first_hour_more;
 mod gmail;
 mod harness;
 mod interop;

@@ -152,12 +152,27 @@ impl fmt::Display for PullReport {
                 self.seconds
             );
         }
+        // Where mail came from, of how many looked at; a dry run writes
+        // nothing, so it has no size on disk to tell.
+        let from = self
+            .accounts
+            .iter()
+            .flat_map(|a| a.mailboxes.iter())
+            .filter(|m| m.fetched > 0)
+            .count() as u64;
+        let size = if self.dry_run {
+            human_bytes(self.bytes)
+        } else {
+            format!(
+                "{}, {} on disk",
+                human_bytes(self.bytes),
+                human_bytes(self.bytes_on_disk)
+            )
+        };
         write!(
             f,
-            "pull: {verb} {} ({}, {} on disk) in {}, {}, {} in {:.1} s",
+            "pull: {verb} {} ({size}) from {from} of {}, {}, {} in {:.1} s",
             plural(self.fetched, "message"),
-            human_bytes(self.bytes),
-            human_bytes(self.bytes_on_disk),
             plural(self.mailboxes, "mailbox").replace("mailboxs", "mailboxes"),
             plural(self.flag_updates, "flag update"),
             plural(self.errors, "error"),
@@ -205,5 +220,33 @@ mod tests {
         };
         assert_eq!(r.finish(), ExitCode::Partial);
         assert!(r.problems()[0].contains("`Box`"));
+    }
+
+    #[test]
+    fn summary_counts_the_mailboxes_mail_came_from_and_a_dry_run_has_no_size_on_disk() {
+        let fetched = |n| MailboxReport {
+            fetched: n,
+            bytes: 100 * n,
+            ..Default::default()
+        };
+        let mut r = PullReport {
+            accounts: vec![AccountReport {
+                account: "a".into(),
+                mailboxes: vec![fetched(2), fetched(0), fetched(1)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        r.finish();
+        let text = r.to_string();
+        assert!(text.contains("from 2 of 3 mailboxes"), "{text}");
+        assert!(text.contains("on disk"), "{text}");
+        r.dry_run = true;
+        let text = r.to_string();
+        assert!(
+            text.starts_with("pull: would fetch 3 messages (300 B) from 2 of 3"),
+            "{text}"
+        );
+        assert!(!text.contains("on disk"), "{text}");
     }
 }

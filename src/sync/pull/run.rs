@@ -123,6 +123,7 @@ where
             Err(e) => {
                 report.code = Some(match e {
                     ArchiveError::Locked { .. } => ExitCode::Locked,
+                    ArchiveError::Foreign { .. } => ExitCode::Usage,
                     _ => ExitCode::Partial,
                 });
                 report.error = Some(with_hint(&e));
@@ -347,7 +348,16 @@ where
             ..Default::default()
         });
         match pull_mailbox(slot, self, t, &self.ctx, &mut rep).await {
-            Ok(()) => Step::Done(rep),
+            Ok(()) => {
+                log::info!(
+                    "mailbox `{}`: {}, {} message(s) fetched ({} bytes)",
+                    t.mailbox.name,
+                    rep.outcome,
+                    rep.fetched,
+                    rep.bytes
+                );
+                Step::Done(rep)
+            }
             Err(Failure::Budget) => {
                 rep.outcome = "incomplete";
                 Step::Done(rep)

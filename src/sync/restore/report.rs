@@ -109,13 +109,14 @@ impl fmt::Display for RestoreReport {
         let plural = |n: u64, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
         write!(
             f,
-            "restore: {} {} ({}) into `{}` from the archive of `{}`, {} created, {} already there, {} in {:.1} s",
+            "restore: {} {} ({}) into `{}` from the archive of `{}`, {} {}, {} already there, {} in {:.1} s",
             if self.dry_run { "would append" } else { "appended" },
             plural(self.appended, "message"),
             human_bytes(self.bytes),
             self.target,
             self.account,
             plural(self.created, "mailbox").replace("mailboxs", "mailboxes"),
+            if self.dry_run { "to create" } else { "created" },
             self.present,
             plural(self.errors, "error"),
             self.seconds
@@ -186,7 +187,7 @@ mod tests {
             "create `Restored/INBOX`\n\
              append 2 messages (2.0 kB) from `INBOX` to `Restored/INBOX`, 1 already there\n\
              restore: would append 2 messages (2.0 kB) into `b` from the archive of `a`, \
-             1 mailbox created, 1 already there, 1 error in 1.5 s"
+             1 mailbox to create, 1 already there, 1 error in 1.5 s"
         );
         assert_eq!(r.problems(), ["error: mailbox `Junk`: not restored: why"]);
     }

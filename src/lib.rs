@@ -12,6 +12,8 @@
 //!             errors into sync::remote::RemoteError; no policy
 //! oauth/      OAuth2: provider presets, token command, token store,
 //!             flows (oauth2 crate over ureq); hands imap/ a bare token
+//! org         organisations: a users list, an admin login, --user and
+//!             --shard; expands one account table into one account a user
 //! mutf7       modified UTF-7, shared by imap/ (wire names) and archive/
 //!             (folder names)
 //! archive/    the compressed Maildir: file names, write protocol, the one

@@ -245,29 +245,7 @@ impl ExpungeRemote for Connection {
             }
             // Raw: imap-proto does not hand back COPYUID's sets.
             let command = format!("UID MOVE {} {}", uid_set(uids), quote(to)?);
-            let (untagged, tagged) = self
-                .raw_exchange(&[&command])
-                .await?
-                .pop()
-                .expect("one reply per command");
-            let mut parts = tagged.splitn(3, ' ').skip(1);
-            let status = parts.next().unwrap_or("").to_ascii_uppercase();
-            let text = parts.next().unwrap_or("").to_string();
-            match status.as_str() {
-                "OK" => {}
-                "NO" => {
-                    return Err(ImapError::No {
-                        command: "UID MOVE".into(),
-                        text,
-                    })
-                }
-                _ => {
-                    return Err(ImapError::Bad {
-                        command: "UID MOVE".into(),
-                        text,
-                    })
-                }
-            }
+            let (untagged, tagged) = self.raw_command(&command, "UID MOVE").await?;
             // RFC 6851: COPYUID comes in an untagged OK before the
             // EXPUNGEs, or in the tagged OK.
             let mut pairs = Vec::new();
@@ -306,30 +284,7 @@ impl ExpungeRemote for Connection {
             // Raw: Courier answers `* QUOTA "ROOT"` with no resource list
             // for a user without a quota, which imap-proto cannot parse.
             let command = format!("GETQUOTAROOT {}", quote(mailbox)?);
-            let (untagged, tagged) = self
-                .raw_exchange(&[&command])
-                .await?
-                .pop()
-                .expect("one reply per command");
-            // `TAG STATUS text`
-            let mut parts = tagged.splitn(3, ' ').skip(1);
-            let status = parts.next().unwrap_or("").to_ascii_uppercase();
-            let text = parts.next().unwrap_or("").to_string();
-            match status.as_str() {
-                "OK" => {}
-                "NO" => {
-                    return Err(ImapError::No {
-                        command: "GETQUOTAROOT".into(),
-                        text,
-                    })
-                }
-                _ => {
-                    return Err(ImapError::Bad {
-                        command: "GETQUOTAROOT".into(),
-                        text,
-                    })
-                }
-            }
+            let (untagged, _) = self.raw_command(&command, "GETQUOTAROOT").await?;
             Ok(parse_quota(&untagged))
         })
         .await

@@ -61,6 +61,31 @@ impl Connection {
         Ok((caps, namespace))
     }
 
+    /// One command through [`Connection::raw_exchange`], its tagged NO or
+    /// BAD turned into the error naming `verb`: the untagged lines and the
+    /// tagged OK line.
+    pub(crate) async fn raw_command(
+        &mut self,
+        command: &str,
+        verb: &str,
+    ) -> Result<(Vec<String>, String), ImapError> {
+        let (untagged, tagged) = self
+            .raw_exchange(&[command])
+            .await?
+            .pop()
+            .expect("one reply per command");
+        // `TAG STATUS text`
+        let mut parts = tagged.splitn(3, ' ').skip(1);
+        let status = parts.next().unwrap_or("").to_ascii_uppercase();
+        let text = parts.next().unwrap_or("").to_string();
+        let command = verb.to_string();
+        match status.as_str() {
+            "OK" => Ok((untagged, tagged)),
+            "NO" => Err(ImapError::No { command, text }),
+            _ => Err(ImapError::Bad { command, text }),
+        }
+    }
+
     /// Sends `commands` at once and reads their replies line by line, beside
     /// async-imap, for what imap-proto 0.17 cannot parse (a parse error would
     /// end the connection): per command, the untagged lines that came before

@@ -692,6 +692,11 @@ impl Run<'_> {
         let mut uids = ch.uids.clone();
         uids.sort_unstable_by_key(|u| u.uid);
         for chunk in uids.chunks(CHUNK) {
+            // Ctrl-C / SIGTERM: no new marks; what is marked and recorded is
+            // expunged below, or finished by the next run.
+            if crate::sync::interrupt::requested().is_some() {
+                break;
+            }
             let set: Vec<u32> = chunk.iter().map(|u| u.uid).collect();
             // The world may have moved since pass 1: drop anything another
             // client marked or changed meanwhile, anything gone, anything

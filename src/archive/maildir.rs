@@ -238,6 +238,16 @@ pub struct TreeFile {
     pub path: PathBuf,
 }
 
+impl TreeFile {
+    /// The (name, subdir) pair the reconciled index and renames work on.
+    pub fn archived(&self) -> ArchivedFile {
+        ArchivedFile {
+            name: self.name.clone(),
+            subdir: self.subdir,
+        }
+    }
+}
+
 /// What a folder's `cur/` and `new/` hold, in directory order: our message
 /// files, and every other entry (foreign names, non-files), left alone.
 #[derive(Debug, Clone, Default)]
@@ -419,11 +429,7 @@ impl Folder {
         let found = self.files()?;
         index.foreign = found.strays.len();
         for f in found.files {
-            let file = ArchivedFile {
-                name: f.name,
-                subdir: f.subdir,
-            };
-            index.files.insert(f.base, file);
+            index.files.insert(f.base.clone(), f.archived());
         }
         let (entries, clean) = journal::read(&self.state)?;
         let mut rewrite = !clean;

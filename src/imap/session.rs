@@ -765,36 +765,10 @@ impl Remote for Connection {
     }
 
     async fn examine(&mut self, raw: &str) -> Result<Selected, RemoteError> {
-        super::lift(async {
-            let condstore = self.has_capability("CONDSTORE");
-            let command = format!(
-                "EXAMINE {}{}",
-                quote(raw)?,
-                if condstore { " (CONDSTORE)" } else { "" }
-            );
-            let mut sel = Selected::default();
-            // A failed EXAMINE leaves nothing selected (RFC 3501 6.3.2).
-            self.examined = false;
-            self.run(&command, |r| match r {
-                Response::Data { outcome, .. } => match outcome.code {
-                    Some(ResponseCode::UidValidity(v)) => sel.uidvalidity = v,
-                    Some(ResponseCode::UidNext(v)) => sel.uidnext = v,
-                    Some(ResponseCode::HighestModSeq(v)) => sel.highestmodseq = Some(v),
-                    _ => {}
-                },
-                Response::MailboxData(MailboxDatum::Exists(n)) => sel.exists = *n,
-                _ => {}
-            })
-            .await?;
-            if sel.uidvalidity == 0 {
-                return Err(ImapError::Protocol(format!(
-                    "server sent no UIDVALIDITY for `{raw}`"
-                )));
-            }
-            self.examined = true;
-            Ok(sel)
-        })
-        .await
+        // The same exchange as examine_with, with nothing alongside.
+        super::lift(self.examine_pipelined(raw, AlongWith::default()))
+            .await
+            .map(|e| e.selected)
     }
 
     async fn examine_with(
@@ -961,6 +935,7 @@ impl Connection {
         });
         let from = along.sizes_from.map(|f| f.max(1));
         let sizes_cmd = from.map(|f| format!("UID FETCH {f}:* (UID RFC822.SIZE)"));
+        // A failed EXAMINE leaves nothing selected (RFC 3501 6.3.2).
         self.examined = false;
         let mut commands: Vec<(RequestId, &str)> = vec![(self.send(&examine).await?, &examine)];
         for c in flags_cmd.iter().chain(sizes_cmd.iter()) {

@@ -6,24 +6,8 @@
 
 use std::path::Path;
 
+use crate::restore::contents;
 use crate::support::{self, dovecot, dovecot_prefixed, mail, Dovecot, Imap, TestEnv, Tls, User};
-
-type Seen = (Vec<u8>, Vec<String>, i64);
-
-fn contents(imap: &mut Imap, mailbox: &str) -> Vec<Seen> {
-    let mut out: Vec<Seen> = imap
-        .fetch_all(mailbox)
-        .into_iter()
-        .map(|m| {
-            let secs = m.internaldate_secs();
-            let mut flags = m.flags;
-            flags.sort();
-            (m.body, flags, secs)
-        })
-        .collect();
-    out.sort();
-    out
-}
 
 fn assert_same(a: &User, a_box: &str, b: &User, b_box: &str) {
     let want = contents(&mut a.imap(), a_box);

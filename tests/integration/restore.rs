@@ -11,9 +11,10 @@ use crate::support::{Imap, TestEnv};
 
 /// A message as a user sees it: bytes, flags (sorted, without \Recent and
 /// \Deleted, which restore never uploads) and INTERNALDATE.
-type Seen = (Vec<u8>, Vec<String>, i64);
+pub(crate) type Seen = (Vec<u8>, Vec<String>, i64);
 
-fn contents(imap: &mut Imap, mailbox: &str) -> Vec<Seen> {
+/// Every message of `mailbox` as a user sees it ([`Seen`]), sorted.
+pub(crate) fn contents(imap: &mut Imap, mailbox: &str) -> Vec<Seen> {
     let mut out: Vec<Seen> = imap
         .fetch_all(mailbox)
         .into_iter()

@@ -86,18 +86,12 @@ pub fn apply_links(
                 }
                 LinkChange::Remove { name, .. } => {
                     let f = &files[dir][name];
-                    folder.unlink(&crate::archive::ArchivedFile {
-                        name: f.name.clone(),
-                        subdir: f.subdir,
-                    })?;
+                    folder.unlink(&f.archived())?;
                     removed.insert((f.name.uidvalidity, f.name.uid));
                 }
                 LinkChange::Rename { from, to, .. } => {
                     let f = &files[dir][from];
-                    let file = crate::archive::ArchivedFile {
-                        name: f.name.clone(),
-                        subdir: f.subdir,
-                    };
+                    let file = f.archived();
                     let flags = &paths[to].1.flags;
                     folder.set_flags(&file, flags)?;
                 }

@@ -72,6 +72,7 @@ fn main() -> Result<()> {
                     tls,
                     timeout: account.timeout,
                     max_literal: account.max_message_size,
+                    compress: account.compress,
                 })
                 .await
             }

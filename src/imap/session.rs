@@ -17,9 +17,11 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
+use super::deflate::Deflate;
 use super::guard::Guarded;
 use super::probe::{await_greeting, is_plain_imap, FirstBytes};
 use super::{quote, uid_set, ImapError};
+use crate::config::Compress;
 use crate::mutf7;
 use crate::sync::remote::{
     AlongWith, Examination, FetchedMessage, GmailMeta, ListedMailbox, MailboxStatus, MessageSink,
@@ -52,6 +54,9 @@ pub struct ConnectParams<'a> {
     pub timeout: Duration,
     /// The largest literal accepted outside a FETCH of known sizes.
     pub max_literal: u64,
+    /// COMPRESS=DEFLATE: forced on or off, or decided by the round trip
+    /// measured while connecting ([`Compress::wanted`]).
+    pub compress: Compress,
 }
 
 /// An authenticated session.
@@ -62,8 +67,11 @@ pub struct Connection {
     pub(crate) namespace: Option<Namespace>,
     /// A mailbox is selected read-only (EXAMINE): no APPEND into it.
     pub(crate) examined: bool,
-    /// The round trip measured right after login.
+    /// The round trip measured while connecting: the wait for the
+    /// greeting, or STARTTLS's exchange.
     pub(crate) rtt: Duration,
+    /// COMPRESS=DEFLATE is on.
+    pub(crate) deflate: bool,
     pub(crate) timeout: Duration,
     /// The largest literal the server may announce right now (see guard.rs).
     pub(crate) literal_limit: Arc<AtomicU64>,
@@ -87,6 +95,7 @@ impl Connection {
     /// only over a verified TLS channel.
     pub async fn connect(p: &ConnectParams<'_>) -> Result<Connection, ImapError> {
         let secs = p.timeout.as_secs();
+        let started = std::time::Instant::now();
         let tcp = timeout(p.timeout, TcpStream::connect((p.host, p.port)))
             .await
             .map_err(|_| ImapError::Timeout {
@@ -100,8 +109,13 @@ impl Connection {
             })?;
         tcp.set_nodelay(true).ok();
         let mut tcp = tcp;
+        // The link's round trip, for `compress = "auto"`: STARTTLS's own
+        // exchange, or (implicit TLS) the wait for the greeting, which a
+        // server sends once it has the client's last handshake message;
+        // see below for the handshakes' share.
+        let mut rtt = Duration::MAX;
         if p.starttls {
-            timeout(p.timeout, starttls_preamble(&mut tcp, p))
+            rtt = timeout(p.timeout, starttls_preamble(&mut tcp, p))
                 .await
                 .map_err(|_| ImapError::Timeout {
                     what: "STARTTLS negotiation".into(),
@@ -135,13 +149,20 @@ impl Connection {
             }
         })?;
 
+        let handshakes = started.elapsed();
         // One line per connection at -v (tests count them).
-        log::info!("connected to {}:{} over TLS", p.host, p.port);
+        log::info!(
+            "connected to {}:{} over TLS (TCP and TLS handshakes {:.1} ms)",
+            p.host,
+            p.port,
+            handshakes.as_secs_f64() * 1000.0
+        );
         let literal_limit = Arc::new(AtomicU64::new(p.max_literal));
         let scanning = Arc::new(AtomicBool::new(true));
         let guarded: Stream = Box::new(Guarded::new(tls, literal_limit.clone(), scanning.clone()));
         let mut client = async_imap::Client::new(guarded);
         if !p.starttls {
+            let waited = std::time::Instant::now();
             let greeting = timeout(p.timeout, unwinding(client.read_response()))
                 .await
                 .map_err(|_| ImapError::Timeout {
@@ -149,6 +170,8 @@ impl Connection {
                     secs,
                 })???
                 .ok_or(ImapError::ConnectionLost)?;
+            rtt = waited.elapsed();
+            log::debug!("greeting after {:.1} ms", rtt.as_secs_f64() * 1000.0);
             match greeting.parsed() {
                 Response::Data {
                     status: Status::Ok, ..
@@ -164,6 +187,11 @@ impl Connection {
                 }
             }
         }
+        // The handshakes take two round trips or more on a real link (TCP
+        // and TLS 1.3 one each). Taking the smaller of the two measures
+        // keeps one wait made long by a busy machine (loopback, server and
+        // client on the same cores) from passing for a slow link.
+        let rtt = rtt.min(handshakes / 2);
         if let Some(token) = p.bearer {
             let login = super::auth::Login {
                 user: p.user,
@@ -182,7 +210,7 @@ impl Connection {
                     Ok(r) => r??,
                 };
             log::info!("logged in with {}", mechanism.name());
-            let mut conn = Connection::logged_in(session, p, literal_limit, scanning).await?;
+            let mut conn = Connection::logged_in(session, p, rtt, literal_limit, scanning).await?;
             conn.mechanism = Some(mechanism.name());
             return Ok(conn);
         }
@@ -207,7 +235,10 @@ impl Connection {
                 Ok(r) => r??,
             };
             log::info!("logged in as `{admin}` on behalf of `{}` (PLAIN)", p.user);
-            return Connection::logged_in(session, p, literal_limit, scanning).await;
+            return Connection::logged_in(session, p, rtt, literal_limit, scanning).await;
+        }
+        if plain_word(p.user) && plain_word(p.password) {
+            return Connection::login_in_one_flight(client, p, rtt, literal_limit, scanning).await;
         }
         let session = match timeout(p.timeout, unwinding(client.login(p.user, p.password))).await {
             Err(_) => {
@@ -232,14 +263,16 @@ impl Connection {
                 })
             }
         };
-        Connection::logged_in(session, p, literal_limit, scanning).await
+        Connection::logged_in(session, p, rtt, literal_limit, scanning).await
     }
 
-    /// The rest of connecting, after either kind of login: capabilities
-    /// and the personal namespace.
+    /// The rest of connecting, after a login through async-imap:
+    /// capabilities and the personal namespace in one flight, then
+    /// COMPRESS if wanted.
     async fn logged_in(
         session: async_imap::Session<Stream>,
         p: &ConnectParams<'_>,
+        rtt: Duration,
         literal_limit: Arc<AtomicU64>,
         scanning: Arc<AtomicBool>,
     ) -> Result<Connection, ImapError> {
@@ -247,7 +280,8 @@ impl Connection {
             session,
             namespace: None,
             examined: false,
-            rtt: Duration::ZERO,
+            rtt,
+            deflate: false,
             caps: HashSet::new(),
             timeout: p.timeout,
             literal_limit,
@@ -258,14 +292,104 @@ impl Connection {
         let (caps, namespace) = conn.capabilities_and_namespace().await?;
         conn.caps = caps;
         conn.namespace = namespace;
+        if p.compress.wanted(rtt) {
+            log_compress(p, rtt);
+            conn = conn.compress().await?;
+        }
         Ok(conn)
+    }
+
+    /// LOGIN, CAPABILITY, NAMESPACE and, when wanted, COMPRESS DEFLATE in
+    /// one flight: the whole login is one round trip (before, LOGIN,
+    /// CAPABILITY + NAMESPACE and COMPRESS were three). Commands after a
+    /// failed LOGIN are refused harmlessly, as is COMPRESS by a server that
+    /// does not offer it; RFC 4978 lets the client start compressing once
+    /// COMPRESS's OK is in, and nothing is sent after it in the flight.
+    /// Done raw, beside async-imap (NAMESPACE is beyond its parser, and it
+    /// would send COMPRESS a round trip later); [`LoggedIn`] then hands
+    /// async-imap the session.
+    async fn login_in_one_flight(
+        client: async_imap::Client<Stream>,
+        p: &ConnectParams<'_>,
+        rtt: Duration,
+        literal_limit: Arc<AtomicU64>,
+        scanning: Arc<AtomicBool>,
+    ) -> Result<Connection, ImapError> {
+        // Nothing but the greeting came before our first command, so
+        // async-imap's buffer holds nothing more.
+        let mut stream = client.into_inner();
+        let compress = p.compress.wanted(rtt);
+        if compress {
+            log_compress(p, rtt);
+        }
+        let login = format!("LOGIN {} {}", quote(p.user)?, quote(p.password)?);
+        let mut commands = vec![login.as_str(), "CAPABILITY", "NAMESPACE"];
+        if compress {
+            commands.push("COMPRESS DEFLATE");
+        }
+        let replies = timeout(p.timeout, raw_flight(&mut stream, &commands))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what: "login".into(),
+                secs: p.timeout.as_secs(),
+            })??;
+        let status = |i: usize| replies.get(i).map(|(_, done)| done.as_str());
+        let login_done = status(0).ok_or(ImapError::ConnectionLost)?;
+        if !super::namespace::tagged_ok(login_done) {
+            return Err(ImapError::Auth {
+                user: p.user.to_string(),
+                text: login_done.splitn(3, ' ').nth(2).unwrap_or("").to_string(),
+            });
+        }
+        if replies.len() < commands.len() {
+            return Err(ImapError::ConnectionLost);
+        }
+        let (caps, namespace) = super::namespace::caps_and_namespace(&replies[..3]);
+        let deflate = compress && status(3).is_some_and(super::namespace::tagged_ok);
+        if deflate {
+            log::info!("COMPRESS=DEFLATE on");
+        } else if compress {
+            log::info!(
+                "the server refused COMPRESS DEFLATE: {}",
+                status(3).unwrap_or("")
+            );
+        }
+        let (stream, scanning) = if deflate {
+            // From here on the wire carries deflate, not IMAP framing: the
+            // guard moves above the decompressor.
+            scanning.store(false, Ordering::Relaxed);
+            let on = Arc::new(AtomicBool::new(true));
+            let inflated = Deflate::new(stream);
+            let guarded: Stream =
+                Box::new(Guarded::new(inflated, literal_limit.clone(), on.clone()));
+            (guarded, on)
+        } else {
+            (stream, scanning)
+        };
+        let client = async_imap::Client::new(Box::new(LoggedIn::new(stream)) as Stream);
+        let session = unwinding(client.login("-", "-"))
+            .await?
+            .map_err(|(e, _)| async_to_imap(e))?;
+        Ok(Connection {
+            session,
+            namespace,
+            examined: false,
+            rtt,
+            deflate,
+            caps,
+            timeout: p.timeout,
+            literal_limit,
+            max_literal: p.max_literal,
+            scanning,
+            mechanism: None,
+        })
     }
 
     /// Turns on COMPRESS=DEFLATE (RFC 4978) when the server offers it; a
     /// no-op otherwise. Pays on slow links; on a fast one the server's
     /// deflate is the bottleneck (scripts/bench.sh, README Performance).
     pub async fn compress(self) -> Result<Connection, ImapError> {
-        if !self.has_capability("COMPRESS=DEFLATE") {
+        if self.deflate || !self.has_capability("COMPRESS=DEFLATE") {
             return Ok(self);
         }
         let Connection {
@@ -273,6 +397,7 @@ impl Connection {
             namespace,
             examined,
             rtt,
+            deflate: _,
             caps,
             timeout: t,
             literal_limit,
@@ -296,11 +421,13 @@ impl Connection {
             secs: t.as_secs(),
         })??
         .map_err(async_to_imap)?;
+        log::info!("COMPRESS=DEFLATE on");
         Ok(Connection {
             session,
             namespace,
             examined,
             rtt,
+            deflate: true,
             caps,
             timeout: t,
             literal_limit,
@@ -315,9 +442,15 @@ impl Connection {
         self.mechanism
     }
 
-    /// The round trip measured right after login (CAPABILITY + NAMESPACE).
+    /// The round trip measured while connecting (the greeting's wait, or
+    /// STARTTLS's exchange).
     pub fn round_trip(&self) -> Duration {
         self.rtt
+    }
+
+    /// Whether COMPRESS=DEFLATE is on.
+    pub fn compressed(&self) -> bool {
+        self.deflate
     }
 
     /// The capabilities announced after login, sorted.
@@ -394,6 +527,154 @@ impl Connection {
             if result.is_ok() { "" } else { ", refused" }
         );
         result
+    }
+}
+
+fn log_compress(p: &ConnectParams<'_>, rtt: Duration) {
+    log::info!(
+        "COMPRESS=DEFLATE wanted (round trip {:.1} ms, compress = {:?})",
+        rtt.as_secs_f64() * 1000.0,
+        p.compress
+    );
+}
+
+/// A user name or password LOGIN can carry as a quoted string: printable
+/// ASCII. Anything else logs in through async-imap, which knows literals.
+fn plain_word(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Sends `commands` in one flight (tags `rx0`, `rx1`, ...) and reads their
+/// replies line by line: per command, the untagged lines before its
+/// tagged one, and that line. Stops early when the connection ends after
+/// at least one reply (a server may hang up after a failed LOGIN), so the
+/// caller sees what was answered. Replies with literals are not supported.
+pub(crate) async fn raw_flight<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    commands: &[&str],
+) -> Result<Vec<(Vec<String>, String)>, ImapError> {
+    const TAG: &str = "rx";
+    let mut flight = String::new();
+    for (i, c) in commands.iter().enumerate() {
+        // Never log a password.
+        let shown = if c.starts_with("LOGIN ") {
+            "LOGIN ..."
+        } else {
+            c
+        };
+        log::debug!("> {TAG}{i} {shown}");
+        flight.push_str(&format!("{TAG}{i} {c}\r\n"));
+    }
+    stream.write_all(flight.as_bytes()).await?;
+    stream.flush().await?;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut untagged = Vec::new();
+    for _ in 0..64 * commands.len() {
+        let line = match read_line(stream, &mut buf).await {
+            Ok(line) => line,
+            Err(ImapError::ConnectionLost) if !out.is_empty() => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        let line = line.trim_end().to_string();
+        log::debug!("< {line}");
+        if line.starts_with(&format!("{TAG}{} ", out.len())) {
+            out.push((std::mem::take(&mut untagged), line));
+            if out.len() == commands.len() {
+                return Ok(out);
+            }
+        } else {
+            untagged.push(line);
+        }
+    }
+    Err(ImapError::Protocol(format!(
+        "no end to the reply to {}",
+        commands.last().unwrap_or(&"")
+    )))
+}
+
+/// async-imap hands out a `Session` only from its own LOGIN or
+/// AUTHENTICATE. After [`Connection::login_in_one_flight`] logged in, this
+/// stands in for the server for one command: the LOGIN async-imap then
+/// writes is not sent, and is answered `OK` from here. Every byte after
+/// that goes straight through.
+#[derive(Debug)]
+struct LoggedIn<S> {
+    inner: S,
+    shim: Shim,
+}
+
+#[derive(Debug)]
+enum Shim {
+    /// The command line written so far.
+    Swallowing(Vec<u8>),
+    /// The reply, and how much of it was read.
+    Answering(Vec<u8>, usize),
+    Through,
+}
+
+impl<S> LoggedIn<S> {
+    fn new(inner: S) -> Self {
+        LoggedIn {
+            inner,
+            shim: Shim::Swallowing(Vec::new()),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LoggedIn<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Shim::Answering(reply, at) = &mut self.shim {
+            let n = (reply.len() - *at).min(buf.remaining());
+            buf.put_slice(&reply[*at..*at + n]);
+            *at += n;
+            if *at == reply.len() {
+                self.shim = Shim::Through;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LoggedIn<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Shim::Swallowing(line) = &mut self.shim {
+            line.extend_from_slice(data);
+            if line.ends_with(b"\r\n") {
+                let tag = line.split(|b| *b == b' ').next().unwrap_or(b"").to_vec();
+                let mut reply = tag;
+                reply.extend_from_slice(b" OK logged in already\r\n");
+                self.shim = Shim::Answering(reply, 0);
+            }
+            return std::task::Poll::Ready(Ok(data.len()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.shim {
+            Shim::Through => std::pin::Pin::new(&mut self.inner).poll_flush(cx),
+            _ => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -550,7 +831,12 @@ fn unescape_debug(s: &str) -> String {
 
 /// The plain-text part of STARTTLS (RFC 3501 6.2.1). Everything read here is
 /// discarded; bytes after the tagged OK mean someone injected them.
-async fn starttls_preamble(tcp: &mut TcpStream, p: &ConnectParams<'_>) -> Result<(), ImapError> {
+/// Up to the TLS handshake after STARTTLS; returns how long the STARTTLS
+/// exchange took (a round trip).
+async fn starttls_preamble(
+    tcp: &mut TcpStream,
+    p: &ConnectParams<'_>,
+) -> Result<Duration, ImapError> {
     let host = p.host;
     await_greeting(tcp, host, p.port, &p.tls).await?;
     let mut buf = Vec::new();
@@ -584,6 +870,7 @@ async fn starttls_preamble(tcp: &mut TcpStream, p: &ConnectParams<'_>) -> Result
     if !offered {
         return Err(ImapError::NoStartTls(host.to_string()));
     }
+    let sent = std::time::Instant::now();
     tcp.write_all(b"A1 STARTTLS\r\n").await?;
     loop {
         let line = read_line(tcp, &mut buf).await?;
@@ -595,10 +882,11 @@ async fn starttls_preamble(tcp: &mut TcpStream, p: &ConnectParams<'_>) -> Result
             return Err(ImapError::NoStartTls(host.to_string()));
         }
     }
+    let rtt = sent.elapsed();
     if !buf.is_empty() {
         return Err(ImapError::StartTlsInjection(host.to_string()));
     }
-    Ok(())
+    Ok(rtt)
 }
 
 fn has_starttls(line: &str) -> bool {

@@ -72,6 +72,8 @@ pub struct Connection {
     pub(crate) rtt: Duration,
     /// COMPRESS=DEFLATE is on.
     pub(crate) deflate: bool,
+    /// COMPRESS=DEFLATE is to go on once the connection has work.
+    pub(crate) deflate_wanted: bool,
     pub(crate) timeout: Duration,
     /// The largest literal the server may announce right now (see guard.rs).
     pub(crate) literal_limit: Arc<AtomicU64>,
@@ -114,13 +116,18 @@ impl Connection {
         // server sends once it has the client's last handshake message;
         // see below for the handshakes' share.
         let mut rtt = Duration::MAX;
+        // Whether the server keeps commands sent right behind LOGIN (see
+        // `keeps_input_across_login`).
+        let mut pipelining = true;
         if p.starttls {
-            rtt = timeout(p.timeout, starttls_preamble(&mut tcp, p))
+            let greeting;
+            (rtt, greeting) = timeout(p.timeout, starttls_preamble(&mut tcp, p))
                 .await
                 .map_err(|_| ImapError::Timeout {
                     what: "STARTTLS negotiation".into(),
                     secs,
                 })??;
+            pipelining = keeps_input_across_login(&greeting);
         }
         let name = ServerName::try_from(p.host.to_string())
             .map_err(|e| ImapError::Tls(format!("invalid host name `{}`: {e}", p.host)))?;
@@ -174,8 +181,13 @@ impl Connection {
             log::debug!("greeting after {:.1} ms", rtt.as_secs_f64() * 1000.0);
             match greeting.parsed() {
                 Response::Data {
-                    status: Status::Ok, ..
-                } => {}
+                    status: Status::Ok,
+                    outcome,
+                    ..
+                } => {
+                    let text = outcome.information.as_deref().unwrap_or("");
+                    pipelining = keeps_input_across_login(text);
+                }
                 Response::Data {
                     status: Status::PreAuth,
                     ..
@@ -237,7 +249,7 @@ impl Connection {
             log::info!("logged in as `{admin}` on behalf of `{}` (PLAIN)", p.user);
             return Connection::logged_in(session, p, rtt, literal_limit, scanning).await;
         }
-        if plain_word(p.user) && plain_word(p.password) {
+        if pipelining && plain_word(p.user) && plain_word(p.password) {
             return Connection::login_in_one_flight(client, p, rtt, literal_limit, scanning).await;
         }
         let session = match timeout(p.timeout, unwinding(client.login(p.user, p.password))).await {
@@ -282,6 +294,7 @@ impl Connection {
             examined: false,
             rtt,
             deflate: false,
+            deflate_wanted: false,
             caps: HashSet::new(),
             timeout: p.timeout,
             literal_limit,
@@ -292,22 +305,17 @@ impl Connection {
         let (caps, namespace) = conn.capabilities_and_namespace().await?;
         conn.caps = caps;
         conn.namespace = namespace;
-        if p.compress.wanted(rtt) {
-            log_compress(p, rtt);
-            conn = conn.compress().await?;
-        }
+        conn.deflate_wanted = deflate_wanted(p, rtt, &conn.caps);
         Ok(conn)
     }
 
-    /// LOGIN, CAPABILITY, NAMESPACE and, when wanted, COMPRESS DEFLATE in
-    /// one flight: the whole login is one round trip (before, LOGIN,
-    /// CAPABILITY + NAMESPACE and COMPRESS were three). Commands after a
-    /// failed LOGIN are refused harmlessly, as is COMPRESS by a server that
-    /// does not offer it; RFC 4978 lets the client start compressing once
-    /// COMPRESS's OK is in, and nothing is sent after it in the flight.
-    /// Done raw, beside async-imap (NAMESPACE is beyond its parser, and it
-    /// would send COMPRESS a round trip later); [`LoggedIn`] then hands
-    /// async-imap the session.
+    /// LOGIN, CAPABILITY and NAMESPACE in one flight: the whole login is
+    /// one round trip (before, LOGIN and CAPABILITY + NAMESPACE were two).
+    /// Commands after a failed LOGIN are refused harmlessly. Done raw,
+    /// beside async-imap (NAMESPACE is beyond its parser); [`LoggedIn`]
+    /// then hands async-imap the session. COMPRESS waits for the
+    /// capabilities (only what is announced is sent) and for work
+    /// ([`Connection::compress`]).
     async fn login_in_one_flight(
         client: async_imap::Client<Stream>,
         p: &ConnectParams<'_>,
@@ -318,23 +326,18 @@ impl Connection {
         // Nothing but the greeting came before our first command, so
         // async-imap's buffer holds nothing more.
         let mut stream = client.into_inner();
-        let compress = p.compress.wanted(rtt);
-        if compress {
-            log_compress(p, rtt);
-        }
         let login = format!("LOGIN {} {}", quote(p.user)?, quote(p.password)?);
-        let mut commands = vec![login.as_str(), "CAPABILITY", "NAMESPACE"];
-        if compress {
-            commands.push("COMPRESS DEFLATE");
-        }
+        let commands = [login.as_str(), "CAPABILITY", "NAMESPACE"];
         let replies = timeout(p.timeout, raw_flight(&mut stream, &commands))
             .await
             .map_err(|_| ImapError::Timeout {
                 what: "login".into(),
                 secs: p.timeout.as_secs(),
             })??;
-        let status = |i: usize| replies.get(i).map(|(_, done)| done.as_str());
-        let login_done = status(0).ok_or(ImapError::ConnectionLost)?;
+        let login_done = replies
+            .first()
+            .map(|(_, done)| done.as_str())
+            .ok_or(ImapError::ConnectionLost)?;
         if !super::namespace::tagged_ok(login_done) {
             return Err(ImapError::Auth {
                 user: p.user.to_string(),
@@ -344,28 +347,7 @@ impl Connection {
         if replies.len() < commands.len() {
             return Err(ImapError::ConnectionLost);
         }
-        let (caps, namespace) = super::namespace::caps_and_namespace(&replies[..3]);
-        let deflate = compress && status(3).is_some_and(super::namespace::tagged_ok);
-        if deflate {
-            log::info!("COMPRESS=DEFLATE on");
-        } else if compress {
-            log::info!(
-                "the server refused COMPRESS DEFLATE: {}",
-                status(3).unwrap_or("")
-            );
-        }
-        let (stream, scanning) = if deflate {
-            // From here on the wire carries deflate, not IMAP framing: the
-            // guard moves above the decompressor.
-            scanning.store(false, Ordering::Relaxed);
-            let on = Arc::new(AtomicBool::new(true));
-            let inflated = Deflate::new(stream);
-            let guarded: Stream =
-                Box::new(Guarded::new(inflated, literal_limit.clone(), on.clone()));
-            (guarded, on)
-        } else {
-            (stream, scanning)
-        };
+        let (caps, namespace) = super::namespace::caps_and_namespace(&replies);
         let client = async_imap::Client::new(Box::new(LoggedIn::new(stream)) as Stream);
         let session = unwinding(client.login("-", "-"))
             .await?
@@ -375,7 +357,8 @@ impl Connection {
             namespace,
             examined: false,
             rtt,
-            deflate,
+            deflate: false,
+            deflate_wanted: deflate_wanted(p, rtt, &caps),
             caps,
             timeout: p.timeout,
             literal_limit,
@@ -385,56 +368,43 @@ impl Connection {
         })
     }
 
-    /// Turns on COMPRESS=DEFLATE (RFC 4978) when the server offers it; a
-    /// no-op otherwise. Pays on slow links; on a fast one the server's
-    /// deflate is the bottleneck (scripts/bench.sh, README Performance).
-    pub async fn compress(self) -> Result<Connection, ImapError> {
-        if self.deflate || !self.has_capability("COMPRESS=DEFLATE") {
-            return Ok(self);
+    /// Turns on COMPRESS=DEFLATE (RFC 4978) if it was wanted at login (the
+    /// account's `compress`, the server's capabilities) and is not on yet;
+    /// a no-op otherwise. Called once the connection has work
+    /// ([`Remote::prepare_for_work`]): a no-change run, all LIST-STATUS,
+    /// never pays its round trip. Only while nothing is in flight. Pays on
+    /// slow links; on a fast one the server's deflate is the bottleneck
+    /// (scripts/bench.sh, README Performance).
+    pub async fn compress(&mut self) -> Result<(), ImapError> {
+        if self.deflate || !self.deflate_wanted {
+            return Ok(());
         }
-        let Connection {
-            session,
-            namespace,
-            examined,
-            rtt,
-            deflate: _,
-            caps,
-            timeout: t,
-            literal_limit,
-            max_literal,
-            scanning,
-            mechanism,
-        } = self;
+        match self.raw_command("COMPRESS DEFLATE", "COMPRESS").await {
+            Ok(_) => {}
+            // Announced but refused: go on without it.
+            Err(ImapError::No { text, .. } | ImapError::Bad { text, .. }) => {
+                log::info!("the server refused COMPRESS DEFLATE: {text}");
+                self.deflate_wanted = false;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         // From here on the wire carries deflate, not IMAP framing: the guard
-        // moves above the decompressor.
-        scanning.store(false, Ordering::Relaxed);
-        let limit = literal_limit.clone();
+        // moves above the decompressor. async-imap's buffer is empty (the
+        // exchange went beside it), so the stream under it can be swapped.
+        self.scanning.store(false, Ordering::Relaxed);
         let on = Arc::new(AtomicBool::new(true));
-        let on2 = on.clone();
-        let session = timeout(
-            t,
-            unwinding(session.compress(move |s| Box::new(Guarded::new(s, limit, on2)) as Stream)),
-        )
-        .await
-        .map_err(|_| ImapError::Timeout {
-            what: "COMPRESS".into(),
-            secs: t.as_secs(),
-        })??
-        .map_err(async_to_imap)?;
+        let stream = self.session.get_mut();
+        let raw = std::mem::replace(stream, Box::new(std::io::Cursor::new(Vec::new())));
+        *stream = Box::new(Guarded::new(
+            Deflate::new(raw),
+            self.literal_limit.clone(),
+            on.clone(),
+        ));
+        self.scanning = on;
+        self.deflate = true;
         log::info!("COMPRESS=DEFLATE on");
-        Ok(Connection {
-            session,
-            namespace,
-            examined,
-            rtt,
-            deflate: true,
-            caps,
-            timeout: t,
-            literal_limit,
-            max_literal,
-            scanning: on,
-            mechanism,
-        })
+        Ok(())
     }
 
     /// The SASL mechanism of an OAuth2 login; `None` after LOGIN.
@@ -530,12 +500,28 @@ impl Connection {
     }
 }
 
-fn log_compress(p: &ConnectParams<'_>, rtt: Duration) {
-    log::info!(
-        "COMPRESS=DEFLATE wanted (round trip {:.1} ms, compress = {:?})",
-        rtt.as_secs_f64() * 1000.0,
-        p.compress
-    );
+/// Whether COMPRESS=DEFLATE is to go on once there is work: the account
+/// wants it for this round trip, and the server announced it.
+fn deflate_wanted(p: &ConnectParams<'_>, rtt: Duration, caps: &HashSet<String>) -> bool {
+    let wanted = p.compress.wanted(rtt) && caps.contains("COMPRESS=DEFLATE");
+    if wanted {
+        log::info!(
+            "COMPRESS=DEFLATE wanted (round trip {:.1} ms, compress = {:?})",
+            rtt.as_secs_f64() * 1000.0,
+            p.compress
+        );
+    }
+    wanted
+}
+
+/// Whether commands may follow LOGIN in the same flight. Courier-IMAP's
+/// imaplogin reads them into its buffer and then execs imapd, which never
+/// sees them: the session hangs until the timeout (found with the Courier
+/// 5 of the interop tests; its greeting says `Courier-IMAP ready`). Dovecot
+/// hands its login process's buffer to the mail process, Cyrus is one
+/// process. Such a server logs in through async-imap, a round trip more.
+fn keeps_input_across_login(greeting_text: &str) -> bool {
+    !greeting_text.to_ascii_lowercase().contains("courier")
 }
 
 /// A user name or password LOGIN can carry as a quoted string: printable
@@ -832,11 +818,11 @@ fn unescape_debug(s: &str) -> String {
 /// The plain-text part of STARTTLS (RFC 3501 6.2.1). Everything read here is
 /// discarded; bytes after the tagged OK mean someone injected them.
 /// Up to the TLS handshake after STARTTLS; returns how long the STARTTLS
-/// exchange took (a round trip).
+/// exchange took (a round trip) and the greeting.
 async fn starttls_preamble(
     tcp: &mut TcpStream,
     p: &ConnectParams<'_>,
-) -> Result<Duration, ImapError> {
+) -> Result<(Duration, String), ImapError> {
     let host = p.host;
     await_greeting(tcp, host, p.port, &p.tls).await?;
     let mut buf = Vec::new();
@@ -886,7 +872,7 @@ async fn starttls_preamble(
     if !buf.is_empty() {
         return Err(ImapError::StartTlsInjection(host.to_string()));
     }
-    Ok(rtt)
+    Ok((rtt, greeting))
 }
 
 fn has_starttls(line: &str) -> bool {
@@ -975,6 +961,10 @@ fn status_of(attrs: &[StatusAttribute]) -> MailboxStatus {
 impl Remote for Connection {
     fn has_capability(&self, cap: &str) -> bool {
         self.caps.contains(cap)
+    }
+
+    async fn prepare_for_work(&mut self) -> Result<(), RemoteError> {
+        Ok(self.compress().await?)
     }
 
     fn namespace(&self) -> Option<Namespace> {

@@ -180,6 +180,42 @@ fn quoted(s: &str) -> Option<(String, &str)> {
 mod tests {
     use super::*;
 
+    fn reply(lines: &[&str], done: &str) -> (Vec<String>, String) {
+        (
+            lines.iter().map(|l| l.to_string()).collect(),
+            done.to_string(),
+        )
+    }
+
+    #[test]
+    fn login_flight_replies_give_capabilities_and_namespace() {
+        // Dovecot's answers to LOGIN, CAPABILITY and NAMESPACE in one flight.
+        let replies = [
+            reply(&[], "rx0 OK [CAPABILITY IMAP4rev1 NAMESPACE] Logged in"),
+            reply(
+                &["* CAPABILITY IMAP4rev1 NAMESPACE COMPRESS=DEFLATE"],
+                "rx1 OK Capability completed.",
+            ),
+            reply(&[r#"* NAMESPACE (("INBOX." ".")) NIL NIL"#], "rx2 OK done"),
+        ];
+        let (caps, ns) = caps_and_namespace(&replies);
+        assert!(caps.contains("COMPRESS=DEFLATE"), "{caps:?}");
+        assert_eq!(ns.map(|n| n.prefix), Some("INBOX.".to_string()));
+        // CAPABILITY refused: the LOGIN reply's response code still counts;
+        // no NAMESPACE announced, none taken.
+        let replies = [
+            reply(&[], "rx0 OK [CAPABILITY IMAP4rev1 IDLE] Logged in"),
+            reply(&[], "rx1 BAD no"),
+            reply(&[r#"* NAMESPACE (("x" "/")) NIL NIL"#], "rx2 OK done"),
+        ];
+        let (caps, ns) = caps_and_namespace(&replies);
+        assert!(
+            caps.contains("IDLE") && !caps.contains("NAMESPACE"),
+            "{caps:?}"
+        );
+        assert_eq!(ns, None);
+    }
+
     #[test]
     fn personal_namespace_of_courier_cyrus_and_dovecot_replies() {
         let ns = |p: &str, d: Option<char>| {

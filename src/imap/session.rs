@@ -1591,6 +1591,30 @@ mod tests {
     }
 
     #[test]
+    fn courier_is_the_server_that_loses_commands_behind_login() {
+        assert!(!keeps_input_across_login(
+            "Courier-IMAP ready. Copyright 1998-2019 Double Precision, Inc."
+        ));
+        assert!(keeps_input_across_login("Dovecot ready."));
+        assert!(keeps_input_across_login(""));
+    }
+
+    /// The stand-in answers the one LOGIN async-imap writes, sends nothing
+    /// of it, and passes everything after it through.
+    #[tokio::test]
+    async fn logged_in_shim_answers_one_login_then_steps_aside() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let client = async_imap::Client::new(Box::new(LoggedIn::new(ours)) as Stream);
+        let mut session = client.login("-", "-").await.map_err(|(e, _)| e).unwrap();
+        session.get_mut().write_all(b"A2 NOOP\r\n").await.unwrap();
+        session.get_mut().flush().await.unwrap();
+        let mut got = vec![0u8; 64];
+        let n = theirs.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"A2 NOOP\r\n", "the LOGIN reached the server");
+    }
+
+    #[test]
     fn server_text_is_the_servers_words_not_rust_debug_output() {
         assert_eq!(
             server_text(

@@ -158,6 +158,28 @@ pub fn selected_by_labels(
             .any(|l| matches(names.get(l).map(String::as_str).unwrap_or(l)))
 }
 
+/// Whether the account's `include`/`exclude` let expunge take a message
+/// with `labels`. On Gmail a message shows in All Mail and in the folder of
+/// each of its labels, so it is left alone when any of those folders is
+/// excluded, and taken only when one of them is included (the default
+/// `include = ["*"]` takes All Mail, so everything).
+pub fn wanted_by_account(
+    labels: &[String],
+    names: &HashMap<String, String>,
+    all_name: &str,
+    include: impl Fn(&str) -> bool,
+    exclude: impl Fn(&str) -> bool,
+) -> bool {
+    let folders: Vec<&str> = std::iter::once(all_name)
+        .chain(
+            labels
+                .iter()
+                .map(|l| names.get(l).map(String::as_str).unwrap_or(l)),
+        )
+        .collect();
+    !folders.iter().any(|f| exclude(f)) && folders.iter().any(|f| include(f))
+}
+
 /// Which Trash UIDs are provably ours: those COPYUID named whose
 /// X-GM-MSGID is the one moved; for entries whose Trash UID is unknown (a
 /// run killed before the MOVE answered), the Trash message with that
@@ -245,6 +267,27 @@ mod tests {
             "[Gmail]/All Mail",
             |n| n == "Sent"
         ));
+    }
+
+    #[test]
+    fn include_and_exclude_apply_to_every_folder_a_message_shows_in() {
+        let names: HashMap<String, String> = [("\\Inbox".to_string(), "INBOX".to_string())].into();
+        let all = "[Gmail]/All Mail";
+        let work = vec!["\\Inbox".to_string(), "Work".to_string()];
+        let inbox = vec!["\\Inbox".to_string()];
+        let none: Vec<String> = Vec::new();
+        let everything = |_: &str| true;
+        let nothing = |_: &str| false;
+        // Defaults: everything.
+        assert!(wanted_by_account(&none, &names, all, everything, nothing));
+        // exclude = ["Work"]: a message labelled Work stays, wherever else it is.
+        let not_work = |n: &str| n == "Work";
+        assert!(!wanted_by_account(&work, &names, all, everything, not_work));
+        assert!(wanted_by_account(&inbox, &names, all, everything, not_work));
+        // include = ["INBOX"]: only what INBOX shows.
+        let only_inbox = |n: &str| n == "INBOX";
+        assert!(wanted_by_account(&inbox, &names, all, only_inbox, nothing));
+        assert!(!wanted_by_account(&none, &names, all, only_inbox, nothing));
     }
 
     #[test]

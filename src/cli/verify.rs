@@ -544,7 +544,11 @@ fn human(report: &VerifyReport) -> String {
             a.files,
             if a.files == 1 { "" } else { "s" },
             if a.links > 0 {
-                format!(" (and {} label link{} to them)", a.links, if a.links == 1 { "" } else { "s" })
+                format!(
+                    " (and {} label link{} to them)",
+                    a.links,
+                    if a.links == 1 { "" } else { "s" }
+                )
             } else {
                 String::new()
             },

@@ -529,7 +529,7 @@ async fn examine<R: Remote>(
     let mut meta = Vec::new();
     let flags = if gmail {
         // Labels, flags and ids in one FETCH; new messages need their labels too.
-        meta = match gmail_query(prior, &selected) {
+        meta = match gmail_query(prior, &selected, index) {
             FlagQuery::Skip => Vec::new(),
             FlagQuery::All => conn.gmail_meta(None).await?,
             FlagQuery::ChangedSince(modseq) => conn.gmail_meta(Some(modseq)).await?,

@@ -1595,6 +1595,43 @@ fn gmail_ls_search_export_and_verify_count_each_message_once_with_its_labels() {
             "`{name}`"
         );
     }
+
+    // What pull records per message (X-GM-MSGID, X-GM-THRID, labels)
+    // survives the loss of state/: the ids beside All Mail's files, the
+    // labels as links.
+    fs::remove_dir_all(archive.join("state")).unwrap();
+    let ids = fs::read_to_string(archive.join("mail").join(ALL).join("imapbak-gmail-ids")).unwrap();
+    let recorded: BTreeSet<(u64, u64)> = ids
+        .lines()
+        .map(|l| {
+            let f: Vec<u64> = l.split('\t').map(|x| x.parse().unwrap()).collect();
+            (f[2], f[3])
+        })
+        .collect();
+    let want: BTreeSet<(u64, u64)> = store.lock().unwrap().messages[..18]
+        .iter()
+        .map(|m| (m.msgid, m.thrid))
+        .collect();
+    assert_eq!(recorded, want);
+    let hits = json_of(&run(&env, &["search", "--json"]));
+    let mut seen = BTreeMap::new();
+    for h in hits.as_array().unwrap() {
+        let labels: BTreeSet<String> = h["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        seen.insert(bare_id(h["message_id"].as_str().unwrap()), labels);
+    }
+    assert_eq!(seen, labels_by_id, "labels after the loss of state/");
+    let before = store.lock().unwrap().body_bytes;
+    run(&env, &["pull"]);
+    assert_eq!(
+        store.lock().unwrap().body_bytes,
+        before,
+        "a body came again"
+    );
 }
 
 #[test]

@@ -416,7 +416,7 @@ impl Run<'_> {
         if let Some(g) = &mut self.gmail {
             // Gmail: the same X-GM-MSGID as recorded at pull, and, with
             // `--mailbox`, a label that matches.
-            let ids = gmail::load_ids(folder.state_dir())?;
+            let ids = gmail::load_ids(folder.path(), folder.state_dir())?;
             let server: HashMap<u32, crate::sync::remote::GmailMeta> = if plan.candidates.is_empty()
             {
                 HashMap::new()

@@ -21,8 +21,14 @@ use serde::{Deserialize, Serialize};
 use crate::archive::ArchiveError;
 use crate::sync::remote::{GmailMeta, ListedMailbox, SpecialUse};
 
-/// Where X-GM-MSGIDs of All Mail's messages are recorded, per folder.
-pub const IDS: &str = "gmail-ids";
+/// Where X-GM-MSGIDs and X-GM-THRIDs of All Mail's messages are
+/// recorded: in All Mail's Maildir folder, beside `dovecot-keywords`, so
+/// they survive the loss of `state/` as the file names do (Dovecot ignores
+/// the file). Lines `<uidvalidity> TAB <uid> TAB <msgid> TAB <thrid>`.
+pub const IDS: &str = "imapbak-gmail-ids";
+/// Where earlier versions kept them, in All Mail's state directory (read
+/// for what the tree's record lacks).
+pub const IDS_IN_STATE: &str = "gmail-ids";
 /// Messages on their way through Trash.
 pub const TRASH_PENDING: &str = "gmail-trash-pending.json";
 
@@ -88,16 +94,32 @@ pub fn save_trash_pending(state: &Path, p: &TrashPending) -> Result<(), ArchiveE
     crate::archive::write_atomic(&path, &bytes)
 }
 
-/// The X-GM-MSGIDs recorded for All Mail: (UIDVALIDITY, UID) -> MSGID.
-pub fn load_ids(state: &Path) -> Result<HashMap<(u32, u32), u64>, ArchiveError> {
-    let path = state.join(IDS);
-    let text = match std::fs::read_to_string(&path) {
+/// The X-GM-MSGIDs recorded for All Mail, whose Maildir folder is `tree`
+/// and state directory `state`: (UIDVALIDITY, UID) -> MSGID.
+pub fn load_ids(tree: &Path, state: &Path) -> Result<HashMap<(u32, u32), u64>, ArchiveError> {
+    let mut ids: HashMap<(u32, u32), u64> = read_ids(&state.join(IDS_IN_STATE))?
+        .into_iter()
+        .map(|(k, (id, _))| (k, id))
+        .collect();
+    ids.extend(
+        read_ids(&tree.join(IDS))?
+            .into_iter()
+            .map(|(k, (id, _))| (k, id)),
+    );
+    Ok(ids)
+}
+
+/// (UIDVALIDITY, UID) -> (MSGID, THRID; 0 when not recorded).
+type Ids = HashMap<(u32, u32), (u64, u64)>;
+
+fn read_ids(path: &Path) -> Result<Ids, ArchiveError> {
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
         Err(e) => {
             return Err(ArchiveError::Io {
                 what: "cannot read",
-                path,
+                path: path.to_path_buf(),
                 source: e,
             })
         }
@@ -109,31 +131,34 @@ pub fn load_ids(state: &Path) -> Result<HashMap<(u32, u32), u64>, ArchiveError> 
             let uv = f.next()?.parse().ok()?;
             let uid = f.next()?.parse().ok()?;
             let id = f.next()?.parse().ok()?;
-            Some(((uv, uid), id))
+            let thread = f.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+            Some(((uv, uid), (id, thread)))
         })
         .collect())
 }
 
-/// Adds what the server reported this run to the recorded X-GM-MSGIDs.
-pub fn record_ids(state: &Path, uidvalidity: u32, meta: &[GmailMeta]) -> Result<(), ArchiveError> {
-    let mut ids = load_ids(state)?;
-    let before = ids.len();
+/// Adds what the server reported this run to the record in All Mail's
+/// Maildir folder `tree`.
+pub fn record_ids(tree: &Path, uidvalidity: u32, meta: &[GmailMeta]) -> Result<(), ArchiveError> {
+    let path = tree.join(IDS);
+    let mut ids = read_ids(&path)?;
     let mut changed = false;
     for m in meta {
-        if ids.insert((uidvalidity, m.uid), m.msgid) != Some(m.msgid) {
+        let v = (m.msgid, m.thrid);
+        if ids.insert((uidvalidity, m.uid), v) != Some(v) {
             changed = true;
         }
     }
-    if !changed && ids.len() == before {
+    if !changed {
         return Ok(());
     }
     let mut rows: Vec<_> = ids.into_iter().collect();
     rows.sort_unstable();
     let mut text = String::new();
-    for ((uv, uid), id) in rows {
-        text.push_str(&format!("{uv}\t{uid}\t{id}\n"));
+    for ((uv, uid), (id, thread)) in rows {
+        text.push_str(&format!("{uv}\t{uid}\t{id}\t{thread}\n"));
     }
-    crate::archive::write_atomic(&state.join(IDS), text.as_bytes())
+    crate::archive::write_atomic(&path, text.as_bytes())
 }
 
 /// The `\Trash` mailbox, found by special use (its name is localised).
@@ -291,12 +316,16 @@ mod tests {
     }
 
     #[test]
-    fn recorded_ids_survive_and_merge() {
-        let d = tempfile::tempdir().unwrap();
-        record_ids(d.path(), 5, &[meta(1, 10), meta(2, 20)]).unwrap();
-        record_ids(d.path(), 5, &[meta(3, 30)]).unwrap();
-        let ids = load_ids(d.path()).unwrap();
-        assert_eq!(ids.len(), 3);
-        assert_eq!(ids[&(5, 2)], 20);
+    fn recorded_ids_survive_and_merge_with_an_older_record_in_state() {
+        let (tree, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(state.path().join(IDS_IN_STATE), "5\t9\t90\n5\t2\t1\n").unwrap();
+        record_ids(tree.path(), 5, &[meta(1, 10), meta(2, 20)]).unwrap();
+        record_ids(tree.path(), 5, &[meta(3, 30)]).unwrap();
+        let ids = load_ids(tree.path(), state.path()).unwrap();
+        assert_eq!(ids.len(), 4);
+        assert_eq!(ids[&(5, 2)], 20, "the tree's record wins");
+        assert_eq!(ids[&(5, 9)], 90);
+        let text = std::fs::read_to_string(tree.path().join(IDS)).unwrap();
+        assert!(text.starts_with("5\t1\t10\t0\n"), "{text}");
     }
 }

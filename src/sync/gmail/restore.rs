@@ -26,17 +26,21 @@ use crate::archive::{Archive, ArchiveError};
 use crate::sync::remote::{ListedMailbox, SpecialUse};
 use crate::sync::restore::SourceMailbox;
 
-/// Label -> archive folder, as the last Gmail-mode pull laid them out.
-pub const LABELS: &str = "gmail-labels.json";
+/// Label -> archive folder, as the last Gmail-mode pull laid them out: in
+/// All Mail's Maildir folder (it marks the archive as pulled in Gmail
+/// mode, and survives the loss of `state/`; Dovecot ignores it).
+pub const LABELS: &str = "imapbak-gmail-labels.json";
+/// Where earlier versions kept it, in All Mail's state directory.
+pub const LABELS_IN_STATE: &str = "gmail-labels.json";
 
-/// Records, in All Mail's state directory, which folder each label is.
-pub fn record_layout(state: &Path, layout: &Layout) -> Result<(), ArchiveError> {
+/// Records, in All Mail's Maildir folder `tree`, which folder each label is.
+pub fn record_layout(tree: &Path, layout: &Layout) -> Result<(), ArchiveError> {
     let map: BTreeMap<&String, &String> = layout.labels.iter().collect();
     let bytes = serde_json::to_vec_pretty(&map).expect("serialisable");
-    if std::fs::read(state.join(LABELS)).is_ok_and(|b| b == bytes) {
+    if std::fs::read(tree.join(LABELS)).is_ok_and(|b| b == bytes) {
         return Ok(());
     }
-    crate::archive::write_atomic(&state.join(LABELS), &bytes)
+    crate::archive::write_atomic(&tree.join(LABELS), &bytes)
 }
 
 /// What an archive pulled in Gmail mode says about itself.
@@ -49,23 +53,31 @@ pub struct GmailArchive {
 }
 
 /// The Gmail layout of `archive`, if it was pulled in Gmail mode (its All
-/// Mail folder carries the label record).
+/// Mail folder carries the label record; an archive of an earlier version
+/// has it in All Mail's state directory).
 pub fn archive_info(archive: &Archive) -> Option<GmailArchive> {
-    let state = archive.state_dir().join("mailboxes");
-    for e in std::fs::read_dir(&state).ok()?.flatten() {
-        let p = e.path().join(LABELS);
-        let Ok(bytes) = std::fs::read(&p) else {
+    let places = [
+        (archive.mail_dir(), LABELS),
+        (archive.state_dir().join("mailboxes"), LABELS_IN_STATE),
+    ];
+    for (root, file) in places {
+        let Ok(rd) = std::fs::read_dir(&root) else {
             continue;
         };
-        let Ok(map) = serde_json::from_slice::<HashMap<String, String>>(&bytes) else {
-            continue;
-        };
-        let dir = e.file_name().to_string_lossy().into_owned();
-        let all_dir = if dir == "INBOX" { String::new() } else { dir };
-        return Some(GmailArchive {
-            all_dir,
-            labels: map.into_iter().map(|(l, d)| (d, l)).collect(),
-        });
+        for e in rd.flatten() {
+            let Ok(bytes) = std::fs::read(e.path().join(file)) else {
+                continue;
+            };
+            let Ok(map) = serde_json::from_slice::<HashMap<String, String>>(&bytes) else {
+                continue;
+            };
+            let dir = e.file_name().to_string_lossy().into_owned();
+            let all_dir = if dir == "INBOX" { String::new() } else { dir };
+            return Some(GmailArchive {
+                all_dir,
+                labels: map.into_iter().map(|(l, d)| (d, l)).collect(),
+            });
+        }
     }
     None
 }

@@ -161,8 +161,7 @@ mod tests {
         ]
         .into();
         let json = serde_json::to_vec(&layout).unwrap();
-        std::fs::create_dir_all(all.state_dir()).unwrap();
-        std::fs::write(all.state_dir().join(super::super::restore::LABELS), json).unwrap();
+        std::fs::write(all.path().join(super::super::restore::LABELS), json).unwrap();
 
         let v = GmailView::read(&archive).unwrap().unwrap();
         assert!(v.is_link("", &w.entry.base) && v.is_link(".Work", &w.entry.base));

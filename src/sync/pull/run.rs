@@ -455,12 +455,12 @@ async fn pull_mailbox<T: Task>(
                 let keywords = folder.load_keywords()?;
                 // Expunge checks a message's X-GM-MSGID against this record.
                 gmail::record_ids(
-                    folder.state_dir(),
+                    folder.path(),
                     examined.selected.uidvalidity,
                     &examined.gmail,
                 )?;
                 // Restore reads which folder is which label from here.
-                gmail::restore::record_layout(folder.state_dir(), layout)?;
+                gmail::restore::record_layout(folder.path(), layout)?;
                 gmail::apply_links(
                     &ctx.archive,
                     layout,

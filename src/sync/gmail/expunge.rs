@@ -112,6 +112,7 @@ pub fn load_ids(tree: &Path, state: &Path) -> Result<HashMap<(u32, u32), u64>, A
 /// (UIDVALIDITY, UID) -> (MSGID, THRID; 0 when not recorded).
 type Ids = HashMap<(u32, u32), (u64, u64)>;
 
+/// Reads one record of ids (none when the file is not there).
 fn read_ids(path: &Path) -> Result<Ids, ArchiveError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -1547,6 +1547,19 @@ fn gmail_ls_search_export_and_verify_count_each_message_once_with_its_labels() {
     assert_eq!(a["links"], links, "{v:#}");
     assert_eq!(a["problems"].as_array().unwrap().len(), 0, "{v:#}");
 
+    // --server compares All Mail, where the messages are archived from
+    // (a label folder's UIDs on Gmail are not All Mail's).
+    let v = json_of(&run(&env, &["verify", "--server", "--json"]));
+    let server = v["accounts"][0]["server"].as_array().unwrap();
+    assert_eq!(server.len(), 1, "{v:#}");
+    assert_eq!(server[0]["folder"], ALL);
+    assert_eq!(server[0]["messages"], 18);
+    assert_eq!(
+        server[0]["not_archived"].as_array().unwrap().len(),
+        0,
+        "{v:#}"
+    );
+
     // A damaged message is one problem, named with its labels, however
     // many labels it has.
     let victim = folder_files(&archive, ALL)

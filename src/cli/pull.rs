@@ -65,7 +65,7 @@ not stored twice.
   dry_run, seconds, mailboxes, fetched, bytes, bytes_on_disk, flag_updates,
   errors, incomplete, exit_code, and accounts: [{account, archive, error,
   hint, incomplete, download_left, daily_limit,
-  mailboxes: [{name, folder, outcome (fetched|unchanged|planned|failed|incomplete),
+  mailboxes: [{mailbox, folder, outcome (fetched|unchanged|planned|failed|incomplete),
   fetched, bytes, bytes_on_disk, flag_updates, deduplicated,
   uidvalidity_changed, errors: [text], hints: [text|null]}]}]
 Every `error` (null when all went well) has a `hint` beside it: what to

@@ -31,12 +31,7 @@ impl GmailView {
         let Some(info) = archive_info(archive) else {
             return Ok(None);
         };
-        let all = archive.folder(&info.all_dir);
-        let all_bases: HashSet<String> = if all.exists() {
-            all.files()?.files.into_iter().map(|f| f.base).collect()
-        } else {
-            HashSet::new()
-        };
+        let all_bases: HashSet<String> = bases(archive, &info.all_dir)?.collect();
         let mut view = GmailView {
             info,
             all_bases,
@@ -46,14 +41,10 @@ impl GmailView {
             if dir == view.info.all_dir {
                 continue;
             }
-            let folder = archive.folder(&dir);
-            if !folder.exists() {
-                continue;
-            }
             let label = view.label_of_folder(&dir);
-            for f in folder.files()?.files {
-                if view.all_bases.contains(&f.base) {
-                    view.labels.entry(f.base).or_default().insert(label.clone());
+            for base in bases(archive, &dir)? {
+                if view.all_bases.contains(&base) {
+                    view.labels.entry(base).or_default().insert(label.clone());
                 }
             }
         }
@@ -89,6 +80,35 @@ impl GmailView {
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// The base names (before `:2,`) in a folder's `cur/` and `new/`: only
+/// the directory entries, nothing parsed, as this runs before every `ls`
+/// and `search` (a name that is not imapbak's matches no All Mail base).
+fn bases(archive: &Archive, dir: &str) -> Result<impl Iterator<Item = String>, ArchiveError> {
+    let folder = archive.folder(dir);
+    let mut out = Vec::new();
+    for sub in ["cur", "new"] {
+        let path = folder.path().join(sub);
+        let rd = match std::fs::read_dir(&path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(ArchiveError::Io {
+                    what: "cannot read directory",
+                    path,
+                    source: e,
+                })
+            }
+        };
+        for e in rd.flatten() {
+            if let Some(name) = e.file_name().to_str() {
+                let base = name.split_once(":2,").map_or(name, |(b, _)| b);
+                out.push(base.to_string());
+            }
+        }
+    }
+    Ok(out.into_iter())
 }
 
 /// A label for people: a system label without its backslash (`\Inbox`

@@ -67,14 +67,16 @@ changed_during_run), `mailboxes` (the same per mailbox, with `mailbox`, `folder`
 
 Gmail (the server announces X-GM-EXT-1; `gmail = false` turns this
 off): an EXPUNGE in a label folder only removes the label and one in All
-Mail frees nothing, so candidates are chosen in All Mail (--mailbox
-selects by label), verified as above plus the X-GM-MSGID recorded at
+Mail frees nothing, so candidates are chosen in All Mail (--mailbox, and
+the account's include/exclude, select by label: a message with an excluded
+label is left alone), verified as above plus the X-GM-MSGID recorded at
 pull, moved to Trash with UID MOVE, found there by COPYUID and checked by
 X-GM-MSGID, and only those UIDs are marked \\Deleted and UID EXPUNGEd in
 Trash. Nothing else in Trash is touched; nothing is expunged in a label
 folder. The moved messages are recorded first
 (gmail-trash-pending.json), so a run killed between the move and the
-expunge is finished by the next. --free-to reads Gmail's QUOTA.
+expunge is finished by the next. --free-to reads Gmail's QUOTA. After a
+batch answered `[THROTTLED]` expunge pauses, longer while it lasts.
 Skip reason msgid_differs: the X-GM-MSGID is not the one recorded.
 
 Exit status: 0 when everything due was expunged or there was nothing to do

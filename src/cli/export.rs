@@ -31,9 +31,10 @@ const LONG_HELP: &str = "\
      archived ones, and exits 1. Files are created 0600 and directories 0700, \
      as private as the archive (a stricter umask still applies).\n\n\
      From an archive pulled in Gmail mode each message is exported once, from \
-     All Mail (or the first label folder --mailbox matched), with its labels in \
-     an `X-Gmail-Labels:` header (comma-separated, as Google Takeout writes \
-     them) before its own first line.";
+     All Mail (or the first label folder --mailbox matched). In an mbox it has \
+     its labels in an `X-Gmail-Labels:` header (comma-separated, as Google \
+     Takeout writes them) before its own first line; an .eml file holds the \
+     message's exact bytes.";
 
 /// Write archived messages out as an mbox file or as .eml files.
 #[derive(Debug, clap::Args)]
@@ -163,12 +164,14 @@ fn create_private(file: &Path, force: bool) -> io::Result<File> {
     o.open(file)
 }
 
-/// Reads one hit's message; a damaged file is reported and skipped. A
-/// message of a Gmail archive gets its labels in an `X-Gmail-Labels:`
-/// header first, as Google Takeout exports them.
-fn read_hit(h: &Hit) -> Option<Vec<u8>> {
+/// Reads one hit's message; a damaged file is reported and skipped. With
+/// `labels` (mbox), a message of a Gmail archive gets its labels in an
+/// `X-Gmail-Labels:` header first, as Google Takeout's mbox has them; an
+/// .eml file stays the exact archived bytes.
+fn read_hit(h: &Hit, labels: bool) -> Option<Vec<u8>> {
     match read_message(&h.path) {
-        Ok(b) if b.len() as u64 == h.size => Some(with_labels(b, &h.labels)),
+        Ok(b) if b.len() as u64 == h.size && labels => Some(with_labels(b, &h.labels)),
+        Ok(b) if b.len() as u64 == h.size => Some(b),
         Ok(b) => {
             eprintln!(
                 "error: `{}` ({}) decompresses to {} bytes, its name says {}; not exported",
@@ -215,7 +218,7 @@ fn export_mbox(hits: &[Hit], file: &Path, force: bool) -> Result<Written> {
     let mut out = io::BufWriter::with_capacity(1 << 20, sink);
     let mut w = Written::default();
     for h in hits {
-        let Some(body) = read_hit(h) else {
+        let Some(body) = read_hit(h, true) else {
             w.unreadable += 1;
             continue;
         };
@@ -303,7 +306,7 @@ fn export_eml(hits: &[Hit], dir: &Path, force: bool) -> Result<Written> {
             w.existed += 1;
             continue;
         }
-        let Some(body) = read_hit(h) else {
+        let Some(body) = read_hit(h, false) else {
             w.unreadable += 1;
             continue;
         };

@@ -1539,6 +1539,18 @@ fn gmail_ls_search_export_and_verify_count_each_message_once_with_its_labels() {
         )),
         "message 2 not exported with its labels"
     );
+    // .eml files: once each, the exact bytes, no header added.
+    let eml = env.path().join("eml");
+    run(&env, &["export", "--eml", eml.to_str().unwrap()]);
+    let files: Vec<Vec<u8>> = walkdir::WalkDir::new(&eml)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| fs::read(e.path()).unwrap())
+        .collect();
+    assert_eq!(files.len(), 18);
+    assert_eq!(files.iter().filter(|b| **b == message(2)).count(), 1);
+    assert!(files.iter().all(|b| !b.starts_with(b"X-Gmail-Labels")));
 
     // verify: each file read once, the label links counted apart.
     let v = json_of(&run(&env, &["verify", "--json"]));

@@ -328,6 +328,18 @@ pub(crate) fn load_accounts_for(
     config.select_users(&args.accounts, &users.filter()?)
 }
 
+/// Like [`load_accounts_for`], a user whose name cannot be archived in its
+/// place as [`crate::org::Refused`] (pull reports it and goes on).
+pub(crate) fn load_accounts_scoped(
+    config: Option<&std::path::Path>,
+    args: &AccountArgs,
+    users: &UserArgs,
+) -> Result<Vec<Result<Account, crate::org::Refused>>> {
+    let path = crate::config::locate(config)?;
+    let config = Config::load(&path)?;
+    config.select_users_scoped(&args.accounts, &users.filter()?)
+}
+
 /// Loads the configuration and picks the accounts.
 pub(crate) fn load_accounts(
     config: Option<&std::path::Path>,
@@ -351,6 +363,15 @@ pub(crate) struct Connector {
 impl Connector {
     /// Its error does not name the account: the account's error line does.
     pub(crate) fn new(account: Arc<Account>) -> Result<Connector> {
+        Connector::with_password(account, None)
+    }
+
+    /// Like [`Connector::new`] with the password already read (`Some`):
+    /// the users of one table share the admin's, read once.
+    pub(crate) fn with_password(
+        account: Arc<Account>,
+        password: Option<String>,
+    ) -> Result<Connector> {
         let tls = tls::client_config(account.ca_file.as_deref(), account.fingerprint)?;
         let (password, tokens) = match &account.oauth2 {
             Some(o) => (
@@ -360,7 +381,10 @@ impl Connector {
                         .map_err(|e| anyhow::anyhow!("{e}\nhint: {}", e.hint))?,
                 )),
             ),
-            None => (account.read_password()?, None),
+            None => match password {
+                Some(p) => (p, None),
+                None => (account.read_password()?, None),
+            },
         };
         Ok(Connector {
             account,

@@ -1,17 +1,20 @@
 //! `imapbak pull`: back up every configured account.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::expunge::{cut_for, expunge_one};
 use super::{runtime, AccountArgs, Connector};
+use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::Bars;
 use crate::report::Summary;
 use crate::sync::expunge::{parse_age, AccountExpunge, ExpungeOptions, ExpungeReport};
-use crate::sync::pull::{pull_account, AccountReport, PullOptions, PullReport};
+use crate::sync::pull::{monitor, pull_account, AccountReport, PullOptions, PullReport};
 
 /// Download what is new in every mailbox and mirror flag changes.
 ///
@@ -27,9 +30,16 @@ pub struct PullCmd {
     #[command(flatten)]
     users: super::UserArgs,
 
-    /// Connections per account used at once
+    /// Connections used at once: per account, or in all for the users of a
+    /// users list (pulled side by side, each user with at most its
+    /// `max-connections`, default 10)
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
+
+    /// Also write a Prometheus node-exporter textfile here (atomically):
+    /// per account its last success time, messages, bytes and errors
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<std::path::PathBuf>,
 
     /// Show what would be fetched; write nothing
     #[arg(short = 'n', long)]
@@ -93,7 +103,7 @@ summary says INCOMPLETE and how much is left, the next run continues);
 130 stopped by Ctrl-C, 143 stopped by SIGTERM.";
 
 pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;
+    let selected = super::load_accounts_scoped(config, &cmd.accounts, &cmd.users)?;
     let start = Instant::now();
     let progress: Arc<dyn crate::progress::Progress> =
         Arc::from(Bars::for_terminal(cmd.quiet || cmd.json));
@@ -116,58 +126,86 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
         dry_run: cmd.dry_run,
         ..Default::default()
     };
-    for account in accounts {
-        let account = Arc::new(account);
-        let connector = match Connector::new(account.clone()) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                report.accounts.push(AccountReport {
-                    account: account.name.clone(),
-                    archive: account.archive.display().to_string(),
-                    error: Some(crate::report::error_text(&e)),
-                    code: Some(ExitCode::Usage),
-                    ..Default::default()
-                });
-                continue;
+    // Each account's report in the order of the configuration and the
+    // users lists, whatever order the users finish in.
+    let mut slots: Vec<Option<Pulled>> = Vec::new();
+    let mut users = Vec::new();
+    for item in selected {
+        match item {
+            Err(refused) => slots.push(Some(Pulled::refused(refused))),
+            Ok(a) if a.table.is_some() => {
+                users.push((slots.len(), a));
+                slots.push(None);
             }
-        };
-        let for_expunge = connector.clone();
-        let connect = move || {
-            let c = connector.clone();
-            async move { c.connect().await }
-        };
-        let mut opts = opts.clone();
-        if account.oauth2.is_some() {
-            // The server ends sessions when their token expires (Microsoft,
-            // about an hour): reconnect with a fresh token and go on.
-            opts.attempts_after_close = 8;
+            Ok(a) => {
+                let account = Arc::new(a);
+                let connector = Connector::new(account.clone()).map(Arc::new);
+                let mut opts = opts.clone();
+                opts.jobs = opts.jobs.min(account.max_connections);
+                slots.push(Some(rt.block_on(pull_one(
+                    account,
+                    connector,
+                    opts,
+                    progress.clone(),
+                    None,
+                ))));
+            }
         }
-        let r = rt.block_on(pull_account(
-            account.clone(),
-            opts,
-            progress.clone(),
-            connect,
-        ));
-        if let Some(eopts) = &expunge_opts {
+    }
+    if !users.is_empty() {
+        let passwords = table_passwords(&users);
+        for (i, pulled) in rt.block_on(pull_users(users, passwords, &opts, progress.clone())) {
+            slots[i] = Some(pulled);
+        }
+    }
+    let pulled: Vec<Pulled> = slots.into_iter().flatten().collect();
+    let now = chrono::Utc::now().timestamp();
+    let mut metrics = Vec::new();
+    for p in &pulled {
+        report.accounts.push(p.report.clone());
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    let mut code = report.finish();
+    for (p, r) in pulled.iter().zip(&report.accounts) {
+        let archive = crate::archive::Archive::at(&p.archive);
+        let before = p
+            .has_archive
+            .then(|| monitor::last_success(&archive))
+            .flatten();
+        let last = monitor::success_after(r, before, now);
+        if !cmd.dry_run && p.has_archive {
+            if let Err(e) = monitor::save_last_pull(&archive, r, last, now) {
+                log::warn!("cannot record the last pull's report: {e}");
+            }
+        }
+        metrics.push(monitor::AccountMetrics::of(r, &p.user, last));
+    }
+    if let (Some(path), false) = (&cmd.metrics, cmd.dry_run) {
+        let text = monitor::metrics_text(&report, &metrics, now);
+        if let Err(e) = monitor::write_metrics(path, &text) {
+            eprintln!("error: cannot write the metrics file: {e}");
+            code = code.max(ExitCode::Partial);
+        }
+    }
+    if let Some(eopts) = &expunge_opts {
+        for (p, r) in pulled.iter().zip(&report.accounts) {
+            let (Some(account), Some(connector)) = (&p.account, &p.connector) else {
+                continue;
+            };
             let clean = r.error.is_none() && r.exit_code() == ExitCode::Success;
             expunge_report.accounts.push(if clean {
-                expunge_one(&rt, &account, &for_expunge, eopts, progress.clone())
+                expunge_one(&rt, account, connector, eopts, progress.clone())
             } else {
                 AccountExpunge {
                     not_run: Some(
                         "the pull of this account had failures; nothing is expunged until a pull succeeds"
                             .into(),
                     ),
-                    ..AccountExpunge::new(&account)
+                    ..AccountExpunge::new(account)
                 }
             });
         }
-        report.accounts.push(r);
-    }
-    drop(progress);
-    report.seconds = start.elapsed().as_secs_f64();
-    let mut code = report.finish();
-    if expunge_opts.is_some() {
+        drop(progress);
         expunge_report.seconds = start.elapsed().as_secs_f64() - report.seconds;
         code = code.max(super::expunge::finish(&mut expunge_report));
         for line in report.problems() {
@@ -187,6 +225,210 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
         }
         return Ok(code);
     }
+    drop(progress);
     report.print(cmd.json, cmd.quiet)?;
     Ok(code)
+}
+
+/// One account's pull and what the steps after it need.
+struct Pulled {
+    report: AccountReport,
+    /// The login name (the metrics' `user` label).
+    user: String,
+    archive: std::path::PathBuf,
+    /// False when no archive may be written (a refused user name).
+    has_archive: bool,
+    account: Option<Arc<Account>>,
+    connector: Option<Arc<Connector>>,
+}
+
+impl Pulled {
+    fn refused(r: crate::org::Refused) -> Pulled {
+        Pulled {
+            report: AccountReport {
+                account: r.account,
+                user: Some(r.user.clone()),
+                error: Some(crate::report::error_text(&r.error)),
+                code: Some(ExitCode::Usage),
+                ..Default::default()
+            },
+            user: r.user,
+            archive: Default::default(),
+            has_archive: false,
+            account: None,
+            connector: None,
+        }
+    }
+}
+
+/// Pulls one account; `first` is a permit of the shared connection budget
+/// already taken for its first connection (users of a table), and then
+/// every further connection takes one from `budget` too.
+async fn pull_one(
+    account: Arc<Account>,
+    connector: Result<Arc<Connector>>,
+    mut opts: PullOptions,
+    progress: Arc<dyn crate::progress::Progress>,
+    budget: Option<(Arc<Semaphore>, OwnedSemaphorePermit)>,
+) -> Pulled {
+    let user = account.table.as_ref().map(|_| account.user.clone());
+    let mut pulled = Pulled {
+        report: AccountReport::default(),
+        user: account.user.clone(),
+        archive: account.archive.clone(),
+        has_archive: true,
+        account: Some(account.clone()),
+        connector: None,
+    };
+    let connector = match connector {
+        Ok(c) => c,
+        Err(e) => {
+            pulled.report = AccountReport {
+                account: account.name.clone(),
+                user,
+                archive: account.archive.display().to_string(),
+                error: Some(crate::report::error_text(&e)),
+                code: Some(ExitCode::Usage),
+                ..Default::default()
+            };
+            return pulled;
+        }
+    };
+    pulled.connector = Some(connector.clone());
+    if account.oauth2.is_some() {
+        // The server ends sessions when their token expires (Microsoft,
+        // about an hour): reconnect with a fresh token and go on.
+        opts.attempts_after_close = 8;
+    }
+    let mut report = match budget {
+        None => {
+            let connect = move || {
+                let c = connector.clone();
+                async move { c.connect().await }
+            };
+            pull_account(account.clone(), opts, progress, connect).await
+        }
+        Some((budget, first)) => {
+            let first = Arc::new(std::sync::Mutex::new(Some(first)));
+            let connect = move || {
+                let (c, budget, first) = (connector.clone(), budget.clone(), first.clone());
+                async move {
+                    let taken = first.lock().expect("permit lock").take();
+                    let permit = match taken {
+                        Some(p) => p,
+                        None => budget.acquire_owned().await.expect("the budget stays open"),
+                    };
+                    Ok(c.connect().await?.hold(permit))
+                }
+            };
+            pull_account(account.clone(), opts, progress, connect).await
+        }
+    };
+    report.user = user;
+    pulled.report = report;
+    pulled
+}
+
+/// The admin password of each table whose users log in with one, read
+/// once for all its users (a password-command runs once, not per user).
+fn table_passwords(users: &[(usize, Account)]) -> HashMap<String, Result<String, String>> {
+    let mut out = HashMap::new();
+    for (_, a) in users {
+        let table = a.table.clone().unwrap_or_default();
+        if a.oauth2.is_none() && !out.contains_key(&table) {
+            let pw = a.read_password().map_err(|e| crate::report::error_text(&e));
+            out.insert(table, pw);
+        }
+    }
+    out
+}
+
+/// Pulls the users of the tables side by side: `--jobs` connections in
+/// all (a permit each, given back when the connection closes), each user
+/// with at most its `max-connections` of them. A user starts once a
+/// connection is free, so at most `--jobs` users are in flight, and each
+/// user's mailboxes share that user's connections.
+async fn pull_users(
+    users: Vec<(usize, Account)>,
+    passwords: HashMap<String, Result<String, String>>,
+    opts: &PullOptions,
+    progress: Arc<dyn crate::progress::Progress>,
+) -> Vec<(usize, Pulled)> {
+    let jobs = opts.jobs.max(1);
+    let budget = Arc::new(Semaphore::new(jobs));
+    // The byte budget is shared by a user's connections; users side by
+    // side split it (with a floor that still lets one batch stream).
+    let side_by_side = jobs.min(users.len()).max(1) as u64;
+    let memory = (opts.memory_budget / side_by_side).max(opts.batch_bytes * 2);
+    let mut out = Vec::new();
+    let mut running = tokio::task::JoinSet::new();
+    for (i, a) in users {
+        let account = Arc::new(a);
+        let permit = budget
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the budget stays open");
+        if crate::sync::interrupt::requested().is_some() {
+            let mut p = Pulled::refused(crate::org::Refused {
+                account: account.name.clone(),
+                user: account.user.clone(),
+                error: anyhow::anyhow!("not pulled: interrupted; the next run pulls it"),
+            });
+            p.report.code = Some(ExitCode::Partial);
+            p.report.archive = account.archive.display().to_string();
+            out.push((i, p));
+            continue;
+        }
+        let table = account.table.clone().unwrap_or_default();
+        let connector = match passwords.get(&table) {
+            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            Some(Ok(pw)) => Connector::with_password(account.clone(), Some(pw.clone())),
+            None => Connector::new(account.clone()),
+        }
+        .map(Arc::new);
+        let mut o = opts.clone();
+        o.jobs = jobs.min(account.max_connections);
+        o.memory_budget = memory;
+        let progress: Arc<dyn crate::progress::Progress> = Arc::new(OfUser {
+            user: account.user.clone(),
+            inner: progress.clone(),
+        });
+        let b = Some((budget.clone(), permit));
+        running.spawn(async move { (i, pull_one(account, connector, o, progress, b).await) });
+        // Reports of the users done so far are collected as they come.
+        while let Some(done) = running.try_join_next() {
+            out.push(joined(done));
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        out.push(joined(done));
+    }
+    out
+}
+
+fn joined(done: Result<(usize, Pulled), tokio::task::JoinError>) -> (usize, Pulled) {
+    done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// The progress of one user among many: its mailboxes named `USER/NAME`,
+/// so two users' INBOXes are two lines.
+struct OfUser {
+    user: String,
+    inner: Arc<dyn crate::progress::Progress>,
+}
+
+impl crate::progress::Progress for OfUser {
+    fn mailbox_started(&self, mailbox: &str, messages: u64, bytes: u64) {
+        self.inner
+            .mailbox_started(&format!("{}/{mailbox}", self.user), messages, bytes);
+    }
+    fn message_written(&self, mailbox: &str, bytes: u64) {
+        self.inner
+            .message_written(&format!("{}/{mailbox}", self.user), bytes);
+    }
+    fn mailbox_finished(&self, mailbox: &str) {
+        self.inner
+            .mailbox_finished(&format!("{}/{mailbox}", self.user));
+    }
 }

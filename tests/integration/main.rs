@@ -18,6 +18,7 @@ mod interop;
 mod namespace;
 mod oauth2;
 mod orgs;
+mod orgs_runs;
 mod perf;
 mod pull;
 mod restore;

@@ -404,24 +404,24 @@ mod tests {
     }
 }
 
-/// The Kubernetes example (contrib/k8s/) is checked here, offline: no
+/// The Kubernetes example (contrib/kubernetes/) is checked here, offline: no
 /// cluster runs in the tests, so what can go wrong in it by editing is.
 #[cfg(test)]
 mod k8s_example_tests {
     use serde_yaml::Value;
 
-    const MANIFEST: &str = include_str!("../contrib/k8s/imapbak-cronjob.yaml");
+    const MANIFEST: &str = include_str!("../contrib/kubernetes/imapbak-cronjob.yaml");
 
     fn docs() -> Vec<Value> {
         serde_yaml::Deserializer::from_str(MANIFEST)
-            .map(|d| serde::Deserialize::deserialize(d).expect("contrib/k8s is YAML"))
+            .map(|d| serde::Deserialize::deserialize(d).expect("contrib/kubernetes is YAML"))
             .collect()
     }
 
     fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         docs.iter()
             .find(|d| d["kind"] == kind)
-            .unwrap_or_else(|| panic!("no {kind} in contrib/k8s"))
+            .unwrap_or_else(|| panic!("no {kind} in contrib/kubernetes"))
     }
 
     fn s(v: &Value) -> &str {

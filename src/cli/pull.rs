@@ -86,7 +86,7 @@ user of the table is pulled into its own archive, one user after another,
 each with up to --jobs connections; `--user LOGIN` picks users, `--shard
 K/N` the K-th of N disjoint shares (a hash of the login name: adding a user
 moves no other), `--shard-count N` takes K from $JOB_COMPLETION_INDEX (a
-Kubernetes Indexed Job with N completions; example in contrib/k8s/). One
+Kubernetes Indexed Job with N completions; example in contrib/kubernetes/). One
 user's failure is reported with its name and the others go on; a user whose
 archive another run holds is skipped as locked.
 
@@ -345,9 +345,10 @@ fn table_passwords(users: &[(usize, Account)]) -> HashMap<String, Result<String,
 
 /// Pulls the users of the tables side by side: `--jobs` connections in
 /// all (a permit each, given back when the connection closes), each user
-/// with at most its `max-connections` of them. A user starts once a
-/// connection is free, so at most `--jobs` users are in flight, and each
-/// user's mailboxes share that user's connections.
+/// with its share of them (`--jobs` over the users left, at least one, at
+/// most its `max-connections`). A user starts once a connection is free,
+/// so at most `--jobs` users are in flight, and each user's mailboxes
+/// share that user's connections.
 async fn pull_users(
     users: Vec<(usize, Account)>,
     passwords: HashMap<String, Result<String, String>>,
@@ -362,7 +363,8 @@ async fn pull_users(
     let memory = (opts.memory_budget / side_by_side).max(opts.batch_bytes * 2);
     let mut out = Vec::new();
     let mut running = tokio::task::JoinSet::new();
-    for (i, a) in users {
+    let total = users.len();
+    for (started, (i, a)) in users.into_iter().enumerate() {
         let account = Arc::new(a);
         let permit = budget
             .clone()
@@ -387,8 +389,12 @@ async fn pull_users(
             None => Connector::new(account.clone()),
         }
         .map(Arc::new);
+        // Users side by side before mailboxes side by side: each login
+        // costs a TLS handshake and an authentication, so while many users
+        // are left each gets one connection; the last ones get more.
+        let left = (total - started).min(jobs);
         let mut o = opts.clone();
-        o.jobs = jobs.min(account.max_connections);
+        o.jobs = (jobs / left).clamp(1, account.max_connections);
         o.memory_budget = memory;
         let progress: Arc<dyn crate::progress::Progress> = Arc::new(OfUser {
             user: account.user.clone(),

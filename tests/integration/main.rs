@@ -7,6 +7,7 @@ mod support;
 mod archive_tools;
 mod chaos;
 mod command_proxy;
+mod contrib;
 mod expunge;
 mod fakes;
 mod faults;

@@ -209,6 +209,10 @@ pub fn write_metrics(path: &Path, text: &str) -> Result<(), ArchiveError> {
         .mode(0o644)
         .open(&tmp)
         .map_err(ArchiveError::io("cannot create", &tmp))?;
+    // Whatever the umask (a unit's UMask=0077): node-exporter must read it.
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(ArchiveError::io("cannot chmod", &tmp))?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(ArchiveError::io("cannot write", &tmp))?;

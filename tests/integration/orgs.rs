@@ -353,3 +353,41 @@ fn a_service_account_pulls_each_user_of_the_list_with_its_own_jwt() {
     }
     assert_eq!(auth_server().grants(&client, "jwt-bearer"), 2);
 }
+
+/// `search` over a table prints ids whose account is `staff/USER`, and
+/// `show` takes them.
+#[test]
+fn search_ids_of_a_tables_users_work_with_show() {
+    let d = dovecot_master();
+    let us = users(d, "orgshow", 2);
+    let env = TestEnv::new();
+    let file = env.path().join("users.txt");
+    write_users(&file, &[&us[0].name, &us[1].name]);
+    let root = env.path().join("archives");
+    env.write_config(&staff_toml(d, &file, &root, ""));
+    assert_eq!(pull(&env, MASTER_PASSWORD, &[]).status.code(), Some(0));
+    let out = env
+        .cmd()
+        .args(["search", "--json", "--account", "staff"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<String> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for id in &ids {
+        assert!(id.starts_with("staff/orgshow-"), "{id}");
+        let out = env.cmd().args(["show", id]).output().unwrap();
+        assert!(out.status.success(), "{id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Subject: Plain test message"));
+    }
+    // The named form (mailbox name instead of folder) too.
+    let named = ids[0].replacen("/INBOX/", "/inbox/", 1);
+    let out = env.cmd().args(["show", &named]).output().unwrap();
+    assert!(out.status.success(), "{named}: {}", String::from_utf8_lossy(&out.stderr));
+}

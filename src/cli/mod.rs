@@ -47,9 +47,12 @@ keys giving the admin's password, `admin-login = \"authzid\"` (default; SASL
 PLAIN with the user as authorization identity) or `\"master-separator\"`
 (LOGIN user*admin; `admin-separator`, default `*`), and `archive =
 \".../{user}\"`. Each user becomes an account named TABLE/USER with its own
-archive; the user name is mapped to one safe path component (`/`, `%`, a
-leading `.` and non-ASCII as %XX). pull, verify and expunge take --user and
---shard K/N (or --shard-count N with K from $JOB_COMPLETION_INDEX). With
+archive; the user name is mapped to one safe path component (`%`, a
+leading `.` and non-ASCII as %XX; `.`, `..`, a `/`, a control character
+or over 200 bytes: that user is refused by name). pull, verify and expunge
+take --user and --shard K/N (or --shard-count N with K from
+$JOB_COMPLETION_INDEX). `max-connections` (default 10, Dovecot's
+mail_max_userip_connections) caps the connections to one account or user. With
 OAuth2 a users list takes oauth2-flow client-credentials or service-account
 and no admin-user.
 

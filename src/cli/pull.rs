@@ -73,22 +73,33 @@ not stored twice.
 
 --json prints one object on stdout:
   dry_run, seconds, mailboxes, fetched, bytes, bytes_on_disk, flag_updates,
-  errors, incomplete, exit_code, and accounts: [{account, archive, error,
+  errors, incomplete, exit_code, and accounts: [{account, user (users of a
+  table), outcome (ok|partial|failed|locked|incomplete), archive, error,
   hint, incomplete, download_left, daily_limit,
   mailboxes: [{name, folder, outcome (fetched|unchanged|planned|failed|incomplete),
   fetched, bytes, bytes_on_disk, flag_updates, deduplicated,
   uidvalidity_changed, errors: [text], hints: [text|null]}]}]
 Every `error` (null when all went well) has a `hint` beside it: what to
 do about it, or null; every `errors` list a `hints` list of its length.
+Each archive keeps its account's object, with `finished`, `last_success`
+(Unix times) and `exit_code`, in ARCHIVE/state/last-pull.json (not on a
+dry run, nor when another run holds the archive). --metrics FILE writes a
+Prometheus node-exporter textfile: per account (labels account, user)
+imapbak_pull_last_success_timestamp_seconds, _fetched_messages,
+_fetched_bytes, _errors, _account_exit_code; per run
+imapbak_pull_run_timestamp_seconds, _run_duration_seconds, _run_exit_code.
 
 With a users list (`users-file` or `users-command`, see imapbak(1)), every
-user of the table is pulled into its own archive, one user after another,
-each with up to --jobs connections; `--user LOGIN` picks users, `--shard
-K/N` the K-th of N disjoint shares (a hash of the login name: adding a user
-moves no other), `--shard-count N` takes K from $JOB_COMPLETION_INDEX (a
-Kubernetes Indexed Job with N completions; example in contrib/kubernetes/). One
-user's failure is reported with its name and the others go on; a user whose
-archive another run holds is skipped as locked.
+user of the table is pulled into its own archive, users side by side on
+--jobs connections in all (one each while many are left; a user never
+more than `max-connections`, default 10); `--user LOGIN` picks users,
+`--shard K/N` the K-th of N disjoint shares (a hash of the login name:
+adding a user moves no other), `--shard-count N` takes K from
+$JOB_COMPLETION_INDEX (a Kubernetes Indexed Job with N completions;
+example in contrib/kubernetes/). One user's failure (no such user, a
+refused login, a cut connection, a name that cannot be a directory) is
+reported with its name and the others go on; a user whose archive
+another run holds is skipped (`skipped: account ...`, outcome `locked`).
 
 Ctrl-C or SIGTERM stops after the FETCH in flight (at most 10 s; a second
 Ctrl-C quits at once); what arrived is stored and the next run fetches the

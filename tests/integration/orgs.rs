@@ -371,7 +371,11 @@ fn search_ids_of_a_tables_users_work_with_show() {
         .args(["search", "--json", "--account", "staff"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids: Vec<String> = hits
         .as_array()
@@ -383,11 +387,19 @@ fn search_ids_of_a_tables_users_work_with_show() {
     for id in &ids {
         assert!(id.starts_with("staff/orgshow-"), "{id}");
         let out = env.cmd().args(["show", id]).output().unwrap();
-        assert!(out.status.success(), "{id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("Subject: Plain test message"));
     }
     // The named form (mailbox name instead of folder) too.
     let named = ids[0].replacen("/INBOX/", "/inbox/", 1);
     let out = env.cmd().args(["show", &named]).output().unwrap();
-    assert!(out.status.success(), "{named}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{named}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

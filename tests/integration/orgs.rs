@@ -121,9 +121,19 @@ fn pulls_two_users_with(admin_login: &str) {
     for (i, u) in us.iter().enumerate() {
         assert_eq!(inbox_count(&root.join(&u.name)), i + 1, "{}", u.name);
     }
-    // A second run downloads nothing.
-    let v = report(&pull(&env, MASTER_PASSWORD, &[]));
+    // A second run downloads nothing; even its debug log holds neither
+    // the admin's password nor the SASL PLAIN blob that carries it.
+    let out = pull(&env, MASTER_PASSWORD, &["-vv"]);
+    let v = report(&out);
     assert_eq!(v["fetched"], 0, "{v}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("debug: > "), "{log}");
+    use base64::Engine;
+    for u in &us {
+        let blob = format!("{}\0{MASTER_NAME}\0{MASTER_PASSWORD}", u.name);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(blob);
+        assert!(!log.contains(&b64) && !log.contains(MASTER_PASSWORD), "{log}");
+    }
 }
 
 #[test]

@@ -132,7 +132,10 @@ fn pulls_two_users_with(admin_login: &str) {
     for u in &us {
         let blob = format!("{}\0{MASTER_NAME}\0{MASTER_PASSWORD}", u.name);
         let b64 = base64::engine::general_purpose::STANDARD.encode(blob);
-        assert!(!log.contains(&b64) && !log.contains(MASTER_PASSWORD), "{log}");
+        assert!(
+            !log.contains(&b64) && !log.contains(MASTER_PASSWORD),
+            "{log}"
+        );
     }
 }
 
@@ -319,6 +322,30 @@ fn hostile_user_names_are_refused_by_name_and_nothing_leaves_the_archive_root() 
     // The password never shows, neither in the log nor in the JSON.
     assert!(!err.contains(MASTER_PASSWORD));
     assert!(!String::from_utf8_lossy(&out.stdout).contains(MASTER_PASSWORD));
+    // verify and expunge refuse the same names by name and go on.
+    for args in [
+        &["verify", "--json"][..],
+        &["expunge", "--json", "--dry-run", "--older-than", "1y"][..],
+    ] {
+        let out = env
+            .cmd()
+            .env("IMAPBAK_TEST_ADMIN_PW", MASTER_PASSWORD)
+            .args(args)
+            .args(["--account", "staff"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        let v = report(&out);
+        let accounts = v["accounts"].as_array().unwrap();
+        assert_eq!(accounts.len(), expected.len() + 1, "{args:?}: {v}");
+        let failed: BTreeSet<String> = accounts
+            .iter()
+            .filter(|a| !a["error"].is_null())
+            .map(|a| a["account"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(failed, expected, "{args:?}: {v}");
+    }
 }
 
 /// Google Workspace domain-wide delegation: one service account, a JWT per

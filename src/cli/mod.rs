@@ -366,16 +366,22 @@ pub(crate) struct Connector {
 impl Connector {
     /// Its error does not name the account: the account's error line does.
     pub(crate) fn new(account: Arc<Account>) -> Result<Connector> {
-        Connector::with_password(account, None)
+        Connector::shared(account, None, None)
     }
 
-    /// Like [`Connector::new`] with the password already read (`Some`):
-    /// the users of one table share the admin's, read once.
-    pub(crate) fn with_password(
+    /// Like [`Connector::new`] with the password already read and the TLS
+    /// settings already made (`Some`): the users of one table share the
+    /// admin's password, read once, and one TLS configuration (its root
+    /// store is about 100 kB: not a copy per user).
+    pub(crate) fn shared(
         account: Arc<Account>,
         password: Option<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Connector> {
-        let tls = tls::client_config(account.ca_file.as_deref(), account.fingerprint)?;
+        let tls = match tls {
+            Some(t) => t,
+            None => tls::client_config(account.ca_file.as_deref(), account.fingerprint)?,
+        };
         let (password, tokens) = match &account.oauth2 {
             Some(o) => (
                 String::new(),
@@ -395,6 +401,11 @@ impl Connector {
             tls,
             tokens,
         })
+    }
+
+    /// The TLS settings, for [`Connector::shared`].
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
     }
 
     /// A logged-in connection; its failure as the engine sees it.

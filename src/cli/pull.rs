@@ -165,7 +165,13 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     }
     if !users.is_empty() {
         let passwords = table_passwords(&users);
-        for (i, pulled) in rt.block_on(pull_users(users, passwords, &opts, progress.clone())) {
+        for (i, pulled) in rt.block_on(pull_users(
+            users,
+            passwords,
+            &opts,
+            progress.clone(),
+            expunge_opts.is_some(),
+        )) {
             slots[i] = Some(pulled);
         }
     }
@@ -359,12 +365,14 @@ fn table_passwords(users: &[(usize, Account)]) -> HashMap<String, Result<String,
 /// with its share of them (`--jobs` over the users left, at least one, at
 /// most its `max-connections`). A user starts once a connection is free,
 /// so at most `--jobs` users are in flight, and each user's mailboxes
-/// share that user's connections.
+/// share that user's connections. With `keep` the connectors stay in the
+/// results (for `--expunge-older-than`); otherwise each goes with its user.
 async fn pull_users(
     users: Vec<(usize, Account)>,
     passwords: HashMap<String, Result<String, String>>,
     opts: &PullOptions,
     progress: Arc<dyn crate::progress::Progress>,
+    keep: bool,
 ) -> Vec<(usize, Pulled)> {
     let jobs = opts.jobs.max(1);
     let budget = Arc::new(Semaphore::new(jobs));
@@ -374,6 +382,7 @@ async fn pull_users(
     let memory = (opts.memory_budget / side_by_side).max(opts.batch_bytes * 2);
     let mut out = Vec::new();
     let mut running = tokio::task::JoinSet::new();
+    let mut tls_of = HashMap::new();
     let total = users.len();
     for (started, (i, a)) in users.into_iter().enumerate() {
         let account = Arc::new(a);
@@ -394,12 +403,16 @@ async fn pull_users(
             continue;
         }
         let table = account.table.clone().unwrap_or_default();
+        let tls = tls_of.get(&table).cloned();
         let connector = match passwords.get(&table) {
             Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
-            Some(Ok(pw)) => Connector::with_password(account.clone(), Some(pw.clone())),
-            None => Connector::new(account.clone()),
+            Some(Ok(pw)) => Connector::shared(account.clone(), Some(pw.clone()), tls),
+            None => Connector::shared(account.clone(), None, tls),
         }
         .map(Arc::new);
+        if let Ok(c) = &connector {
+            tls_of.entry(table).or_insert_with(|| c.tls());
+        }
         // Users side by side before mailboxes side by side: each login
         // costs a TLS handshake and an authentication, so while many users
         // are left each gets one connection; the last ones get more.
@@ -412,7 +425,13 @@ async fn pull_users(
             inner: progress.clone(),
         });
         let b = Some((budget.clone(), permit));
-        running.spawn(async move { (i, pull_one(account, connector, o, progress, b).await) });
+        running.spawn(async move {
+            let mut pulled = pull_one(account, connector, o, progress, b).await;
+            if !keep {
+                pulled.connector = None;
+            }
+            (i, pulled)
+        });
         // Reports of the users done so far are collected as they come.
         while let Some(done) = running.try_join_next() {
             out.push(joined(done));

@@ -175,28 +175,20 @@ pub fn run(cmd: PullCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
             slots[i] = Some(pulled);
         }
     }
-    let pulled: Vec<Pulled> = slots.into_iter().flatten().collect();
+    let mut pulled: Vec<Pulled> = slots.into_iter().flatten().collect();
     let now = chrono::Utc::now().timestamp();
     let mut metrics = Vec::new();
-    for p in &pulled {
+    for p in pulled.iter_mut() {
+        // Users of a table were recorded as each finished.
+        let row = match p.metrics.take() {
+            Some(row) => row,
+            None => record(p, cmd.dry_run),
+        };
+        metrics.push(row);
         report.accounts.push(p.report.clone());
     }
     report.seconds = start.elapsed().as_secs_f64();
     let mut code = report.finish();
-    for (p, r) in pulled.iter().zip(&report.accounts) {
-        let archive = crate::archive::Archive::at(&p.archive);
-        let before = p
-            .has_archive
-            .then(|| monitor::last_success(&archive))
-            .flatten();
-        let last = monitor::success_after(r, before, now);
-        if !cmd.dry_run && p.has_archive {
-            if let Err(e) = monitor::save_last_pull(&archive, r, last, now) {
-                log::warn!("cannot record the last pull's report: {e}");
-            }
-        }
-        metrics.push(monitor::AccountMetrics::of(r, &p.user, last));
-    }
     if let (Some(path), false) = (&cmd.metrics, cmd.dry_run) {
         let text = monitor::metrics_text(&report, &metrics, now);
         if let Err(e) = monitor::write_metrics(path, &text) {
@@ -257,6 +249,29 @@ struct Pulled {
     has_archive: bool,
     account: Option<Arc<Account>>,
     connector: Option<Arc<Connector>>,
+    /// Its metrics row, once [`record`] has written its last report.
+    metrics: Option<monitor::AccountMetrics>,
+}
+
+/// Writes the account's `state/last-pull.json` (not on a dry run) and
+/// gives its metrics row: done as each user finishes, so a run stopped
+/// half-way leaves the reports of the users it did, and the fsyncs of
+/// thousands of users overlap with the pulls of the others.
+fn record(p: &mut Pulled, dry_run: bool) -> monitor::AccountMetrics {
+    let now = chrono::Utc::now().timestamp();
+    p.report.outcome = p.report.outcome_word();
+    let archive = crate::archive::Archive::at(&p.archive);
+    let before = p
+        .has_archive
+        .then(|| monitor::last_success(&archive))
+        .flatten();
+    let last = monitor::success_after(&p.report, before, now);
+    if !dry_run && p.has_archive {
+        if let Err(e) = monitor::save_last_pull(&archive, &p.report, last, now) {
+            log::warn!("cannot record the last pull's report: {e}");
+        }
+    }
+    monitor::AccountMetrics::of(&p.report, &p.user, last)
 }
 
 impl Pulled {
@@ -274,6 +289,7 @@ impl Pulled {
             has_archive: false,
             account: None,
             connector: None,
+            metrics: None,
         }
     }
 }
@@ -296,6 +312,7 @@ async fn pull_one(
         has_archive: true,
         account: Some(account.clone()),
         connector: None,
+        metrics: None,
     };
     let connector = match connector {
         Ok(c) => c,
@@ -425,11 +442,14 @@ async fn pull_users(
             inner: progress.clone(),
         });
         let b = Some((budget.clone(), permit));
+        let dry_run = opts.dry_run;
         running.spawn(async move {
             let mut pulled = pull_one(account, connector, o, progress, b).await;
             if !keep {
                 pulled.connector = None;
             }
+            let row = tokio::task::block_in_place(|| record(&mut pulled, dry_run));
+            pulled.metrics = Some(row);
             (i, pulled)
         });
         // Reports of the users done so far are collected as they come.

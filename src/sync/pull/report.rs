@@ -79,6 +79,17 @@ pub struct PullReport {
 }
 
 impl AccountReport {
+    /// What [`AccountReport::outcome`] says, from the exit code.
+    pub fn outcome_word(&self) -> &'static str {
+        match self.exit_code() {
+            ExitCode::Success => "ok",
+            ExitCode::Partial => "partial",
+            ExitCode::Locked => "locked",
+            ExitCode::DailyLimit => "incomplete",
+            _ => "failed",
+        }
+    }
+
     pub fn exit_code(&self) -> ExitCode {
         if let Some(code) = self.code {
             return code;
@@ -107,13 +118,7 @@ impl PullReport {
         self.errors += self.accounts.iter().filter(|a| a.error.is_some()).count() as u64;
         self.incomplete = self.accounts.iter().any(|a| a.incomplete);
         for a in &mut self.accounts {
-            a.outcome = match a.exit_code() {
-                ExitCode::Success => "ok",
-                ExitCode::Partial => "partial",
-                ExitCode::Locked => "locked",
-                ExitCode::DailyLimit => "incomplete",
-                _ => "failed",
-            };
+            a.outcome = a.outcome_word();
         }
         let code = ExitCode::for_accounts(self.accounts.iter().map(AccountReport::exit_code));
         self.exit_code = code.code();

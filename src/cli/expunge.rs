@@ -5,9 +5,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use globset::{Glob, GlobSetBuilder};
+use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::{runtime, AccountArgs, Connector};
+use crate::archive::names::levels_for;
+use crate::archive::view::folder_dirs;
+use crate::archive::Archive;
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::{Bars, Progress};
@@ -57,7 +60,7 @@ GETQUOTAROOT reports for INBOX is under the target.
 `skipped` (count per reason: uidvalidity_changed,
 deleted_by_another_client, kept_flagged, kept_unseen, not_archived,
 archived_copy_missing, size_differs, archived_copy_damaged, ambiguous_mark,
-changed_during_run), `mailboxes` (the same per mailbox, with `unmarked`,
+changed_during_run), `mailboxes` (the same per mailbox, with `mailbox`, `folder`, `unmarked`,
 `ambiguous_marks` and `changed_during_run` (UIDs left as they are),
 `warnings`, `errors`) and
 `messages` (`mailbox`, `uid`, `internaldate`, `size`, `resumed`).
@@ -153,6 +156,26 @@ fn options(cmd: &ExpungeCmd) -> Result<ExpungeOptions> {
     })
 }
 
+/// The warning for `--mailbox` globs that match no mailbox archived for
+/// `account`, naming the ones there are. Expunge only ever touches archived
+/// mailboxes, so such a run expunges nothing, and says why.
+fn unmatched(account: &Account, globs: &GlobSet, patterns: &[String]) -> Option<String> {
+    let archive = Archive::at(&account.archive);
+    let names: Vec<String> = folder_dirs(&archive)
+        .ok()?
+        .iter()
+        .filter_map(|d| levels_for(d))
+        .map(|levels| levels.join("/"))
+        .collect();
+    if names.iter().any(|n| globs.is_match(n)) {
+        return None;
+    }
+    Some(super::search::no_match_warning(
+        &patterns.join("` `"),
+        names,
+    ))
+}
+
 /// The INTERNALDATE before which a message is older than `age` seconds.
 pub(crate) fn cut_for(age: u64) -> i64 {
     chrono::Utc::now().timestamp() - age.min(i64::MAX as u64 / 2) as i64
@@ -201,7 +224,7 @@ pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode
         // A user whose name cannot be archived has no archive to expunge
         // against: refused by name, the others go on.
         let account = match account {
-            Ok(a) => Arc::new(a),
+            Ok(a) => a,
             Err(refused) => {
                 report.accounts.push(
                     AccountExpunge {
@@ -213,6 +236,12 @@ pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode
                 continue;
             }
         };
+        if let Some(globs) = &opts.mailboxes {
+            if let Some(warning) = unmatched(&account, globs, &cmd.mailboxes) {
+                eprintln!("warning: account `{}`: {warning}", account.name);
+            }
+        }
+        let account = Arc::new(account);
         let r = match Connector::new(account.clone()) {
             Ok(c) => expunge_one(&rt, &account, &c, &opts, progress.clone()),
             Err(e) => {

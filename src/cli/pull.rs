@@ -76,7 +76,7 @@ not stored twice.
   errors, incomplete, exit_code, and accounts: [{account, user (users of a
   table), outcome (ok|partial|failed|locked|incomplete), archive, error,
   hint, incomplete, download_left, daily_limit,
-  mailboxes: [{name, folder, outcome (fetched|unchanged|planned|failed|incomplete),
+  mailboxes: [{mailbox, folder, outcome (fetched|unchanged|planned|failed|incomplete),
   fetched, bytes, bytes_on_disk, flag_updates, deduplicated,
   uidvalidity_changed, errors: [text], hints: [text|null]}]}]
 Every `error` (null when all went well) has a `hint` beside it: what to

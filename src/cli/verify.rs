@@ -41,7 +41,10 @@ const LONG_HELP: &str = "\
      moved out of cur/ or new/ into the archive's state/damaged/FOLDER/ (never \
      deleted), under the archive's lock, so the next pull fetches that message \
      again if the server still has it. The run still exits 1: something was \
-     wrong.";
+     wrong.\n\n\
+     Each problem, and each account or server error, is a line on stderr; the \
+     summary of each account (files read, problems, the server comparison, \
+     what --repair moved) is on stdout, or the JSON with --json.";
 
 /// Check that every archived message is whole (optionally against the server).
 #[derive(Debug, clap::Args)]
@@ -180,10 +183,12 @@ pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
         .map(AccountVerify::problem_count)
         .sum();
     report.exit_code = code.code();
+    let (problems, summary) = human(&report);
+    eprint!("{problems}");
     if cmd.json {
         println!("{}", crate::report::json_text(&report)?);
     } else {
-        print!("{}", human(&report));
+        print!("{summary}");
     }
     Ok(code)
 }
@@ -413,20 +418,24 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
     });
 }
 
-fn human(report: &VerifyReport) -> String {
+/// The text output: (problems for stderr, summary for stdout).
+fn human(report: &VerifyReport) -> (String, String) {
     use std::fmt::Write;
+    // What is wrong goes to stderr, the per-account summary to stdout, as
+    // in every command: cron mails stderr, scripts read stdout.
+    let mut err = String::new();
     let mut out = String::new();
     for a in &report.accounts {
         for p in &a.problems {
-            let _ = writeln!(out, "{p}");
+            let _ = writeln!(err, "{p}");
         }
         for m in a.server.iter().flatten() {
             if let Some(e) = &m.error {
-                let _ = writeln!(out, "server: {e}");
+                let _ = writeln!(err, "server: {e}");
             }
             for (uid, size) in &m.diff.not_archived {
                 let _ = writeln!(
-                    out,
+                    err,
                     "server: `{}` UID {uid} ({}) is on the server but not in the archive",
                     m.mailbox,
                     human_bytes(*size as u64)
@@ -434,14 +443,14 @@ fn human(report: &VerifyReport) -> String {
             }
             for (uid, server, have) in &m.diff.size_differs {
                 let _ = writeln!(
-                    out,
+                    err,
                     "server: `{}` UID {uid}: the server says {server} bytes, the archive holds {have}",
                     m.mailbox
                 );
             }
         }
         if let Some(e) = &a.error {
-            let _ = writeln!(out, "error: account `{}`: {e}", a.account);
+            let _ = writeln!(err, "error: account `{}`: {e}", a.account);
             continue;
         }
         for r in &a.repaired {
@@ -499,11 +508,11 @@ fn human(report: &VerifyReport) -> String {
         }
         if let Some(e) = &a.server_error {
             let _ = writeln!(
-                out,
+                err,
                 "error: account `{}`: the files were checked, the server was not compared: {e}",
                 a.account
             );
         }
     }
-    out
+    (err, out)
 }

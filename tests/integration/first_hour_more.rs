@@ -149,6 +149,44 @@ fn a_mailbox_glob_matching_nothing_warns_with_the_names_and_leaves_no_file() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("matched no archived mailbox"), "{err}");
+
+    // expunge touches only archived mailboxes: a typo expunges nothing, and
+    // says so with the names there are.
+    let out = run(
+        &env,
+        &[
+            "expunge",
+            "--json",
+            "--older-than",
+            "1d",
+            "--mailbox",
+            "Wrok",
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["expunged"], 0, "{v:#}");
+    assert!(
+        err.contains("--mailbox `Wrok` matched no archived mailbox"),
+        "{err}"
+    );
+    assert!(err.contains("`INBOX`, `Sent`, `Trash`, `Work`"), "{err}");
+    let out = run(
+        &env,
+        &[
+            "expunge",
+            "--json",
+            "--older-than",
+            "1d",
+            "--mailbox",
+            "Work",
+            "--dry-run",
+        ],
+    );
+    assert!(!stderr(&out).contains("matched no"), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["expunged"], 1, "the 2019 message in Work: {v:#}");
 }
 
 /// A port on 127.0.0.1 where nothing listens (bound, then closed).
@@ -169,12 +207,12 @@ fn verify_server_with_the_server_down_still_checks_the_files() {
     assert!(toml.contains(&port));
     env.write_config(&toml.replace(&port, &format!("port = {}", closed_port())));
     let out = run(&env, &["verify", "--server"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{text}{}", stderr(&out));
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{text}{err}");
     assert!(text.contains("message files in"), "{text}");
     assert!(text.contains("1 problem"), "{text}");
-    assert!(text.contains(&file.display().to_string()), "{text}");
-    assert!(text.contains("the server was not compared"), "{text}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("the server was not compared"), "{err}");
     let out = run(&env, &["verify", "--server", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let a = &v["accounts"][0];
@@ -530,7 +568,7 @@ fn every_json_output_carries_its_schema() {
         };
         assert!(!objects.is_empty(), "{args:?}: {v}");
         for o in objects {
-            assert_eq!(o["schema"], 1, "{args:?}: {o}");
+            assert_eq!(o["schema"], 2, "{args:?}: {o}");
             let first = o.as_object().unwrap().keys().next().unwrap();
             assert_eq!(first, "schema", "{args:?}");
         }

@@ -456,7 +456,7 @@ fn json_last_pull_and_metrics_report_each_user_and_keep_the_last_success() {
     let last: serde_json::Value =
         serde_json::from_slice(&fs::read(root.join(u0).join("state/last-pull.json")).unwrap())
             .unwrap();
-    assert_eq!(last["schema"], 1);
+    assert_eq!(last["schema"], v["schema"]);
     assert_eq!(last["exit_code"], 0);
     assert_eq!(last["last_success"], last["finished"]);
     assert_eq!(last["account"]["account"], format!("staff/{u0}"));

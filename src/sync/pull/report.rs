@@ -12,7 +12,9 @@ use crate::report::{human_bytes, Summary};
 /// What happened to one mailbox.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MailboxReport {
-    /// The decoded mailbox name.
+    /// The decoded mailbox name (`mailbox` in JSON, as in every other
+    /// command's output).
+    #[serde(rename = "mailbox")]
     pub name: String,
     /// Its folder under `mail/` (empty for INBOX).
     pub folder: String,

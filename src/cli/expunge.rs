@@ -214,7 +214,7 @@ pub(crate) fn expunge_one(
 
 pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let opts = options(&cmd)?;
-    let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;
+    let accounts = super::load_accounts_scoped(config, &cmd.accounts, &cmd.users)?;
     let start = Instant::now();
     let progress: Arc<dyn Progress> = Arc::from(Bars::for_terminal(cmd.quiet || cmd.json));
     let rt = runtime()?;
@@ -223,6 +223,21 @@ pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode
         ..Default::default()
     };
     for account in accounts {
+        // A user whose name cannot be archived has no archive to expunge
+        // against: refused by name, the others go on.
+        let account = match account {
+            Ok(a) => a,
+            Err(refused) => {
+                report.accounts.push(
+                    AccountExpunge {
+                        account: refused.account,
+                        ..Default::default()
+                    }
+                    .fail(ExitCode::Usage, crate::report::error_text(&refused.error)),
+                );
+                continue;
+            }
+        };
         if let Some(globs) = &opts.mailboxes {
             if let Some(warning) = unmatched(&account, globs, &cmd.mailboxes) {
                 eprintln!("warning: account `{}`: {warning}", account.name);

@@ -159,10 +159,24 @@ impl AccountVerify {
 }
 
 pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;
+    let accounts = super::load_accounts_scoped(config, &cmd.accounts, &cmd.users)?;
     let progress: Arc<dyn Progress> = Arc::from(Bars::for_terminal(cmd.json));
     let mut report = VerifyReport::default();
     for account in accounts {
+        // A user whose name cannot be archived: refused by name, the
+        // others are checked.
+        let account = match account {
+            Ok(a) => a,
+            Err(refused) => {
+                report.accounts.push(AccountVerify {
+                    account: refused.account,
+                    error: Some(crate::report::error_text(&refused.error)),
+                    code: Some(ExitCode::Usage),
+                    ..Default::default()
+                });
+                continue;
+            }
+        };
         let mut av = verify_archive(&account, &*progress);
         if cmd.repair && av.error.is_none() {
             repair(&account, &mut av);

@@ -1247,6 +1247,8 @@ mod tests {
             gmail_spam_and_trash: false,
             admin: None,
             daily_download_limit: None,
+            max_connections: 10,
+            table: None,
         }
     }
 

@@ -19,6 +19,11 @@ echo "dovecot $(dovecot --version), $(zstd --version | head -1)"
 step "fetch and unpack Cyrus IMAP and Courier-IMAP if missing (scripts/imapservers.sh)"
 bash scripts/imapservers.sh install
 
+step "install systemd-analyze and kubernetes-validate if missing (scripts/contrib-tools.sh)"
+tools="$(bash scripts/contrib-tools.sh install)"
+export PATH="$tools:$PATH"
+echo "$(systemd-analyze --version | head -1), kubernetes-validate $(kubernetes-validate --version)"
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 

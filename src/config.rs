@@ -73,6 +73,7 @@ struct AccountFile {
     gmail: Option<bool>,
     gmail_spam_and_trash: Option<bool>,
     daily_download_limit: Option<u64>,
+    max_connections: Option<u16>,
 }
 
 /// The OAuth2 keys of an account, taken out of [`AccountFile`] (serde's
@@ -214,7 +215,19 @@ pub struct Account {
     /// `daily-download-limit` in bytes as configured (0: none); unset:
     /// Gmail mode's default, none elsewhere (`sync::gmail`).
     pub daily_download_limit: Option<u64>,
+    /// The most connections pull opens for this account (one user) at once,
+    /// whatever --jobs says (`max-connections`).
+    pub max_connections: usize,
+    /// For a user of a multi-user table: the table's name (the account is
+    /// then named `TABLE/USER`).
+    pub table: Option<String>,
 }
+
+/// Dovecot's `mail_max_userip_connections` default: the connections one
+/// user may hold from one address. Gmail allows about 15 per account,
+/// shared with the user's own clients (shared/PROVIDERS.md), so 10 leaves
+/// them room too.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10;
 
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
@@ -303,6 +316,20 @@ impl Config {
         names: &[String],
         filter: &crate::org::UserFilter,
     ) -> Result<Vec<Account>> {
+        self.select_users_scoped(names, filter)?
+            .into_iter()
+            .map(|r| r.map_err(|refused| refused.error))
+            .collect()
+    }
+
+    /// Like [`Config::select_users`], with a user whose name cannot be
+    /// archived given back in its place as [`crate::org::Refused`] instead
+    /// of failing the whole selection (pull goes on with the others).
+    pub fn select_users_scoped(
+        &self,
+        names: &[String],
+        filter: &crate::org::UserFilter,
+    ) -> Result<Vec<Result<Account, crate::org::Refused>>> {
         let selected = self.select_tables(names)?;
         let filtered = !filter.users.is_empty() || filter.shard.is_some();
         if filtered && !selected.iter().any(|a| self.orgs.contains_key(&a.name)) {
@@ -314,7 +341,7 @@ impl Config {
         for a in selected {
             match self.orgs.get(&a.name) {
                 Some(users) => out.extend(crate::org::expand(&a, users, filter)?),
-                None => out.push(a),
+                None => out.push(Ok(a)),
             }
         }
         Ok(out)
@@ -479,6 +506,12 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<(Account, Option<cra
         gmail_spam_and_trash: a.gmail_spam_and_trash.unwrap_or(false),
         admin,
         daily_download_limit: a.daily_download_limit,
+        max_connections: match a.max_connections {
+            Some(0) => bail!("max-connections = 0 allows no connection\nhint: use 1 or more; the default is {DEFAULT_MAX_CONNECTIONS}"),
+            Some(n) => n as usize,
+            None => DEFAULT_MAX_CONNECTIONS,
+        },
+        table: None,
     };
     Ok((account, users))
 }
@@ -1022,7 +1055,7 @@ mod tests {
     fn a_users_list_expands_into_one_account_per_user_with_its_own_archive() {
         let dir = tempfile::tempdir().unwrap();
         let users = dir.path().join("users.txt");
-        std::fs::write(&users, "joe\nann\na/b\n").unwrap();
+        std::fs::write(&users, "joe\nann\n.x\n").unwrap();
         let text = format!(
             "{STAFF}users-file = {:?}\narchive = \"/srv/{{user}}/x\"\n",
             users.display().to_string()
@@ -1031,9 +1064,23 @@ mod tests {
         let c = Config::load(&p).unwrap();
         let all = c.select(&["staff".into()]).unwrap();
         let names: Vec<_> = all.iter().map(|a| a.name.as_str()).collect();
-        assert_eq!(names, ["staff/joe", "staff/ann", "staff/a/b"]);
-        assert_eq!(all[2].user, "a/b");
-        assert_eq!(all[2].archive, Path::new("/srv/a%2Fb/x"));
+        assert_eq!(names, ["staff/joe", "staff/ann", "staff/.x"]);
+        assert_eq!(all[2].user, ".x");
+        assert_eq!(all[2].archive, Path::new("/srv/%2Ex/x"));
+        assert_eq!(all[2].table.as_deref(), Some("staff"));
+        assert_eq!(all[0].max_connections, DEFAULT_MAX_CONNECTIONS);
+        // A name that could leave the root is refused in its place, by
+        // name; the others stay selected.
+        std::fs::write(&users, "joe\n..\nann\n").unwrap();
+        let scoped = c
+            .select_users_scoped(&[], &crate::org::UserFilter::default())
+            .unwrap();
+        assert!(scoped[0].is_ok() && scoped[2].is_ok());
+        let refused = scoped[1].as_ref().unwrap_err();
+        assert_eq!(refused.account, "staff/..");
+        assert!(format!("{:#}", refused.error).contains("`..`"));
+        assert!(c.select(&[]).is_err());
+        std::fs::write(&users, "joe\nann\n.x\n").unwrap();
         assert_eq!(
             all[0].admin,
             Some(crate::org::Admin {

@@ -29,7 +29,10 @@
 //!   mailboxes.rs which listed mailboxes a run works on
 //!   gmail/      Gmail's rules, asked by pull (layout, label links),
 //!               expunge (through Trash, its record) and restore (All
-//!               Mail once, then labels); the daily budget's default
+//!               Mail once, then labels, finished if cut off), the
+//!               [THROTTLED] pause of all three, the archive view of ls,
+//!               search, export and verify (once per message, with labels);
+//!               the daily budget's default
 //! progress    one trait; bars on a terminal, nothing elsewhere
 //! report      the Summary trait every run report implements, error text
 //! ```

@@ -64,16 +64,23 @@ pub const MAX_COMPONENT: usize = 200;
 
 /// A user name as one path component, or why it cannot be one.
 ///
-/// The mapping: ASCII letters, digits and `_ - + @ = ,` stay as they are;
-/// `.` stays except as the first character; every other byte of the UTF-8
-/// name (`/`, `%`, a space, a leading `.`, non-ASCII) becomes `%XX`
-/// (upper-case hex). It is one-to-one, so two users never share an
-/// archive, and the result is never empty, `.`, `..`, hidden, or holds a
-/// `/`. Refused: an empty name, a NUL or other control character, and a
-/// name whose mapping is longer than [`MAX_COMPONENT`] bytes.
+/// Refused, with the name in the error: an empty name, `.` and `..`, a
+/// name holding `/`, a NUL or other control character, and a name whose
+/// mapping is longer than [`MAX_COMPONENT`] bytes. Of the rest, ASCII
+/// letters, digits and `_ - + @ = ,` stay as they are; `.` stays except as
+/// the first character; every other byte of the UTF-8 name (`%`, a space,
+/// a leading `.`, `\`, non-ASCII) becomes `%XX` (upper-case hex). The
+/// mapping is one-to-one, so two users never share an archive, and the
+/// result is never empty, `.`, `..`, hidden, or holds a `/`.
 pub fn user_component(user: &str) -> Result<String> {
     if user.is_empty() {
         bail!("an empty user name cannot be archived\nhint: remove the empty line from the users list");
+    }
+    if user == "." || user == ".." || user.contains('/') {
+        bail!(
+            "user name `{}` could name a directory outside the archive root (`.`, `..` or a `/`)\nhint: fix the users list; no login name needs these",
+            user.escape_debug()
+        );
     }
     if user.chars().any(char::is_control) {
         bail!(
@@ -92,7 +99,8 @@ pub fn user_component(user: &str) -> Result<String> {
     }
     if out.len() > MAX_COMPONENT {
         bail!(
-            "user name `{user}` is too long for a directory name ({} bytes once mapped, at most {MAX_COMPONENT})\nhint: archive it in an account table of its own",
+            "user name `{}` is too long for a directory name ({} bytes once mapped, at most {MAX_COMPONENT})\nhint: fix the users list",
+            user.escape_debug(),
             out.len()
         );
     }
@@ -221,8 +229,26 @@ pub struct UserFilter {
     pub shard: Option<Shard>,
 }
 
-/// One account per user of the table `template`, filtered.
-pub fn expand(template: &Account, users: &Users, filter: &UserFilter) -> Result<Vec<Account>> {
+/// A user of a table whose name cannot be archived: refused with its
+/// name, while the table's other users go on.
+#[derive(Debug)]
+pub struct Refused {
+    /// `TABLE/USER`, the user's name escaped for display.
+    pub account: String,
+    /// The login name as listed.
+    pub user: String,
+    pub error: anyhow::Error,
+}
+
+/// One account per user of the table `template`, filtered, in the list's
+/// order; a user whose name cannot be archived is a [`Refused`] in its
+/// place. Fails as a whole only when the list cannot be read or `--user`
+/// names someone not in it.
+pub fn expand(
+    template: &Account,
+    users: &Users,
+    filter: &UserFilter,
+) -> Result<Vec<Result<Account, Refused>>> {
     let all = read_users(&users.source)?;
     for wanted in &filter.users {
         if !all.iter().any(|u| u == wanted) {
@@ -240,13 +266,22 @@ pub fn expand(template: &Account, users: &Users, filter: &UserFilter) -> Result<
         if filter.shard.is_some_and(|s| !s.holds(&user)) {
             continue;
         }
-        let archive = archive_for(&users.archive_template, &user)
-            .with_context(|| format!("in the users list of account `{}`", template.name))?;
-        let mut a = template.clone();
-        a.name = format!("{}/{user}", template.name);
-        a.user = user;
-        a.archive = archive;
-        out.push(a);
+        let name = format!("{}/{user}", template.name);
+        match archive_for(&users.archive_template, &user) {
+            Ok(archive) => {
+                let mut a = template.clone();
+                a.name = name;
+                a.user = user;
+                a.archive = archive;
+                a.table = Some(template.name.clone());
+                out.push(Ok(a));
+            }
+            Err(error) => out.push(Err(Refused {
+                account: format!("{}/{}", template.name, user.escape_debug()),
+                user,
+                error: error.context(format!("in the users list of account `{}`", template.name)),
+            })),
+        }
     }
     Ok(out)
 }
@@ -262,18 +297,27 @@ mod tests {
             user_component("joe.smith@example.com").unwrap(),
             "joe.smith@example.com"
         );
-        assert_eq!(user_component("a/b").unwrap(), "a%2Fb");
-        assert_eq!(user_component("../x").unwrap(), "%2E.%2Fx");
-        assert_eq!(user_component("..").unwrap(), "%2E.");
-        assert_eq!(user_component(".").unwrap(), "%2E");
+        assert_eq!(user_component(".hidden").unwrap(), "%2Ehidden");
+        assert_eq!(user_component("...").unwrap(), "%2E..");
+        assert_eq!(user_component("a\\b").unwrap(), "a%5Cb");
         assert_eq!(user_component("50%").unwrap(), "50%25");
         assert_eq!(user_component("jürgen").unwrap(), "j%C3%BCrgen");
         // One-to-one: the escape character is itself escaped.
         assert_ne!(
-            user_component("a%2Fb").unwrap(),
-            user_component("a/b").unwrap()
+            user_component("%2Ehidden").unwrap(),
+            user_component(".hidden").unwrap()
         );
-        for bad in ["", "a\0b", "a\nb", &"x".repeat(201)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "/abs",
+            "a\0b",
+            "a\nb",
+            &"x".repeat(201),
+        ] {
             let err = format!("{:#}", user_component(bad).unwrap_err());
             assert!(err.contains("hint:"), "{err}");
         }
@@ -283,7 +327,7 @@ mod tests {
 
     #[test]
     fn a_hostile_user_stays_inside_the_templates_directory() {
-        for user in ["../x", "a/b", "../../etc", "/abs", ".hidden", "x/../../y"] {
+        for user in [".hidden", "...", "..x", "a\\..\\b", "%2F", " .. "] {
             let p = archive_for("/srv/mail/{user}", user).unwrap();
             assert_eq!(
                 p.parent().unwrap(),
@@ -360,24 +404,24 @@ mod tests {
     }
 }
 
-/// The Kubernetes example (contrib/k8s/) is checked here, offline: no
+/// The Kubernetes example (contrib/kubernetes/) is checked here, offline: no
 /// cluster runs in the tests, so what can go wrong in it by editing is.
 #[cfg(test)]
 mod k8s_example_tests {
     use serde_yaml::Value;
 
-    const MANIFEST: &str = include_str!("../contrib/k8s/imapbak-cronjob.yaml");
+    const MANIFEST: &str = include_str!("../contrib/kubernetes/imapbak-cronjob.yaml");
 
     fn docs() -> Vec<Value> {
         serde_yaml::Deserializer::from_str(MANIFEST)
-            .map(|d| serde::Deserialize::deserialize(d).expect("contrib/k8s is YAML"))
+            .map(|d| serde::Deserialize::deserialize(d).expect("contrib/kubernetes is YAML"))
             .collect()
     }
 
     fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         docs.iter()
             .find(|d| d["kind"] == kind)
-            .unwrap_or_else(|| panic!("no {kind} in contrib/k8s"))
+            .unwrap_or_else(|| panic!("no {kind} in contrib/kubernetes"))
     }
 
     fn s(v: &Value) -> &str {

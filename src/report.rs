@@ -76,7 +76,7 @@ pub fn json_text<T: Serialize + ?Sized>(report: &T) -> serde_json::Result<String
 
 /// The version of every `--json` output's shape, in its `schema` field
 /// (README, "JSON output"). Raised when a field changes meaning or goes.
-pub const JSON_SCHEMA: u32 = 1;
+pub const JSON_SCHEMA: u32 = 2;
 
 /// A report as the JSON value `--json` prints: hints split out as in
 /// [`json_text`], and `"schema": N` first in the object (in each object,

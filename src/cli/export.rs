@@ -14,6 +14,7 @@ use super::AccountArgs;
 use crate::archive::read_message;
 use crate::exit_codes::ExitCode;
 use crate::report::human_bytes;
+use crate::sync::gmail::view::takeout_labels;
 
 const LONG_HELP: &str = "\
      --mbox writes mboxrd: each message after a `From ` line, lines that start \
@@ -28,7 +29,12 @@ const LONG_HELP: &str = "\
      the run exits 1). When nothing is selected no file is created; a \
      --mailbox that matches no archived mailbox is a warning naming the \
      archived ones, and exits 1. Files are created 0600 and directories 0700, \
-     as private as the archive (a stricter umask still applies).";
+     as private as the archive (a stricter umask still applies).\n\n\
+     From an archive pulled in Gmail mode each message is exported once, from \
+     All Mail (or the first label folder --mailbox matched). In an mbox it has \
+     its labels in an `X-Gmail-Labels:` header (comma-separated, as Google \
+     Takeout writes them) before its own first line; an .eml file holds the \
+     message's exact bytes.";
 
 /// Write archived messages out as an mbox file or as .eml files.
 #[derive(Debug, clap::Args)]
@@ -158,9 +164,13 @@ fn create_private(file: &Path, force: bool) -> io::Result<File> {
     o.open(file)
 }
 
-/// Reads one hit's message; a damaged file is reported and skipped.
-fn read_hit(h: &Hit) -> Option<Vec<u8>> {
+/// Reads one hit's message; a damaged file is reported and skipped. With
+/// `labels` (mbox), a message of a Gmail archive gets its labels in an
+/// `X-Gmail-Labels:` header first, as Google Takeout's mbox has them; an
+/// .eml file stays the exact archived bytes.
+fn read_hit(h: &Hit, labels: bool) -> Option<Vec<u8>> {
     match read_message(&h.path) {
+        Ok(b) if b.len() as u64 == h.size && labels => Some(with_labels(b, &h.labels)),
         Ok(b) if b.len() as u64 == h.size => Some(b),
         Ok(b) => {
             eprintln!(
@@ -179,6 +189,26 @@ fn read_hit(h: &Hit) -> Option<Vec<u8>> {
     }
 }
 
+/// `body` with `X-Gmail-Labels: <labels>` before its first header line,
+/// ended as the message's own first line is (CRLF or LF).
+fn with_labels(body: Vec<u8>, labels: &[String]) -> Vec<u8> {
+    if labels.is_empty() {
+        return body;
+    }
+    let crlf = body
+        .iter()
+        .position(|&b| b == b'\n')
+        .is_none_or(|i| i > 0 && body[i - 1] == b'\r');
+    let mut out = format!(
+        "X-Gmail-Labels: {}{}",
+        takeout_labels(labels),
+        if crlf { "\r\n" } else { "\n" }
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
 fn export_mbox(hits: &[Hit], file: &Path, force: bool) -> Result<Written> {
     let sink: Box<dyn Write> = if file == Path::new("-") {
         Box::new(io::stdout().lock())
@@ -188,7 +218,7 @@ fn export_mbox(hits: &[Hit], file: &Path, force: bool) -> Result<Written> {
     let mut out = io::BufWriter::with_capacity(1 << 20, sink);
     let mut w = Written::default();
     for h in hits {
-        let Some(body) = read_hit(h) else {
+        let Some(body) = read_hit(h, true) else {
             w.unreadable += 1;
             continue;
         };
@@ -276,7 +306,7 @@ fn export_eml(hits: &[Hit], dir: &Path, force: bool) -> Result<Written> {
             w.existed += 1;
             continue;
         }
-        let Some(body) = read_hit(h) else {
+        let Some(body) = read_hit(h, false) else {
             w.unreadable += 1;
             continue;
         };
@@ -359,6 +389,16 @@ mod tests {
         let mut out = Vec::new();
         write_mboxrd(&mut out, "From x\n", b"A: b\r\n\r\nno newline").unwrap();
         assert!(out.ends_with(b"no newline\n\n"));
+    }
+
+    #[test]
+    fn gmail_labels_go_first_with_the_message_s_own_line_ends() {
+        let labels = vec!["\\Inbox".to_string(), "Work".to_string()];
+        let crlf = with_labels(b"A: b\r\n\r\nx".to_vec(), &labels);
+        assert_eq!(crlf, b"X-Gmail-Labels: Inbox,Work\r\nA: b\r\n\r\nx");
+        let lf = with_labels(b"A: b\n\nx".to_vec(), &labels);
+        assert_eq!(lf, b"X-Gmail-Labels: Inbox,Work\nA: b\n\nx");
+        assert_eq!(with_labels(b"A: b\n".to_vec(), &[]), b"A: b\n");
     }
 
     #[test]

@@ -5,9 +5,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use globset::{Glob, GlobSetBuilder};
+use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::{runtime, AccountArgs, Connector};
+use crate::archive::names::levels_for;
+use crate::archive::view::folder_dirs;
+use crate::archive::Archive;
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::{Bars, Progress};
@@ -57,21 +60,23 @@ GETQUOTAROOT reports for INBOX is under the target.
 `skipped` (count per reason: uidvalidity_changed,
 deleted_by_another_client, kept_flagged, kept_unseen, not_archived,
 archived_copy_missing, size_differs, archived_copy_damaged, ambiguous_mark,
-changed_during_run), `mailboxes` (the same per mailbox, with `unmarked`,
+changed_during_run), `mailboxes` (the same per mailbox, with `mailbox`, `folder`, `unmarked`,
 `ambiguous_marks` and `changed_during_run` (UIDs left as they are),
 `warnings`, `errors`) and
 `messages` (`mailbox`, `uid`, `internaldate`, `size`, `resumed`).
 
 Gmail (the server announces X-GM-EXT-1; `gmail = false` turns this
 off): an EXPUNGE in a label folder only removes the label and one in All
-Mail frees nothing, so candidates are chosen in All Mail (--mailbox
-selects by label), verified as above plus the X-GM-MSGID recorded at
+Mail frees nothing, so candidates are chosen in All Mail (--mailbox, and
+the account's include/exclude, select by label: a message with an excluded
+label is left alone), verified as above plus the X-GM-MSGID recorded at
 pull, moved to Trash with UID MOVE, found there by COPYUID and checked by
 X-GM-MSGID, and only those UIDs are marked \\Deleted and UID EXPUNGEd in
 Trash. Nothing else in Trash is touched; nothing is expunged in a label
 folder. The moved messages are recorded first
 (gmail-trash-pending.json), so a run killed between the move and the
-expunge is finished by the next. --free-to reads Gmail's QUOTA.
+expunge is finished by the next. --free-to reads Gmail's QUOTA. After a
+batch answered `[THROTTLED]` expunge pauses, longer while it lasts.
 Skip reason msgid_differs: the X-GM-MSGID is not the one recorded.
 
 Exit status: 0 when everything due was expunged or there was nothing to do
@@ -153,6 +158,26 @@ fn options(cmd: &ExpungeCmd) -> Result<ExpungeOptions> {
     })
 }
 
+/// The warning for `--mailbox` globs that match no mailbox archived for
+/// `account`, naming the ones there are. Expunge only ever touches archived
+/// mailboxes, so such a run expunges nothing, and says why.
+fn unmatched(account: &Account, globs: &GlobSet, patterns: &[String]) -> Option<String> {
+    let archive = Archive::at(&account.archive);
+    let names: Vec<String> = folder_dirs(&archive)
+        .ok()?
+        .iter()
+        .filter_map(|d| levels_for(d))
+        .map(|levels| levels.join("/"))
+        .collect();
+    if names.iter().any(|n| globs.is_match(n)) {
+        return None;
+    }
+    Some(super::search::no_match_warning(
+        &patterns.join("` `"),
+        names,
+    ))
+}
+
 /// The INTERNALDATE before which a message is older than `age` seconds.
 pub(crate) fn cut_for(age: u64) -> i64 {
     chrono::Utc::now().timestamp() - age.min(i64::MAX as u64 / 2) as i64
@@ -189,7 +214,7 @@ pub(crate) fn expunge_one(
 
 pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let opts = options(&cmd)?;
-    let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;
+    let accounts = super::load_accounts_scoped(config, &cmd.accounts, &cmd.users)?;
     let start = Instant::now();
     let progress: Arc<dyn Progress> = Arc::from(Bars::for_terminal(cmd.quiet || cmd.json));
     let rt = runtime()?;
@@ -198,6 +223,26 @@ pub fn run(cmd: ExpungeCmd, config: Option<&std::path::Path>) -> Result<ExitCode
         ..Default::default()
     };
     for account in accounts {
+        // A user whose name cannot be archived has no archive to expunge
+        // against: refused by name, the others go on.
+        let account = match account {
+            Ok(a) => a,
+            Err(refused) => {
+                report.accounts.push(
+                    AccountExpunge {
+                        account: refused.account,
+                        ..Default::default()
+                    }
+                    .fail(ExitCode::Usage, crate::report::error_text(&refused.error)),
+                );
+                continue;
+            }
+        };
+        if let Some(globs) = &opts.mailboxes {
+            if let Some(warning) = unmatched(&account, globs, &cmd.mailboxes) {
+                eprintln!("warning: account `{}`: {warning}", account.name);
+            }
+        }
         let account = Arc::new(account);
         let r = match Connector::new(account.clone()) {
             Ok(c) => expunge_one(&rt, &account, &c, &opts, progress.clone()),

@@ -47,9 +47,12 @@ keys giving the admin's password, `admin-login = \"authzid\"` (default; SASL
 PLAIN with the user as authorization identity) or `\"master-separator\"`
 (LOGIN user*admin; `admin-separator`, default `*`), and `archive =
 \".../{user}\"`. Each user becomes an account named TABLE/USER with its own
-archive; the user name is mapped to one safe path component (`/`, `%`, a
-leading `.` and non-ASCII as %XX). pull, verify and expunge take --user and
---shard K/N (or --shard-count N with K from $JOB_COMPLETION_INDEX). With
+archive; the user name is mapped to one safe path component (`%`, a
+leading `.` and non-ASCII as %XX; `.`, `..`, a `/`, a control character
+or over 200 bytes: that user is refused by name). pull, verify and expunge
+take --user and --shard K/N (or --shard-count N with K from
+$JOB_COMPLETION_INDEX). `max-connections` (default 10, Dovecot's
+mail_max_userip_connections) caps the connections to one account or user. With
 OAuth2 a users list takes oauth2-flow client-credentials or service-account
 and no admin-user.
 
@@ -328,6 +331,18 @@ pub(crate) fn load_accounts_for(
     config.select_users(&args.accounts, &users.filter()?)
 }
 
+/// Like [`load_accounts_for`], a user whose name cannot be archived in its
+/// place as [`crate::org::Refused`] (pull reports it and goes on).
+pub(crate) fn load_accounts_scoped(
+    config: Option<&std::path::Path>,
+    args: &AccountArgs,
+    users: &UserArgs,
+) -> Result<Vec<Result<Account, crate::org::Refused>>> {
+    let path = crate::config::locate(config)?;
+    let config = Config::load(&path)?;
+    config.select_users_scoped(&args.accounts, &users.filter()?)
+}
+
 /// Loads the configuration and picks the accounts.
 pub(crate) fn load_accounts(
     config: Option<&std::path::Path>,
@@ -351,7 +366,22 @@ pub(crate) struct Connector {
 impl Connector {
     /// Its error does not name the account: the account's error line does.
     pub(crate) fn new(account: Arc<Account>) -> Result<Connector> {
-        let tls = tls::client_config(account.ca_file.as_deref(), account.fingerprint)?;
+        Connector::shared(account, None, None)
+    }
+
+    /// Like [`Connector::new`] with the password already read and the TLS
+    /// settings already made (`Some`): the users of one table share the
+    /// admin's password, read once, and one TLS configuration (its root
+    /// store is about 100 kB: not a copy per user).
+    pub(crate) fn shared(
+        account: Arc<Account>,
+        password: Option<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Connector> {
+        let tls = match tls {
+            Some(t) => t,
+            None => tls::client_config(account.ca_file.as_deref(), account.fingerprint)?,
+        };
         let (password, tokens) = match &account.oauth2 {
             Some(o) => (
                 String::new(),
@@ -360,7 +390,10 @@ impl Connector {
                         .map_err(|e| anyhow::anyhow!("{e}\nhint: {}", e.hint))?,
                 )),
             ),
-            None => (account.read_password()?, None),
+            None => match password {
+                Some(p) => (p, None),
+                None => (account.read_password()?, None),
+            },
         };
         Ok(Connector {
             account,
@@ -368,6 +401,11 @@ impl Connector {
             tls,
             tokens,
         })
+    }
+
+    /// The TLS settings, for [`Connector::shared`].
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
     }
 
     /// A logged-in connection; its failure as the engine sees it.

@@ -16,14 +16,16 @@ use crate::sync::pull::connect_error;
 /// Show the server's quota usage and limits.
 ///
 /// Asks GETQUOTAROOT for INBOX and prints every resource of every quota
-/// root: STORAGE (shown in bytes; the server counts KiB) and MESSAGE.
+/// root: STORAGE in bytes (the server counts KiB; imapbak converts) and
+/// MESSAGE, a count of messages.
 #[derive(Debug, clap::Args)]
 pub struct QuotaCmd {
     #[command(flatten)]
     accounts: AccountArgs,
 
     /// Print JSON on stdout: per account `supported`, `roots` (each with
-    /// `resources`: `name`, `usage`, `limit`, `percent`; STORAGE in KiB)
+    /// `resources`: `name`, `unit`, `usage`, `limit`, `percent`; STORAGE in
+    /// bytes, MESSAGE in messages)
     #[arg(long)]
     json: bool,
 }
@@ -31,6 +33,9 @@ pub struct QuotaCmd {
 #[derive(Debug, Serialize)]
 struct Resource {
     name: String,
+    /// `bytes` for STORAGE, `messages` for MESSAGE, else `units`: what
+    /// `usage` and `limit` count.
+    unit: &'static str,
     usage: u64,
     limit: u64,
     percent: f64,
@@ -89,10 +94,9 @@ impl fmt::Display for QuotaReport {
             }
             for r in &a.roots {
                 for x in &r.resources {
-                    let storage = x.name == "STORAGE";
                     let amount = |n: u64| {
-                        if storage {
-                            human_bytes(n * 1024)
+                        if x.unit == "bytes" {
+                            human_bytes(n)
                         } else {
                             n.to_string()
                         }
@@ -131,6 +135,23 @@ impl fmt::Display for QuotaReport {
         }
         out.extend(notes);
         write!(f, "{}", out.join("\n"))
+    }
+}
+
+/// One resource as shown: STORAGE, which RFC 9208 counts in units of 1024
+/// octets, converted to bytes like every other size in imapbak's output.
+fn resource(x: crate::sync::expunge::QuotaResource) -> Resource {
+    let (unit, scale) = match x.name.as_str() {
+        "STORAGE" => ("bytes", 1024),
+        "MESSAGE" => ("messages", 1),
+        _ => ("units", 1),
+    };
+    Resource {
+        percent: percent(x.usage, x.limit),
+        unit,
+        usage: x.usage.saturating_mul(scale),
+        limit: x.limit.saturating_mul(scale),
+        name: x.name,
     }
 }
 
@@ -176,16 +197,7 @@ pub fn run(cmd: QuotaCmd, config: Option<&std::path::Path>) -> Result<ExitCode> 
                             .into_iter()
                             .map(|r| Root {
                                 root: r.root,
-                                resources: r
-                                    .resources
-                                    .into_iter()
-                                    .map(|x| Resource {
-                                        percent: percent(x.usage, x.limit),
-                                        name: x.name,
-                                        usage: x.usage,
-                                        limit: x.limit,
-                                    })
-                                    .collect(),
+                                resources: r.resources.into_iter().map(resource).collect(),
                             })
                             .collect();
                     }

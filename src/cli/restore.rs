@@ -53,7 +53,9 @@ Gmail: an archive pulled in Gmail mode restored into a Gmail account
 (X-GM-EXT-1, `gmail` not false) is appended once into All Mail (found by
 its \\All attribute), and each message then gets its labels with UID STORE
 +X-GM-LABELS.SILENT from its APPENDUID; missing labels are created level
-by level first. Restored into any other server, the archive's folders go
+by level first. The labels due are recorded before the STORE, so a run
+killed or cut off between an APPEND and its STORE is finished by the next
+(labels set, nothing appended twice). Restored into any other server, the archive's folders go
 as a Dovecot serving it shows them (All Mail included); use
 --skip-all-mail-duplicates to leave out All Mail's copy of labelled
 messages. A message over the target's APPENDLIMIT is reported and
@@ -62,7 +64,9 @@ skipped; the rest goes on.
 A message the server rejects is reported with the server's words and the run
 goes on (exit status 1). A full target (OVERQUOTA) stops the run with exit
 status 6; raise the quota and run the same command again. A dropped
-connection or throttling is retried with backoff (5 attempts per mailbox).
+connection or throttling is retried with backoff (5 attempts per mailbox);
+after a batch answered `[THROTTLED]` (Gmail) restore pauses, longer while it
+lasts.
 Ctrl-C or SIGTERM stops after the APPEND batch in flight is answered (at
 most 10 s; a second Ctrl-C quits at once) with exit status 130 or 143; run
 the same command again.")]

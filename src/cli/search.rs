@@ -2,6 +2,7 @@
 //! header index (no message is decompressed unless its record is missing).
 //! The filters and the selection here are shared with `imapbak export`.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,8 +15,9 @@ use super::{load_accounts, AccountArgs};
 use crate::archive::headers::clean;
 use crate::archive::search::{default_threads, folder_headers, parallel_map, persist, Query};
 use crate::archive::view::{folder_dirs, read_tree, FolderView};
-use crate::archive::Archive;
+use crate::archive::{Archive, FileName};
 use crate::exit_codes::ExitCode;
+use crate::sync::gmail::view::{display_label, GmailView};
 
 const LONG_HELP: &str = "\
      Prints one line per hit: id, date, mailbox, from, subject (oldest first). \
@@ -24,7 +26,10 @@ const LONG_HELP: &str = "\
      decoded headers (RFC 2047 encoded words undone) as substrings, in any case; \
      all filters given must match. Searches the header index kept in the \
      archive's state/ directory; what the index lacks is read from the message \
-     files and added to it.";
+     files and added to it.\n\n\
+     In an archive pulled in Gmail mode each message is one hit, under All Mail \
+     (or the first label folder --mailbox matched), with its labels after the \
+     mailbox (`[Inbox, Work]`; `labels` in --json).";
 
 /// Find archived messages by sender, recipient, subject or date.
 #[derive(Debug, clap::Args)]
@@ -109,6 +114,10 @@ pub(crate) struct Hit {
     pub to: String,
     pub subject: String,
     pub message_id: String,
+    /// Gmail mode: the message's labels (X-GM-LABELS names, `\Inbox`);
+    /// empty elsewhere. A message is one hit, under All Mail, whatever
+    /// its labels.
+    pub labels: Vec<String>,
     #[serde(skip)]
     pub when: i64,
     #[serde(skip)]
@@ -194,6 +203,7 @@ pub(crate) fn select(
     };
     // Every (account, folder) to read; the folders are then read in parallel.
     let mut work: Vec<(Arc<str>, Archive, String)> = Vec::new();
+    let mut gmail: HashMap<String, GmailView> = HashMap::new();
     for account in accounts {
         let archive = Archive::at(&account.archive);
         sel.accounts += 1;
@@ -202,6 +212,17 @@ pub(crate) fn select(
                 .push(format!("account `{}`: {why}", account.name));
             sel.missing += 1;
             continue;
+        }
+        match GmailView::read(&archive) {
+            Ok(Some(g)) => {
+                gmail.insert(account.name.clone(), g);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                sel.warnings
+                    .push(format!("account `{}`: {e}", account.name));
+                sel.failed = true;
+            }
         }
         match folder_dirs(&archive) {
             Ok(dirs) => {
@@ -256,9 +277,45 @@ pub(crate) fn select(
         sel.no_mailbox_matched = true;
         sel.warnings.push(no_match_warning(g, archived));
     }
+    once_per_message(&mut sel.hits, &gmail);
     sel.hits
         .sort_by(|a, b| (a.when, &a.id).cmp(&(b.when, &b.id)));
     Ok(sel)
+}
+
+/// Gmail archives: one hit per message with its labels, under All Mail
+/// when All Mail was searched, else under the first label folder that
+/// matched (its other names are the label links, sync::gmail::view).
+fn once_per_message(hits: &mut Vec<Hit>, gmail: &HashMap<String, GmailView>) {
+    if gmail.is_empty() {
+        return;
+    }
+    let in_all_mail = |h: &Hit| {
+        gmail
+            .get(&h.account)
+            .is_some_and(|g| g.is_all_mail(&h.folder))
+    };
+    hits.sort_by_key(|h| (!in_all_mail(h), h.folder.clone()));
+    let mut seen = HashSet::new();
+    hits.retain_mut(|h| {
+        let Some(g) = gmail.get(&h.account) else {
+            return true;
+        };
+        let Some(base) = h
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(FileName::parse)
+            .map(|n| n.base())
+        else {
+            return true;
+        };
+        h.labels = g.labels_of(&base);
+        if !g.is_all_mail(&h.folder) && !g.is_link(&h.folder, &base) {
+            return true;
+        }
+        seen.insert((h.account.clone(), base))
+    });
 }
 
 /// The warning for a `--mailbox` glob that matched nothing: what there is
@@ -313,6 +370,7 @@ fn folder_hits(
             to: r.to.clone(),
             subject: r.subject.clone(),
             message_id: r.message_id.clone(),
+            labels: Vec::new(),
             when: r.effective_date(),
             internal_secs: r.internaldate,
             path: view.files[m.file].path.clone(),
@@ -361,12 +419,18 @@ pub fn run(cmd: SearchCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
         writeln!(out)?;
     } else {
         for h in &sel.hits {
+            let mut mailbox = clean(&h.mailbox);
+            if !h.labels.is_empty() {
+                let labels: Vec<String> =
+                    h.labels.iter().map(|l| clean(display_label(l))).collect();
+                mailbox = format!("{mailbox} [{}]", labels.join(", "));
+            }
             writeln!(
                 out,
                 "{}  {}  {}  {}  {}",
                 shell_word(&h.id),
                 local_time(h.when),
-                clean(&h.mailbox),
+                mailbox,
                 if h.from.is_empty() {
                     "(no From)"
                 } else {

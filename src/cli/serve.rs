@@ -854,6 +854,8 @@ fn write_config(c: &ConfigInput) -> Result<PathBuf> {
          {dh_line}\n\
          ssl_min_protocol = TLSv1.2\n\
          auth_mechanisms = plain login\n\
+         # logins are account names: `staff/joe` for a user of a table\n\
+         auth_username_chars =\n\
          # index, cache, uidlist, keywords and subscriptions go outside the archive\n\
          mail_location = maildir:~/mail:INDEX=~/index:CONTROL=~/control:VOLATILEDIR=~/volatile\n\
          # zlib: the archive's zstd files; listescape: names with '.', '/' or '\\';\n\

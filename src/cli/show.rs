@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::{load_accounts, AccountArgs};
+use super::{load_accounts_for, AccountArgs};
 use crate::archive::view::read_folder;
 use crate::archive::{read_message, Archive};
 use crate::exit_codes::ExitCode;
@@ -35,11 +35,31 @@ pub(crate) struct MessageId<'a> {
     pub uid: u32,
 }
 
+/// An id's account and the rest: the first part, or the first two for a
+/// user of a multi-user table (`staff/joe/...`; a table's user name never
+/// holds `/`, see [`crate::org::user_component`]).
+fn split_account<'a>(id: &'a str, tables: &[String]) -> Option<(&'a str, &'a str)> {
+    let (first, rest) = id.split_once('/')?;
+    if tables.iter().any(|t| t == first) {
+        let (user, rest) = rest.split_once('/')?;
+        return (!user.is_empty()).then(|| (&id[..first.len() + 1 + user.len()], rest));
+    }
+    Some((first, rest))
+}
+
 /// Parses `ACCOUNT/FOLDER/UIDVALIDITY/UID`. Neither an account nor a folder
 /// name can hold `/`, so the split is unambiguous.
+#[cfg(test)]
 pub(crate) fn parse_id(id: &str) -> Option<MessageId<'_>> {
-    let mut parts = id.split('/');
-    let account = parts.next().filter(|a| !a.is_empty())?;
+    parse_id_in(id, &[])
+}
+
+/// [`parse_id`], ACCOUNT being `TABLE/USER` when it starts with one of
+/// `tables` (multi-user tables).
+pub(crate) fn parse_id_in<'a>(id: &'a str, tables: &[String]) -> Option<MessageId<'a>> {
+    let (account, rest) = split_account(id, tables)?;
+    let mut parts = rest.split('/');
+    let account = Some(account).filter(|a| !a.is_empty())?;
     let folder = parts.next()?;
     let uidvalidity = parts.next()?.parse().ok()?;
     let uid = parts.next()?.parse().ok()?;
@@ -61,8 +81,13 @@ pub(crate) fn parse_id(id: &str) -> Option<MessageId<'_>> {
 
 /// Parses `ACCOUNT/MAILBOX/UIDVALIDITY/UID` where MAILBOX is a mailbox
 /// name with `/` between its levels (what people read in `search`).
+#[cfg(test)]
 fn parse_named_id(id: &str) -> Option<(&str, &str, u32, u32)> {
-    let (account, rest) = id.split_once('/')?;
+    parse_named_id_in(id, &[])
+}
+
+fn parse_named_id_in<'a>(id: &'a str, tables: &[String]) -> Option<(&'a str, &'a str, u32, u32)> {
+    let (account, rest) = split_account(id, tables)?;
     let mut tail = rest.rsplitn(3, '/');
     let uid = tail.next()?.parse().ok()?;
     let uidvalidity = tail.next()?.parse().ok()?;
@@ -86,12 +111,17 @@ fn folder_named(archive: &Archive, name: &str) -> Option<String> {
 }
 
 pub fn run(cmd: ShowCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    if parse_id(&cmd.id).is_none() {
-        if let Some((account, mailbox, uv, uid)) = parse_named_id(&cmd.id) {
+    let path = crate::config::locate(config)?;
+    let tables: Vec<String> = crate::config::Config::load(&path)?
+        .orgs
+        .into_keys()
+        .collect();
+    if parse_id_in(&cmd.id, &tables).is_none() {
+        if let Some((account, mailbox, uv, uid)) = parse_named_id_in(&cmd.id, &tables) {
             return show_named(&cmd.id, account, mailbox, uv, uid, config);
         }
     }
-    let Some(id) = parse_id(&cmd.id) else {
+    let Some(id) = parse_id_in(&cmd.id, &tables) else {
         bail!(
             "`{}` is not a message id\nhint: ids look like `work/INBOX/1700000000/42`; `imapbak search` prints them",
             cmd.id
@@ -116,12 +146,7 @@ fn show_named(
     uid: u32,
     config: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
-    let args = AccountArgs {
-        accounts: vec![account.to_string()],
-    };
-    let acc = load_accounts(config, &args)?
-        .pop()
-        .context("no such account")?;
+    let acc = load_one(config, account)?;
     let archive = Archive::at(&acc.archive);
     if let Some(why) = archive.missing() {
         bail!("account `{}`: {why}", acc.name);
@@ -134,6 +159,27 @@ fn show_named(
     show_folder(text, account, &folder, uidvalidity, uid, config)
 }
 
+/// The account an id names: `NAME`, or `TABLE/USER` for one user of a
+/// multi-user table.
+fn load_one(config: Option<&std::path::Path>, account: &str) -> Result<crate::config::Account> {
+    let (table, user) = match account.split_once('/') {
+        Some((t, u)) => (t, Some(u)),
+        None => (account, None),
+    };
+    let args = AccountArgs {
+        accounts: vec![table.to_string()],
+    };
+    let users = super::UserArgs {
+        users: user.map(str::to_string).into_iter().collect(),
+        ..Default::default()
+    };
+    let mut found = load_accounts_for(config, &args, &users)?;
+    match (found.pop(), found.is_empty()) {
+        (Some(a), true) => Ok(a),
+        _ => bail!("account `{table}` has a users list\nhint: name one user in the id: `{table}/USER/...`, as `imapbak search` prints it"),
+    }
+}
+
 fn show_folder(
     text: &str,
     account: &str,
@@ -142,12 +188,7 @@ fn show_folder(
     uid: u32,
     config: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
-    let args = AccountArgs {
-        accounts: vec![account.to_string()],
-    };
-    let account = load_accounts(config, &args)?
-        .pop()
-        .context("no such account")?;
+    let account = load_one(config, account)?;
     let archive = Archive::at(&account.archive);
     if let Some(why) = archive.missing() {
         bail!("account `{}`: {why}", account.name);
@@ -229,5 +270,22 @@ mod tests {
         assert_eq!(parse_named_id("w//1/2"), None);
         assert_eq!(parse_named_id("/x/1/2"), None);
         assert_eq!(parse_named_id("w/x/1"), None);
+    }
+
+    #[test]
+    fn ids_of_a_tables_users_carry_table_and_user_as_the_account() {
+        let tables = ["staff".to_string()];
+        let id = parse_id_in("staff/joe/INBOX/17/42", &tables).unwrap();
+        assert_eq!((id.account, id.folder, id.uid), ("staff/joe", "", 42));
+        assert_eq!(
+            parse_named_id_in("staff/joe/Archive/2024/17/42", &tables),
+            Some(("staff/joe", "Archive/2024", 17, 42))
+        );
+        // Not a table: the first part alone is the account.
+        assert_eq!(
+            parse_id_in("work/INBOX/1/2", &tables).unwrap().account,
+            "work"
+        );
+        assert_eq!(parse_id_in("staff//INBOX/1/2", &tables), None);
     }
 }

@@ -5,6 +5,7 @@
 //! written meanwhile may show up as unjournaled for that one run).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -20,6 +21,7 @@ use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::{Bars, Progress};
 use crate::report::human_bytes;
+use crate::sync::gmail::{self, view::display_label, view::GmailView};
 use crate::sync::mailboxes::{choose_mailboxes_in, Naming};
 use crate::sync::pull::connect_error;
 use crate::sync::remote::Remote;
@@ -30,7 +32,10 @@ const LONG_HELP: &str = "\
      Also checks that the journal and the tree agree (files without a journal \
      entry, entries without a file) and that nothing foreign sits in cur/ or \
      new/. Prints each problem as `PATH: what is wrong`, then a summary; exits 1 \
-     when anything is wrong. Reads only: takes no lock, changes nothing.\n\n\
+     when anything is wrong. Reads only: takes no lock, changes nothing. A file \
+     with several names (a Gmail archive's label folders hold links to All \
+     Mail's files) is read once, under All Mail, and a problem with it names \
+     the message's labels.\n\n\
      With --server, also lists each mailbox's UIDs and sizes on the server (no \
      message is downloaded) and reports every message the server holds that the \
      archive does not (exit 1), sizes that differ (exit 1), and, for information \
@@ -41,7 +46,10 @@ const LONG_HELP: &str = "\
      moved out of cur/ or new/ into the archive's state/damaged/FOLDER/ (never \
      deleted), under the archive's lock, so the next pull fetches that message \
      again if the server still has it. The run still exits 1: something was \
-     wrong.";
+     wrong.\n\n\
+     Each problem, and each account or server error, is a line on stderr; the \
+     summary of each account (files read, problems, the server comparison, \
+     what --repair moved) is on stdout, or the JSON with --json.";
 
 /// Check that every archived message is whole (optionally against the server).
 #[derive(Debug, clap::Args)]
@@ -83,8 +91,11 @@ struct AccountVerify {
     /// Set when the account could not be checked at all.
     error: Option<String>,
     mailboxes: u64,
-    /// Message files read.
+    /// Message files read: each file once, whatever its number of names
+    /// (a Gmail archive's label folders hold links to All Mail's files).
     files: u64,
+    /// Other names of those files (Gmail label links), not read again.
+    links: u64,
     /// Their uncompressed size.
     bytes: u64,
     problems: Vec<Problem>,
@@ -97,6 +108,9 @@ struct AccountVerify {
     server_error: Option<String>,
     #[serde(skip)]
     code: Option<ExitCode>,
+    /// A file read once -> its other names (moved with it by --repair).
+    #[serde(skip)]
+    other_names: HashMap<PathBuf, Vec<PathBuf>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,10 +159,24 @@ impl AccountVerify {
 }
 
 pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode> {
-    let accounts = super::load_accounts_for(config, &cmd.accounts, &cmd.users)?;
+    let accounts = super::load_accounts_scoped(config, &cmd.accounts, &cmd.users)?;
     let progress: Arc<dyn Progress> = Arc::from(Bars::for_terminal(cmd.json));
     let mut report = VerifyReport::default();
     for account in accounts {
+        // A user whose name cannot be archived: refused by name, the
+        // others are checked.
+        let account = match account {
+            Ok(a) => a,
+            Err(refused) => {
+                report.accounts.push(AccountVerify {
+                    account: refused.account,
+                    error: Some(crate::report::error_text(&refused.error)),
+                    code: Some(ExitCode::Usage),
+                    ..Default::default()
+                });
+                continue;
+            }
+        };
         let mut av = verify_archive(&account, &*progress);
         if cmd.repair && av.error.is_none() {
             repair(&account, &mut av);
@@ -166,10 +194,12 @@ pub fn run(cmd: VerifyCmd, config: Option<&std::path::Path>) -> Result<ExitCode>
         .map(AccountVerify::problem_count)
         .sum();
     report.exit_code = code.code();
+    let (problems, summary) = human(&report);
+    eprint!("{problems}");
     if cmd.json {
         println!("{}", crate::report::json_text(&report)?);
     } else {
-        print!("{}", human(&report));
+        print!("{summary}");
     }
     Ok(code)
 }
@@ -194,6 +224,12 @@ fn verify_archive(account: &Account, progress: &dyn Progress) -> AccountVerify {
             return av;
         }
     };
+    let gmail = GmailView::read(&archive).ok().flatten();
+    // All Mail first, so a Gmail message is read and reported under it.
+    let mut dirs = dirs;
+    if let Some(g) = &gmail {
+        dirs.sort_by_key(|d| !g.is_all_mail(d));
+    }
     let mut checks: Vec<FileCheck> = Vec::new();
     for dir in dirs {
         match read_folder(&archive, &dir) {
@@ -210,6 +246,8 @@ fn verify_archive(account: &Account, progress: &dyn Progress) -> AccountVerify {
             }),
         }
     }
+    let checks = once_per_file(checks, &mut av.other_names);
+    av.links = av.other_names.values().map(|v| v.len() as u64).sum();
     av.files = checks.len() as u64;
     av.bytes = checks.iter().map(|c| c.size).sum();
     let label = format!("verify {}", account.name);
@@ -220,8 +258,67 @@ fn verify_archive(account: &Account, progress: &dyn Progress) -> AccountVerify {
         progress.message_written(&label, size)
     }));
     progress.mailbox_finished(&label);
+    if let Some(g) = &gmail {
+        // A damaged Gmail message is damaged under every label it has.
+        for p in av.problems.iter_mut() {
+            if !DAMAGE.contains(&p.kind) || !av.other_names.contains_key(&p.path) {
+                continue;
+            }
+            let base = p
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(crate::archive::FileName::parse)
+                .map(|n| n.base())
+                .unwrap_or_default();
+            let labels: Vec<String> = g
+                .labels_of(&base)
+                .iter()
+                .map(|l| display_label(l).to_string())
+                .collect();
+            if !labels.is_empty() {
+                p.detail
+                    .push_str(&format!(" (labels: {}; the same file)", labels.join(", ")));
+            }
+        }
+    }
     av.problems.sort_by(|a, b| a.path.cmp(&b.path));
     av
+}
+
+/// Each file once: a check whose file (device, inode) was seen under
+/// another name is dropped, its hashes merged into the first one's, and
+/// its path kept in `other_names` under the first one's.
+fn once_per_file(
+    checks: Vec<FileCheck>,
+    other_names: &mut HashMap<PathBuf, Vec<PathBuf>>,
+) -> Vec<FileCheck> {
+    use std::os::unix::fs::MetadataExt;
+    let mut first: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut out: Vec<FileCheck> = Vec::with_capacity(checks.len());
+    for c in checks {
+        let key = std::fs::metadata(&c.path).ok().map(|m| (m.dev(), m.ino()));
+        match key.and_then(|k| first.get(&k).copied()) {
+            Some(i) => {
+                for h in c.sha256 {
+                    if !out[i].sha256.contains(&h) {
+                        out[i].sha256.push(h);
+                    }
+                }
+                other_names
+                    .entry(out[i].path.clone())
+                    .or_default()
+                    .push(c.path);
+            }
+            None => {
+                if let Some(k) = key {
+                    first.insert(k, out.len());
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// The kinds of problem that are a damaged message file.
@@ -232,11 +329,16 @@ const DAMAGE: &[&str] = &["damaged", "size", "hash"];
 /// and the journal entry left without its file makes the next pull fetch
 /// the message again.
 fn repair(account: &Account, av: &mut AccountVerify) {
+    // A damaged file's other names (Gmail label links) go with it, so the
+    // next pull links the message fetched again into their folders.
     let damaged: Vec<std::path::PathBuf> = av
         .problems
         .iter()
         .filter(|p| DAMAGE.contains(&p.kind))
-        .map(|p| p.path.clone())
+        .flat_map(|p| {
+            std::iter::once(p.path.clone())
+                .chain(av.other_names.get(&p.path).into_iter().flatten().cloned())
+        })
         .collect();
     if damaged.is_empty() {
         return;
@@ -345,11 +447,26 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
                 return;
             }
         };
-        let (targets, _refused) = choose_mailboxes_in(
-            &listed,
-            &Naming::for_archive(conn.namespace().as_ref(), &Archive::at(&account.archive)),
-            |n| account.wants(n),
-        );
+        let naming = Naming::for_archive(conn.namespace().as_ref(), &Archive::at(&account.archive));
+        // Gmail mode: messages are archived from All Mail (and Spam and
+        // Trash when asked); label folders hold links under All Mail's UIDs.
+        let targets = if account.gmail && gmail::is_gmail(|c| conn.has_capability(c)) {
+            match gmail::layout(
+                &listed,
+                &naming,
+                |n| account.wants(n),
+                account.gmail_spam_and_trash,
+            ) {
+                Ok(l) => std::iter::once(l.all).chain(l.plain).collect(),
+                Err(e) => {
+                    av.server_error = Some(e);
+                    av.code = Some(ExitCode::Partial);
+                    return;
+                }
+            }
+        } else {
+            choose_mailboxes_in(&listed, &naming, |n| account.wants(n)).0
+        };
         let mut views: HashMap<String, FolderView> = HashMap::new();
         let mut out = Vec::new();
         for t in targets {
@@ -399,20 +516,24 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
     });
 }
 
-fn human(report: &VerifyReport) -> String {
+/// The text output: (problems for stderr, summary for stdout).
+fn human(report: &VerifyReport) -> (String, String) {
     use std::fmt::Write;
+    // What is wrong goes to stderr, the per-account summary to stdout, as
+    // in every command: cron mails stderr, scripts read stdout.
+    let mut err = String::new();
     let mut out = String::new();
     for a in &report.accounts {
         for p in &a.problems {
-            let _ = writeln!(out, "{p}");
+            let _ = writeln!(err, "{p}");
         }
         for m in a.server.iter().flatten() {
             if let Some(e) = &m.error {
-                let _ = writeln!(out, "server: {e}");
+                let _ = writeln!(err, "server: {e}");
             }
             for (uid, size) in &m.diff.not_archived {
                 let _ = writeln!(
-                    out,
+                    err,
                     "server: `{}` UID {uid} ({}) is on the server but not in the archive",
                     m.mailbox,
                     human_bytes(*size as u64)
@@ -420,14 +541,14 @@ fn human(report: &VerifyReport) -> String {
             }
             for (uid, server, have) in &m.diff.size_differs {
                 let _ = writeln!(
-                    out,
+                    err,
                     "server: `{}` UID {uid}: the server says {server} bytes, the archive holds {have}",
                     m.mailbox
                 );
             }
         }
         if let Some(e) = &a.error {
-            let _ = writeln!(out, "error: account `{}`: {e}", a.account);
+            let _ = writeln!(err, "error: account `{}`: {e}", a.account);
             continue;
         }
         for r in &a.repaired {
@@ -441,10 +562,19 @@ fn human(report: &VerifyReport) -> String {
         let n = a.problems.len();
         let _ = writeln!(
             out,
-            "account `{}`: {} message file{} in {} mailbox{} read ({}): {}",
+            "account `{}`: {} message file{}{} in {} mailbox{} read ({}): {}",
             a.account,
             a.files,
             if a.files == 1 { "" } else { "s" },
+            if a.links > 0 {
+                format!(
+                    " (and {} label link{} to them)",
+                    a.links,
+                    if a.links == 1 { "" } else { "s" }
+                )
+            } else {
+                String::new()
+            },
             a.mailboxes,
             if a.mailboxes == 1 { "" } else { "es" },
             human_bytes(a.bytes),
@@ -485,11 +615,11 @@ fn human(report: &VerifyReport) -> String {
         }
         if let Some(e) = &a.server_error {
             let _ = writeln!(
-                out,
+                err,
                 "error: account `{}`: the files were checked, the server was not compared: {e}",
                 a.account
             );
         }
     }
-    out
+    (err, out)
 }

@@ -525,6 +525,14 @@ impl Connection {
 
 fn append_result(status: &Status, outcome: &Outcome<'_>) -> Result<Option<(u32, u32)>, ImapError> {
     let code = &outcome.code;
+    // Gmail's `OK ... [THROTTLED]` (PROVIDERS.md, "Limits"), as `completion` notes it.
+    if outcome
+        .information
+        .as_deref()
+        .is_some_and(|i| i.contains("[THROTTLED]"))
+    {
+        super::session::THROTTLED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     if let (Status::Ok, Some(ResponseCode::AppendUid(uv, set))) = (status, code) {
         let uid = set.first().map(|m| match m {
             UidSetMember::Uid(u) => *u,

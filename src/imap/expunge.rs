@@ -279,6 +279,10 @@ impl ExpungeRemote for Connection {
         .await
     }
 
+    fn take_throttled(&mut self) -> bool {
+        Remote::take_throttled(self)
+    }
+
     async fn quota_roots(&mut self, mailbox: &str) -> Result<Vec<QuotaRoot>, RemoteError> {
         super::lift(async {
             // Raw: Courier answers `* QUOTA "ROOT"` with no resource list

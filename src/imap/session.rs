@@ -83,6 +83,9 @@ pub struct Connection {
     pub(crate) scanning: Arc<AtomicBool>,
     /// The SASL mechanism of an OAuth2 login (`None`: LOGIN).
     pub(crate) mechanism: Option<&'static str>,
+    /// Whatever the caller hands [`Connection::hold`]: dropped with the
+    /// connection (a permit of a connection budget shared by many users).
+    pub(crate) held: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// One response, reduced to what a caller needs once the raw buffer is gone.
@@ -301,6 +304,7 @@ impl Connection {
             max_literal: p.max_literal,
             scanning,
             mechanism: None,
+            held: None,
         };
         let (caps, namespace) = conn.capabilities_and_namespace().await?;
         conn.caps = caps;
@@ -365,6 +369,7 @@ impl Connection {
             max_literal: p.max_literal,
             scanning,
             mechanism: None,
+            held: None,
         })
     }
 
@@ -956,6 +961,15 @@ fn status_of(attrs: &[StatusAttribute]) -> MailboxStatus {
         }
     }
     st
+}
+
+impl Connection {
+    /// Keeps `token` until the connection is dropped (pull's shared
+    /// connection budget: the permit goes back when the connection does).
+    pub fn hold(mut self, token: impl std::any::Any + Send + Sync) -> Connection {
+        self.held = Some(Box::new(token));
+        self
+    }
 }
 
 impl Remote for Connection {

@@ -90,6 +90,14 @@ fn stdout_of(env: &TestEnv, args: &[&str]) -> (i32, String) {
     (code, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Like [`stdout_of`], with stderr as well: (exit code, stdout, stderr).
+fn streams_of(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
+    let out = env.cmd().args(args).output().expect("run imapbak");
+    let code = out.status.code().unwrap_or(-1);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (code, text(&out.stdout), text(&out.stderr))
+}
+
 fn name_of(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().into_owned()
 }
@@ -126,7 +134,8 @@ fn verify_passes_a_fresh_archive_and_names_each_of_four_kinds_of_damage() {
     fs::write(&stray, b"not mail").unwrap();
     let damaged = snapshot(&archive);
 
-    let (code, out) = stdout_of(&env, &["verify"]);
+    // Each problem on stderr (what cron mails), the summary on stdout.
+    let (code, summary, out) = streams_of(&env, &["verify"]);
     assert_eq!(code, 1, "{out}");
     for p in [flipped, truncated, deleted, &stray] {
         assert!(
@@ -134,8 +143,9 @@ fn verify_passes_a_fresh_archive_and_names_each_of_four_kinds_of_damage() {
             "`{}` not named in:\n{out}",
             base_of(p)
         );
+        assert!(!summary.contains(&base_of(p)), "on stdout:\n{summary}");
     }
-    assert!(out.contains("4 problems"), "{out}");
+    assert!(summary.contains("4 problems"), "{summary}");
     let line = |p: &Path| {
         out.lines()
             .find(|l| l.contains(&base_of(p)))
@@ -193,7 +203,7 @@ fn verify_server_reports_exactly_the_three_new_messages() {
     imap.expunge_uid("INBOX", 1);
     imap.logout();
 
-    let (code, out) = stdout_of(&env, &["verify", "--server"]);
+    let (code, summary, out) = streams_of(&env, &["verify", "--server"]);
     assert_eq!(code, 1, "{out}");
     let reported: Vec<&str> = out
         .lines()
@@ -208,8 +218,8 @@ fn verify_server_reports_exactly_the_three_new_messages() {
         );
     }
     assert!(
-        out.contains("1 archived message(s) no longer on the server"),
-        "{out}"
+        summary.contains("1 archived message(s) no longer on the server"),
+        "{summary}"
     );
 
     let (_, json) = stdout_of(&env, &["verify", "--server", "--json"]);

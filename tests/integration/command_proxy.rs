@@ -47,6 +47,15 @@ impl CommandProxy {
     /// before it is forwarded. It runs on a blocking thread, so it may talk
     /// to Dovecot itself.
     pub fn start(hook: impl Fn(usize, &str) -> Line + Send + Sync + 'static) -> CommandProxy {
+        CommandProxy::start_to(dovecot().imap_port, hook)
+    }
+
+    /// Like [`CommandProxy::start`], in front of the plain IMAP port
+    /// `target` (another private Dovecot than the default one).
+    pub fn start_to(
+        target: u16,
+        hook: impl Fn(usize, &str) -> Line + Send + Sync + 'static,
+    ) -> CommandProxy {
         let std_listener = StdListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let port = std_listener.local_addr().unwrap().port();
@@ -56,7 +65,6 @@ impl CommandProxy {
             .build()
             .unwrap();
         let hook: Arc<HookFn> = Arc::new(hook);
-        let target = dovecot().imap_port;
         runtime.spawn(async move {
             let listener = TcpListener::from_std(std_listener).unwrap();
             let acceptor = TlsAcceptor::from(certs().valid.clone());
@@ -99,7 +107,8 @@ fn toml_path(p: &Path) -> String {
     crate::support::toml_str(&p.display().to_string())
 }
 
-fn ca_file(dir: &Path) -> PathBuf {
+/// The test CA the proxy's certificate is signed by, written into `dir`.
+pub fn ca_file(dir: &Path) -> PathBuf {
     let path = dir.join("proxy-ca.pem");
     std::fs::write(&path, &certs().ca_pem).unwrap();
     path

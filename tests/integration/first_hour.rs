@@ -95,7 +95,7 @@ fn one_failed_account_of_two_exits_1_and_the_other_is_backed_up() {
     );
     env.write_config(&format!("{}{shared}", env.account_toml("good", &user, "")));
     let out = run(&env, &["verify", "--server"]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("refused"), "{text}");
     let out = run(&env, &["verify", "--server", "--account", "badpw"]);

@@ -130,6 +130,14 @@ struct Store {
     throttle_every: u32,
     /// Tagged OKs sent, for `throttle_every`.
     oks: u32,
+    /// While set, a `UID STORE +X-GM-LABELS` ends the connection before
+    /// it is applied: a restore cut off (or killed) between an APPEND and
+    /// its label STORE, as a lost connection does to any client.
+    cut_stores: bool,
+    /// The APPEND that makes `appends` reach this count is stored, then the
+    /// connection ends before its answer (0: never; one-shot): a restore
+    /// killed between sending an APPEND and reading its APPENDUID.
+    cut_append_answer_at: u32,
 }
 
 impl Store {
@@ -269,6 +277,9 @@ fn handle(store: &Mutex<Store>, n: usize, tag: &str, cmd: &str, s: &mut Session)
         let Some(&vi) = st.selected.get(&n) else {
             return reply_and(s, format!("{tag} BAD no mailbox selected\r\n"));
         };
+        if st.cut_stores {
+            return Hook::Close;
+        }
         let uid: u32 = cmd
             .split(' ')
             .nth(2)
@@ -700,7 +711,13 @@ fn append(st: &mut Store, n: usize, tag: &str, cmd: &str, s: &mut Session) -> Ho
         .find(|(_, j)| *j == i)
         .map(|(u, _)| *u)
         .unwrap_or(0);
-    reply_and(s, format!("{tag} OK [APPENDUID 11 {uid}] (Success)\r\n"))
+    if st.cut_append_answer_at > 0 && st.appends == st.cut_append_answer_at {
+        st.cut_append_answer_at = 0;
+        return Hook::Close;
+    }
+    // APPEND completes like any command, `[THROTTLED]` included (PROVIDERS.md, "Limits").
+    let ok = st.ok();
+    reply_and(s, format!("{tag} OK [APPENDUID 11 {uid}] {ok}\r\n"))
 }
 
 fn reply_and(s: &mut Session, reply: String) -> Hook {
@@ -1398,4 +1415,376 @@ fn gmail_throttled_replies_and_a_bye_mid_run_still_complete() {
         .filter(|c| c.to_ascii_uppercase().contains(" LOGIN "))
         .count();
     assert!(logins >= 2, "no reconnect after the BYE");
+}
+
+/// `seeded`'s label folders, in the archive.
+const LABEL_FOLDERS: [&str; 4] = ["", ".[Google Mail].Gesendet", ".Work", ".Work.Projects"];
+
+/// A Message-ID without its angle brackets.
+fn bare_id(id: &str) -> String {
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string()
+}
+
+fn output(env: &TestEnv, args: &[&str]) -> Output {
+    env.cmd()
+        .env("IMAPBAK_FAKE_PW", PW)
+        .args(args)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn gmail_ls_search_export_and_verify_count_each_message_once_with_its_labels() {
+    let store = seeded();
+    let server = start(store.clone());
+    let env = TestEnv::new();
+    config(&env, server.port, "");
+    run(&env, &["pull"]);
+    let archive = env.archive("g");
+    let (unique, labels_by_id) = {
+        let st = store.lock().unwrap();
+        let all = VIEWS.iter().find(|v| v.attr == "\\All").unwrap();
+        let in_all: Vec<&Msg> = st
+            .messages
+            .iter()
+            .filter(|m| Store::in_view(all, m))
+            .collect();
+        let by_id: BTreeMap<String, BTreeSet<String>> = in_all
+            .iter()
+            .map(|m| (bare_id(&message_id(&m.body).unwrap()), m.labels.clone()))
+            .collect();
+        (
+            in_all.iter().map(|m| m.body.len() as u64).sum::<u64>(),
+            by_id,
+        )
+    };
+    let links: usize = LABEL_FOLDERS
+        .iter()
+        .map(|f| folder_files(&archive, f).len())
+        .sum();
+    assert!(links > 18, "{links} label links");
+
+    // ls: every label folder with its label; the total counts each message
+    // once, and its bytes once.
+    let v = json_of(&run(&env, &["ls", "--json"]));
+    let total = &v[0]["total"];
+    assert_eq!(total["messages"], 18, "{v:#}");
+    assert_eq!(total["bytes"], unique, "{v:#}");
+    let disk: u64 = folder_files(&archive, ALL)
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(total["bytes_on_disk"], disk, "{v:#}");
+    let rows = v[0]["mailboxes"].as_array().unwrap();
+    let label_of = |folder: &str| {
+        rows.iter()
+            .find(|r| r["folder"] == folder)
+            .unwrap_or_else(|| panic!("no row for `{folder}`: {v:#}"))["label"]
+            .clone()
+    };
+    assert_eq!(label_of(""), "\\Inbox");
+    assert_eq!(label_of(".Work.Projects"), "Work/Projects");
+    assert_eq!(label_of(ALL), serde_json::Value::Null);
+    let work_row = rows.iter().find(|r| r["folder"] == ".Work").unwrap();
+    assert_eq!(work_row["messages"], fake_view(&store, "Work").len());
+    let text = String::from_utf8(run(&env, &["ls"]).stdout).unwrap();
+    assert!(text.lines().next().unwrap().ends_with("LABEL"), "{text}");
+
+    // search: one hit per message, under All Mail, with its labels.
+    let hits = json_of(&run(&env, &["search", "--json"]));
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), 18, "{hits:#?}");
+    let mut seen = BTreeMap::new();
+    for h in hits {
+        assert_eq!(h["folder"], ALL, "{h:#}");
+        let labels: BTreeSet<String> = h["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        seen.insert(bare_id(h["message_id"].as_str().unwrap()), labels);
+    }
+    assert_eq!(seen, labels_by_id);
+    // `--mailbox` picks a label: its messages, once each.
+    let work = json_of(&run(&env, &["search", "--mailbox", "Work", "--json"]));
+    assert_eq!(
+        work.as_array().unwrap().len(),
+        fake_view(&store, "Work").len()
+    );
+    let text = String::from_utf8(run(&env, &["search", "--subject", "message 2"]).stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("[Work, Work/Projects, Inbox, Sent]"),
+        "{text}"
+    );
+
+    // export: each message once, its labels in X-Gmail-Labels as Google
+    // Takeout writes them, the message's bytes after it.
+    let mbox = env.path().join("all.mbox");
+    run(&env, &["export", "--mbox", mbox.to_str().unwrap()]);
+    let text = fs::read(&mbox).unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(text.lines().filter(|l| l.starts_with("From ")).count(), 18);
+    let labelled = labels_by_id.values().filter(|l| !l.is_empty()).count();
+    assert_eq!(text.matches("\nX-Gmail-Labels: ").count(), labelled);
+    let two = String::from_utf8(message(2)).unwrap();
+    assert!(
+        text.contains(&format!(
+            "X-Gmail-Labels: Work,Work/Projects,Inbox,Sent\r\n{two}"
+        )),
+        "message 2 not exported with its labels"
+    );
+    // .eml files: once each, the exact bytes, no header added.
+    let eml = env.path().join("eml");
+    run(&env, &["export", "--eml", eml.to_str().unwrap()]);
+    let files: Vec<Vec<u8>> = walkdir::WalkDir::new(&eml)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| fs::read(e.path()).unwrap())
+        .collect();
+    assert_eq!(files.len(), 18);
+    assert_eq!(files.iter().filter(|b| **b == message(2)).count(), 1);
+    assert!(files.iter().all(|b| !b.starts_with(b"X-Gmail-Labels")));
+
+    // verify: each file read once, the label links counted apart.
+    let v = json_of(&run(&env, &["verify", "--json"]));
+    let a = &v["accounts"][0];
+    assert_eq!(a["files"], 18, "{v:#}");
+    assert_eq!(a["links"], links, "{v:#}");
+    assert_eq!(a["problems"].as_array().unwrap().len(), 0, "{v:#}");
+
+    // --server compares All Mail, where the messages are archived from
+    // (a label folder's UIDs on Gmail are not All Mail's).
+    let v = json_of(&run(&env, &["verify", "--server", "--json"]));
+    let server = v["accounts"][0]["server"].as_array().unwrap();
+    assert_eq!(server.len(), 1, "{v:#}");
+    assert_eq!(server[0]["folder"], ALL);
+    assert_eq!(server[0]["messages"], 18);
+    assert_eq!(
+        server[0]["not_archived"].as_array().unwrap().len(),
+        0,
+        "{v:#}"
+    );
+
+    // A damaged message is one problem, named with its labels, however
+    // many labels it has.
+    let victim = folder_files(&archive, ALL)
+        .into_iter()
+        .find(|p| fs::metadata(p).unwrap().nlink() == 5)
+        .unwrap();
+    let mut bytes = fs::read(&victim).unwrap();
+    let n = bytes.len();
+    bytes[n - 6] ^= 0xff;
+    fs::write(&victim, bytes).unwrap();
+    let out = output(&env, &["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json_of(&out);
+    let problems = v["accounts"][0]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{v:#}");
+    assert_eq!(problems[0]["path"], victim.display().to_string());
+    let detail = problems[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("labels: Work, Work/Projects, Inbox, Sent"),
+        "{detail}"
+    );
+
+    // --repair moves every name of it; the next pull fetches the message
+    // again and links it into its label folders.
+    let out = output(&env, &["verify", "--repair", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(folder_files(&archive, ALL).len(), 17);
+    let before = store.lock().unwrap().body_bytes;
+    run(&env, &["pull"]);
+    let size = imapbak::archive::FileName::parse(victim.file_name().unwrap().to_str().unwrap())
+        .unwrap()
+        .size;
+    assert_eq!(
+        store.lock().unwrap().body_bytes - before,
+        size,
+        "only the damaged message is fetched again"
+    );
+    let v = json_of(&run(&env, &["verify", "--json"]));
+    assert_eq!(v["accounts"][0]["files"], 18, "{v:#}");
+    assert_eq!(v["accounts"][0]["links"], links, "{v:#}");
+    let served = serve_copy(&archive);
+    for name in ["Work/Projects", "[Google Mail]/Gesendet", "INBOX"] {
+        assert_eq!(
+            served_view(&served, name),
+            fake_view(&store, name),
+            "`{name}`"
+        );
+    }
+
+    // What pull records per message (X-GM-MSGID, X-GM-THRID, labels)
+    // survives the loss of state/: the ids beside All Mail's files, the
+    // labels as links.
+    fs::remove_dir_all(archive.join("state")).unwrap();
+    let ids = fs::read_to_string(archive.join("mail").join(ALL).join("imapbak-gmail-ids")).unwrap();
+    let recorded: BTreeSet<(u64, u64)> = ids
+        .lines()
+        .map(|l| {
+            let f: Vec<u64> = l.split('\t').map(|x| x.parse().unwrap()).collect();
+            (f[2], f[3])
+        })
+        .collect();
+    let want: BTreeSet<(u64, u64)> = store.lock().unwrap().messages[..18]
+        .iter()
+        .map(|m| (m.msgid, m.thrid))
+        .collect();
+    assert_eq!(recorded, want);
+    let hits = json_of(&run(&env, &["search", "--json"]));
+    let mut seen = BTreeMap::new();
+    for h in hits.as_array().unwrap() {
+        let labels: BTreeSet<String> = h["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        seen.insert(bare_id(h["message_id"].as_str().unwrap()), labels);
+    }
+    assert_eq!(seen, labels_by_id, "labels after the loss of state/");
+    let before = store.lock().unwrap().body_bytes;
+    run(&env, &["pull"]);
+    assert_eq!(
+        store.lock().unwrap().body_bytes,
+        before,
+        "a body came again"
+    );
+}
+
+#[test]
+fn gmail_restore_cut_between_append_and_label_store_is_labelled_by_the_next_run() {
+    let source = seeded();
+    let src = start(source.clone());
+    let env = TestEnv::new();
+
+    // Every label STORE is cut off: the messages land in All Mail
+    // unlabelled, and the run fails after its attempts.
+    let target = empty_gmail();
+    target.lock().unwrap().cut_stores = true;
+    let dst = start(target.clone());
+    let extra = second_account(&env, dst.port);
+    config(&env, src.port, &extra);
+    run(&env, &["pull"]);
+    let restore = ["restore", "--account", "g", "--to", "h", "--json"];
+    let out = output(&env, &restore);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = all_mail(&source);
+    let unlabelled = all_mail(&target);
+    assert_eq!(unlabelled.len(), want.len());
+    assert!(unlabelled.iter().all(|m| m.3.is_empty()), "{unlabelled:?}");
+    let appends = target.lock().unwrap().appends;
+    assert_eq!(appends as usize, want.len());
+
+    // The next run sets the labels and appends nothing.
+    target.lock().unwrap().cut_stores = false;
+    let out = output(&env, &restore);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(all_mail(&target), want);
+    assert_eq!(target.lock().unwrap().appends, appends, "a rerun appended");
+
+    // An APPEND whose answer is lost (its UID unknown) in the middle of
+    // the batch: the run reconnects, labels what landed, and goes on;
+    // `[THROTTLED]` on every third reply slows it and it completes.
+    let target = empty_gmail();
+    {
+        let mut t = target.lock().unwrap();
+        t.cut_append_answer_at = 5;
+        t.throttle_every = 3;
+    }
+    let dst = start(target.clone());
+    let env = TestEnv::new();
+    let extra = second_account(&env, dst.port);
+    config(&env, src.port, &extra);
+    run(&env, &["pull"]);
+    let out = run(&env, &["-v", "restore", "--account", "g", "--to", "h"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the server throttles"), "{err}");
+    assert_eq!(all_mail(&target), want);
+    assert_eq!(target.lock().unwrap().appends as usize, want.len(), "{err}");
+}
+
+/// A Dovecot user that `env` can restore into, as account `d`.
+fn dovecot_target(env: &TestEnv, name: &str) -> (crate::support::User, String) {
+    let user = dovecot().new_user(name);
+    let toml = env.account_toml("d", &user, "");
+    (user, format!("\n{toml}"))
+}
+
+#[test]
+fn gmail_archive_restores_into_dovecot_as_the_served_folders_and_all_mail_duplicates_can_be_left_out(
+) {
+    let store = seeded();
+    let server = start(store.clone());
+    for skip in [false, true] {
+        let env = TestEnv::new();
+        let (user, extra) = dovecot_target(&env, if skip { "gd-skip" } else { "gd-all" });
+        config(&env, server.port, &extra);
+        run(&env, &["pull"]);
+        let mut args = vec!["restore", "--account", "g", "--to", "d"];
+        if skip {
+            args.push("--skip-all-mail-duplicates");
+        }
+        run(&env, &args);
+        // Each label folder as a Dovecot serving the archive shows it.
+        for name in ["INBOX", "[Google Mail]/Gesendet", "Work", "Work/Projects"] {
+            assert_eq!(
+                served_view(&user, name),
+                fake_view(&store, name),
+                "`{name}`"
+            );
+        }
+        let all = served_view(&user, "[Google Mail]/Alle Nachrichten");
+        let mut want = fake_view(&store, "[Google Mail]/Alle Nachrichten");
+        if skip {
+            // Only what no label folder holds.
+            let st = store.lock().unwrap();
+            let unlabelled: BTreeSet<String> = st.messages[..18]
+                .iter()
+                .filter(|m| m.labels.is_empty())
+                .map(|m| sha(&m.body))
+                .collect();
+            want.retain(|(h, _)| unlabelled.contains(h));
+            assert_eq!(want.len(), 3);
+        }
+        assert_eq!(all, want, "All Mail (skip: {skip})");
+    }
+}
+
+#[test]
+fn gmail_expunge_honours_exclude_by_label_and_slows_down_when_throttled() {
+    let store = seeded_by_age();
+    let server = start(store.clone());
+    let env = TestEnv::new();
+    // Leave alone whatever shows in Work (the folder need not be archived).
+    config(&env, server.port, "exclude = [\"Work\"]");
+    run(&env, &["pull"]);
+    store.lock().unwrap().throttle_every = 3;
+    let out = run(&env, &["-v", "expunge", "--older-than", "365d", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the server throttles"), "{err}");
+    let st = store.lock().unwrap();
+    let gone: Vec<usize> = (0..21).filter(|&i| st.messages[i].gone).collect();
+    // Old (0-9) messages: n % 5 in {0, 1, 2} carry Work and stay.
+    assert_eq!(gone, vec![3, 4, 8, 9], "{err}");
+    for i in [0, 1, 2, 5, 6, 7] {
+        let want: BTreeSet<String> = labels_of(i as u32).iter().map(|s| s.to_string()).collect();
+        assert_eq!(st.messages[i].labels, want);
+    }
+    assert_eq!(st.label_expunges, 0);
 }

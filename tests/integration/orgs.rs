@@ -13,7 +13,7 @@ use crate::support::{
 };
 
 /// `n` users of the master Dovecot, user `i` with `i + 1` messages in INBOX.
-fn users(d: &Dovecot, prefix: &str, n: usize) -> Vec<User> {
+pub(crate) fn users(d: &Dovecot, prefix: &str, n: usize) -> Vec<User> {
     (0..n)
         .map(|i| {
             let u = d.new_user(prefix);
@@ -27,7 +27,7 @@ fn users(d: &Dovecot, prefix: &str, n: usize) -> Vec<User> {
 }
 
 /// A `[accounts.staff]` table over `users-file`, archives under `root`.
-fn staff_toml(d: &Dovecot, users_file: &Path, root: &Path, extra: &str) -> String {
+pub(crate) fn staff_toml(d: &Dovecot, users_file: &Path, root: &Path, extra: &str) -> String {
     format!(
         "[accounts.staff]\n\
          host = \"127.0.0.1\"\n\
@@ -45,13 +45,13 @@ fn staff_toml(d: &Dovecot, users_file: &Path, root: &Path, extra: &str) -> Strin
     )
 }
 
-fn write_users(path: &Path, users: &[&str]) {
+pub(crate) fn write_users(path: &Path, users: &[&str]) {
     let mut text = users.join("\n");
     text.push('\n');
     fs::write(path, text).unwrap();
 }
 
-fn pull(env: &TestEnv, password: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn pull(env: &TestEnv, password: &str, args: &[&str]) -> std::process::Output {
     env.cmd()
         .env("IMAPBAK_TEST_ADMIN_PW", password)
         .args(["pull", "--json", "--account", "staff"])
@@ -60,7 +60,7 @@ fn pull(env: &TestEnv, password: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn report(out: &std::process::Output) -> serde_json::Value {
+pub(crate) fn report(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
@@ -71,7 +71,7 @@ fn report(out: &std::process::Output) -> serde_json::Value {
 }
 
 /// The account names of a pull report (`staff/USER`).
-fn pulled(v: &serde_json::Value) -> BTreeSet<String> {
+pub(crate) fn pulled(v: &serde_json::Value) -> BTreeSet<String> {
     v["accounts"]
         .as_array()
         .unwrap()
@@ -80,12 +80,12 @@ fn pulled(v: &serde_json::Value) -> BTreeSet<String> {
         .collect()
 }
 
-fn inbox_count(archive: &Path) -> usize {
+pub(crate) fn inbox_count(archive: &Path) -> usize {
     support::folder_messages(archive, "").len()
 }
 
 /// Every regular file under `dir`.
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     if !dir.exists() {
         return Vec::new();
     }
@@ -121,9 +121,22 @@ fn pulls_two_users_with(admin_login: &str) {
     for (i, u) in us.iter().enumerate() {
         assert_eq!(inbox_count(&root.join(&u.name)), i + 1, "{}", u.name);
     }
-    // A second run downloads nothing.
-    let v = report(&pull(&env, MASTER_PASSWORD, &[]));
+    // A second run downloads nothing; even its debug log holds neither
+    // the admin's password nor the SASL PLAIN blob that carries it.
+    let out = pull(&env, MASTER_PASSWORD, &["-vv"]);
+    let v = report(&out);
     assert_eq!(v["fetched"], 0, "{v}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("debug: > "), "{log}");
+    use base64::Engine;
+    for u in &us {
+        let blob = format!("{}\0{MASTER_NAME}\0{MASTER_PASSWORD}", u.name);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(blob);
+        assert!(
+            !log.contains(&b64) && !log.contains(MASTER_PASSWORD),
+            "{log}"
+        );
+    }
 }
 
 #[test]
@@ -244,47 +257,95 @@ fn shards_partition_the_users_and_stay_put_when_a_user_is_added() {
 }
 
 #[test]
-fn hostile_user_names_cannot_leave_the_archive_directory() {
+fn hostile_user_names_are_refused_by_name_and_nothing_leaves_the_archive_root() {
     let d = dovecot_master();
     let us = users(d, "orgsafe", 1);
     let env = TestEnv::new();
-    let file = env.path().join("users.txt");
-    write_users(&file, &["../x", "a/b", "../../escaped", &us[0].name]);
     let root = env.path().join("archives");
-    env.write_config(&staff_toml(d, &file, &root, ""));
+    let long = "x".repeat(300);
+    // `users-command` prints `..`, a `/`, an escape, a NUL, a very long
+    // name and a real user; an empty line is no name at all.
+    let script = env.path().join("users.sh");
+    fs::write(
+        &script,
+        format!(
+            "printf '%s\\n' '..' '.' 'a/b' '../../escaped' '{long}' '' {real}\nprintf 'bad\\000name\\n'\n",
+            real = us[0].name
+        ),
+    )
+    .unwrap();
+    let toml = staff_toml(d, Path::new("unused"), &root, "").replace(
+        "users-file = \"unused\"",
+        &format!(
+            "users-command = {}",
+            toml_str(&format!("sh {}", script.display()))
+        ),
+    );
+    env.write_config(&toml);
     let before: BTreeSet<_> = fs::read_dir(env.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     let out = pull(&env, MASTER_PASSWORD, &[]);
-    // The real user is pulled; the others are no users of the server.
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    // The real user is pulled; each hostile name is refused by name.
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(inbox_count(&root.join(&us[0].name)), 1);
+    let v = report(&out);
+    let refused: BTreeSet<String> = v["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "failed")
+        .map(|a| a["account"].as_str().unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<String> = ["..", ".", "a/b", "../../escaped", &long, "bad\\0name"]
+        .iter()
+        .map(|u| format!("staff/{u}"))
+        .collect();
+    assert_eq!(refused, expected, "{err}");
+    for name in &expected {
+        assert!(err.contains(&format!("error: account `{name}`")), "{err}");
+    }
     let mut after: BTreeSet<_> = fs::read_dir(env.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     after.remove(std::ffi::OsStr::new("archives"));
     assert_eq!(after, before, "something was written beside the archives");
-    assert!(!env.path().parent().unwrap().join("x").exists());
     assert!(!env.path().parent().unwrap().join("escaped").exists());
-    for e in fs::read_dir(&root).unwrap() {
-        let name = e.unwrap().file_name().into_string().unwrap();
-        assert!(
-            !name.starts_with('.') && !name.contains('/'),
-            "archive `{name}`"
-        );
+    let inside: Vec<String> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(inside, [us[0].name.clone()]);
+    // The password never shows, neither in the log nor in the JSON.
+    assert!(!err.contains(MASTER_PASSWORD));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(MASTER_PASSWORD));
+    // verify and expunge refuse the same names by name and go on.
+    for args in [
+        &["verify", "--json"][..],
+        &["expunge", "--json", "--dry-run", "--older-than", "1y"][..],
+    ] {
+        let out = env
+            .cmd()
+            .env("IMAPBAK_TEST_ADMIN_PW", MASTER_PASSWORD)
+            .args(args)
+            .args(["--account", "staff"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        let v = report(&out);
+        let accounts = v["accounts"].as_array().unwrap();
+        assert_eq!(accounts.len(), expected.len() + 1, "{args:?}: {v}");
+        let failed: BTreeSet<String> = accounts
+            .iter()
+            .filter(|a| !a["error"].is_null())
+            .map(|a| a["account"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(failed, expected, "{args:?}: {v}");
     }
-    // A NUL or empty-looking name is refused with the name, before any login.
-    fs::write(&file, "ok\nbad\u{1}name\n").unwrap();
-    let out = pull(&env, MASTER_PASSWORD, &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bad\\u{1}name"));
 }
 
 /// Google Workspace domain-wide delegation: one service account, a JWT per
@@ -328,4 +389,54 @@ fn a_service_account_pulls_each_user_of_the_list_with_its_own_jwt() {
         assert_eq!(inbox_count(&root.join(&u.name)), i + 1, "{}", u.name);
     }
     assert_eq!(auth_server().grants(&client, "jwt-bearer"), 2);
+}
+
+/// `search` over a table prints ids whose account is `staff/USER`, and
+/// `show` takes them.
+#[test]
+fn search_ids_of_a_tables_users_work_with_show() {
+    let d = dovecot_master();
+    let us = users(d, "orgshow", 2);
+    let env = TestEnv::new();
+    let file = env.path().join("users.txt");
+    write_users(&file, &[&us[0].name, &us[1].name]);
+    let root = env.path().join("archives");
+    env.write_config(&staff_toml(d, &file, &root, ""));
+    assert_eq!(pull(&env, MASTER_PASSWORD, &[]).status.code(), Some(0));
+    let out = env
+        .cmd()
+        .args(["search", "--json", "--account", "staff"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<String> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for id in &ids {
+        assert!(id.starts_with("staff/orgshow-"), "{id}");
+        let out = env.cmd().args(["show", id]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Subject: Plain test message"));
+    }
+    // The named form (mailbox name instead of folder) too.
+    let named = ids[0].replacen("/INBOX/", "/inbox/", 1);
+    let out = env.cmd().args(["show", &named]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{named}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -420,7 +420,7 @@ fn uidvalidity_change_keeps_every_archived_message_and_stores_no_second_copy() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["name"] == "Box")
+        .find(|m| m["mailbox"] == "Box")
         .unwrap()
         .clone();
     assert_eq!(mb["uidvalidity_changed"], true);

@@ -938,3 +938,52 @@ fn serve_run_by_a_plain_user_runs_dovecot_without_root() {
     let conf = fs::read_to_string(state.join("imapbak/serve/a/dovecot.conf")).unwrap();
     assert!(conf.contains("default_internal_user = nobody"), "{conf}");
 }
+
+/// A user of a multi-user table is served under its account name,
+/// `TABLE/USER` (the name `search` prints in ids), as its own login.
+#[test]
+fn serve_logs_in_a_tables_user_as_table_slash_user() {
+    use crate::orgs::{staff_toml, write_users};
+    let d = support::dovecot_master();
+    let joe = d.new_user("serve-org");
+    d.seed_inbox(&joe, &[(mail::plain(1), 1_600_000_000)]);
+    let env = TestEnv::new();
+    let file = env.path().join("users.txt");
+    write_users(&file, &[&joe.name]);
+    let root = env.path().join("archives");
+    env.write_config(&staff_toml(d, &file, &root, ""));
+    let out = env
+        .cmd()
+        .env("IMAPBAK_TEST_ADMIN_PW", support::MASTER_PASSWORD)
+        .args(["pull", "--account", "staff"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for dir in [env.path(), root.as_path()] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    if unsafe { libc::geteuid() } == 0 {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{MAIL_UID}:{MAIL_UID}"))
+            .arg(root.join(&joe.name))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let serve = Serve::start(&env, &["--account", "staff"]);
+    let login = format!("staff/{}", joe.name);
+    let mut c = serve.login(&login);
+    let r = c.ok("EXAMINE INBOX");
+    let exists = r
+        .untagged
+        .iter()
+        .any(|l| String::from_utf8_lossy(l).contains("1 EXISTS"));
+    assert!(exists, "{:?}", r.untagged);
+    drop(c);
+    assert!(serve.stop().success());
+}

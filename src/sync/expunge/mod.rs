@@ -161,6 +161,12 @@ pub trait ExpungeRemote: Send {
         async { Err(RemoteError::broken("the server does not offer X-GM-EXT-1")) }
     }
 
+    /// True (once) when a command since the last call completed with
+    /// `OK ... [THROTTLED]` (Gmail): the server asks the client to slow down.
+    fn take_throttled(&mut self) -> bool {
+        false
+    }
+
     /// The quota roots of `mailbox` with their resources (GETQUOTAROOT).
     fn quota_roots(
         &mut self,

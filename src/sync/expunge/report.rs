@@ -45,6 +45,8 @@ impl QuotaUsage {
 /// What happened in one mailbox.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MailboxExpunge {
+    /// The decoded mailbox name (`mailbox` in JSON).
+    #[serde(rename = "mailbox")]
     pub name: String,
     pub folder: String,
     pub expunged: u64,

@@ -130,6 +130,7 @@ pub async fn expunge_account<R: ExpungeRemote>(
         report,
         boxes: HashMap::new(),
         gmail: gmail.then(GmailRun::default),
+        throttle: gmail::Throttle::default(),
     };
     match run.go(&mut conn).await {
         Ok(()) => {}
@@ -160,6 +161,8 @@ struct Run<'a> {
     boxes: HashMap<usize, Box_>,
     /// Gmail mode: candidates come from `\All`, and go through Trash.
     gmail: Option<GmailRun>,
+    /// The pause after a batch the server answered `[THROTTLED]`.
+    throttle: gmail::Throttle,
 }
 
 /// What a Gmail run knows beyond the generic one.
@@ -413,7 +416,7 @@ impl Run<'_> {
         if let Some(g) = &mut self.gmail {
             // Gmail: the same X-GM-MSGID as recorded at pull, and, with
             // `--mailbox`, a label that matches.
-            let ids = gmail::load_ids(folder.state_dir())?;
+            let ids = gmail::load_ids(folder.path(), folder.state_dir())?;
             let server: HashMap<u32, crate::sync::remote::GmailMeta> = if plan.candidates.is_empty()
             {
                 HashMap::new()
@@ -425,11 +428,22 @@ impl Run<'_> {
                     .collect()
             };
             let globs = &self.opts.mailboxes;
+            let account = self.account;
             let mut kept = Vec::new();
             for c in plan.candidates.drain(..) {
                 let Some(m) = server.get(&c.uid) else {
                     continue;
                 };
+                // include/exclude, like `--mailbox`, select by label.
+                if !gmail::expunge::wanted_by_account(
+                    &m.labels,
+                    &g.names,
+                    &mailbox.name,
+                    |n| account.include.is_match(n),
+                    |n| account.exclude.is_match(n),
+                ) {
+                    continue;
+                }
                 if let Some(globs) = globs {
                     if !gmail::expunge::selected_by_labels(
                         &m.labels,
@@ -788,6 +802,8 @@ impl Run<'_> {
                 .collect();
             pending.remove(&gone);
             save_pending(&state, &pending)?;
+            let name = self.report.mailboxes[i].name.clone();
+            self.throttle.pace(conn.take_throttled(), &name).await;
         }
         if let Some(b) = self.boxes.get_mut(&i) {
             b.pending = pending;
@@ -883,6 +899,8 @@ impl Run<'_> {
             save_trash_pending(&state, &trash)?;
             self.finish_trash(conn, &state, &mut trash, i, false)
                 .await?;
+            let name = self.report.mailboxes[i].name.clone();
+            self.throttle.pace(conn.take_throttled(), &name).await;
         }
         Ok(())
     }
@@ -1229,6 +1247,8 @@ mod tests {
             gmail_spam_and_trash: false,
             admin: None,
             daily_download_limit: None,
+            max_connections: 10,
+            table: None,
         }
     }
 

@@ -21,8 +21,14 @@ use serde::{Deserialize, Serialize};
 use crate::archive::ArchiveError;
 use crate::sync::remote::{GmailMeta, ListedMailbox, SpecialUse};
 
-/// Where X-GM-MSGIDs of All Mail's messages are recorded, per folder.
-pub const IDS: &str = "gmail-ids";
+/// Where X-GM-MSGIDs and X-GM-THRIDs of All Mail's messages are
+/// recorded: in All Mail's Maildir folder, beside `dovecot-keywords`, so
+/// they survive the loss of `state/` as the file names do (Dovecot ignores
+/// the file). Lines `<uidvalidity> TAB <uid> TAB <msgid> TAB <thrid>`.
+pub const IDS: &str = "imapbak-gmail-ids";
+/// Where earlier versions kept them, in All Mail's state directory (read
+/// for what the tree's record lacks).
+pub const IDS_IN_STATE: &str = "gmail-ids";
 /// Messages on their way through Trash.
 pub const TRASH_PENDING: &str = "gmail-trash-pending.json";
 
@@ -88,16 +94,33 @@ pub fn save_trash_pending(state: &Path, p: &TrashPending) -> Result<(), ArchiveE
     crate::archive::write_atomic(&path, &bytes)
 }
 
-/// The X-GM-MSGIDs recorded for All Mail: (UIDVALIDITY, UID) -> MSGID.
-pub fn load_ids(state: &Path) -> Result<HashMap<(u32, u32), u64>, ArchiveError> {
-    let path = state.join(IDS);
-    let text = match std::fs::read_to_string(&path) {
+/// The X-GM-MSGIDs recorded for All Mail, whose Maildir folder is `tree`
+/// and state directory `state`: (UIDVALIDITY, UID) -> MSGID.
+pub fn load_ids(tree: &Path, state: &Path) -> Result<HashMap<(u32, u32), u64>, ArchiveError> {
+    let mut ids: HashMap<(u32, u32), u64> = read_ids(&state.join(IDS_IN_STATE))?
+        .into_iter()
+        .map(|(k, (id, _))| (k, id))
+        .collect();
+    ids.extend(
+        read_ids(&tree.join(IDS))?
+            .into_iter()
+            .map(|(k, (id, _))| (k, id)),
+    );
+    Ok(ids)
+}
+
+/// (UIDVALIDITY, UID) -> (MSGID, THRID; 0 when not recorded).
+type Ids = HashMap<(u32, u32), (u64, u64)>;
+
+/// Reads one record of ids (none when the file is not there).
+fn read_ids(path: &Path) -> Result<Ids, ArchiveError> {
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
         Err(e) => {
             return Err(ArchiveError::Io {
                 what: "cannot read",
-                path,
+                path: path.to_path_buf(),
                 source: e,
             })
         }
@@ -109,31 +132,34 @@ pub fn load_ids(state: &Path) -> Result<HashMap<(u32, u32), u64>, ArchiveError> 
             let uv = f.next()?.parse().ok()?;
             let uid = f.next()?.parse().ok()?;
             let id = f.next()?.parse().ok()?;
-            Some(((uv, uid), id))
+            let thread = f.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+            Some(((uv, uid), (id, thread)))
         })
         .collect())
 }
 
-/// Adds what the server reported this run to the recorded X-GM-MSGIDs.
-pub fn record_ids(state: &Path, uidvalidity: u32, meta: &[GmailMeta]) -> Result<(), ArchiveError> {
-    let mut ids = load_ids(state)?;
-    let before = ids.len();
+/// Adds what the server reported this run to the record in All Mail's
+/// Maildir folder `tree`.
+pub fn record_ids(tree: &Path, uidvalidity: u32, meta: &[GmailMeta]) -> Result<(), ArchiveError> {
+    let path = tree.join(IDS);
+    let mut ids = read_ids(&path)?;
     let mut changed = false;
     for m in meta {
-        if ids.insert((uidvalidity, m.uid), m.msgid) != Some(m.msgid) {
+        let v = (m.msgid, m.thrid);
+        if ids.insert((uidvalidity, m.uid), v) != Some(v) {
             changed = true;
         }
     }
-    if !changed && ids.len() == before {
+    if !changed {
         return Ok(());
     }
     let mut rows: Vec<_> = ids.into_iter().collect();
     rows.sort_unstable();
     let mut text = String::new();
-    for ((uv, uid), id) in rows {
-        text.push_str(&format!("{uv}\t{uid}\t{id}\n"));
+    for ((uv, uid), (id, thread)) in rows {
+        text.push_str(&format!("{uv}\t{uid}\t{id}\t{thread}\n"));
     }
-    crate::archive::write_atomic(&state.join(IDS), text.as_bytes())
+    crate::archive::write_atomic(&path, text.as_bytes())
 }
 
 /// The `\Trash` mailbox, found by special use (its name is localised).
@@ -156,6 +182,28 @@ pub fn selected_by_labels(
         || labels
             .iter()
             .any(|l| matches(names.get(l).map(String::as_str).unwrap_or(l)))
+}
+
+/// Whether the account's `include`/`exclude` let expunge take a message
+/// with `labels`. On Gmail a message shows in All Mail and in the folder of
+/// each of its labels, so it is left alone when any of those folders is
+/// excluded, and taken only when one of them is included (the default
+/// `include = ["*"]` takes All Mail, so everything).
+pub fn wanted_by_account(
+    labels: &[String],
+    names: &HashMap<String, String>,
+    all_name: &str,
+    include: impl Fn(&str) -> bool,
+    exclude: impl Fn(&str) -> bool,
+) -> bool {
+    let folders: Vec<&str> = std::iter::once(all_name)
+        .chain(
+            labels
+                .iter()
+                .map(|l| names.get(l).map(String::as_str).unwrap_or(l)),
+        )
+        .collect();
+    !folders.iter().any(|f| exclude(f)) && folders.iter().any(|f| include(f))
 }
 
 /// Which Trash UIDs are provably ours: those COPYUID named whose
@@ -248,12 +296,37 @@ mod tests {
     }
 
     #[test]
-    fn recorded_ids_survive_and_merge() {
-        let d = tempfile::tempdir().unwrap();
-        record_ids(d.path(), 5, &[meta(1, 10), meta(2, 20)]).unwrap();
-        record_ids(d.path(), 5, &[meta(3, 30)]).unwrap();
-        let ids = load_ids(d.path()).unwrap();
-        assert_eq!(ids.len(), 3);
-        assert_eq!(ids[&(5, 2)], 20);
+    fn include_and_exclude_apply_to_every_folder_a_message_shows_in() {
+        let names: HashMap<String, String> = [("\\Inbox".to_string(), "INBOX".to_string())].into();
+        let all = "[Gmail]/All Mail";
+        let work = vec!["\\Inbox".to_string(), "Work".to_string()];
+        let inbox = vec!["\\Inbox".to_string()];
+        let none: Vec<String> = Vec::new();
+        let everything = |_: &str| true;
+        let nothing = |_: &str| false;
+        // Defaults: everything.
+        assert!(wanted_by_account(&none, &names, all, everything, nothing));
+        // exclude = ["Work"]: a message labelled Work stays, wherever else it is.
+        let not_work = |n: &str| n == "Work";
+        assert!(!wanted_by_account(&work, &names, all, everything, not_work));
+        assert!(wanted_by_account(&inbox, &names, all, everything, not_work));
+        // include = ["INBOX"]: only what INBOX shows.
+        let only_inbox = |n: &str| n == "INBOX";
+        assert!(wanted_by_account(&inbox, &names, all, only_inbox, nothing));
+        assert!(!wanted_by_account(&none, &names, all, only_inbox, nothing));
+    }
+
+    #[test]
+    fn recorded_ids_survive_and_merge_with_an_older_record_in_state() {
+        let (tree, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(state.path().join(IDS_IN_STATE), "5\t9\t90\n5\t2\t1\n").unwrap();
+        record_ids(tree.path(), 5, &[meta(1, 10), meta(2, 20)]).unwrap();
+        record_ids(tree.path(), 5, &[meta(3, 30)]).unwrap();
+        let ids = load_ids(tree.path(), state.path()).unwrap();
+        assert_eq!(ids.len(), 4);
+        assert_eq!(ids[&(5, 2)], 20, "the tree's record wins");
+        assert_eq!(ids[&(5, 9)], 90);
+        let text = std::fs::read_to_string(tree.path().join(IDS)).unwrap();
+        assert!(text.starts_with("5\t1\t10\t0\n"), "{text}");
     }
 }

@@ -11,7 +11,11 @@
 //! - `plan.rs`: pure: the listing -> [`Layout`]; labels + links -> changes
 //! - `run.rs`: applies the link changes to the archive
 //! - `expunge.rs`: expunge's rules (free quota through Trash) and its record
-//! - `restore.rs`: restore's rules (append once into `\All`, then labels)
+//! - `restore.rs`: restore's rules (append once into `\All`, then labels,
+//!   with a record of labels still to set so a killed run is finished)
+//! - `throttle.rs`: the pause after `[THROTTLED]`, for all three commands
+//! - `view.rs`: the archive side for ls, search, export and verify: each
+//!   message once (its files share one inode), with its labels
 //!
 //! Spam and Trash are not labels of `\All` messages; they are pulled as
 //! ordinary folders only when the account asks (`gmail-spam-and-trash`).
@@ -20,10 +24,13 @@ pub mod expunge;
 pub mod plan;
 pub mod restore;
 mod run;
+pub mod throttle;
+pub mod view;
 
 pub use expunge::{load_ids, record_ids};
 pub use plan::{layout, plan_links, Layout, LinkChange};
 pub use run::apply_links;
+pub use throttle::Throttle;
 
 /// Gmail allows about 2,500 MB of IMAP download a day per account
 /// (PROVIDERS.md, "Limits"): the default budget stays under it.

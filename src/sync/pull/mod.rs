@@ -15,6 +15,7 @@
 //!
 //! Pull keeps no state of its own beyond the archive's journal and status.
 
+pub mod monitor;
 pub mod plan;
 pub mod report;
 mod run;

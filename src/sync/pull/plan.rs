@@ -157,9 +157,14 @@ pub fn speculation_holds(prior: &Status, sel: &Selected) -> bool {
 /// Gmail's labels with flags ([`FlagQuery`] for `gmail_meta`): skipped
 /// only when the MODSEQ proves nothing changed (a label change moves it),
 /// never just because nothing is archived yet, since new messages need
-/// their labels as much as their bodies.
-pub fn gmail_query(prior: &Status, sel: &Selected) -> FlagQuery {
+/// their labels as much as their bodies; all of them when an archived file
+/// of this generation is gone (`verify --repair`): fetched again, it needs
+/// its links again, though its MODSEQ has not moved.
+pub fn gmail_query(prior: &Status, sel: &Selected, index: &FolderIndex) -> FlagQuery {
     let same_gen = prior.uidvalidity == sel.uidvalidity;
+    if index.missing.iter().any(|(v, _)| *v == sel.uidvalidity) {
+        return FlagQuery::All;
+    }
     match (prior.highestmodseq, sel.highestmodseq) {
         (Some(p), Some(s)) if same_gen && p == s => FlagQuery::Skip,
         (Some(p), Some(_)) if same_gen => FlagQuery::ChangedSince(p),

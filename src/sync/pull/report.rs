@@ -12,7 +12,9 @@ use crate::report::{human_bytes, Summary};
 /// What happened to one mailbox.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MailboxReport {
-    /// The decoded mailbox name.
+    /// The decoded mailbox name (`mailbox` in JSON, as in every other
+    /// command's output).
+    #[serde(rename = "mailbox")]
     pub name: String,
     /// Its folder under `mail/` (empty for INBOX).
     pub folder: String,
@@ -37,6 +39,13 @@ pub struct MailboxReport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AccountReport {
     pub account: String,
+    /// For a user of a multi-user table: the login name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `ok`, `failed` (nothing pulled), `partial` (some mailboxes or
+    /// messages failed), `locked` (skipped: another run holds the archive)
+    /// or `incomplete` (daily download limit); set by [`PullReport::finish`].
+    pub outcome: &'static str,
     pub archive: String,
     /// Set when the whole account failed (connection, login, lock).
     pub error: Option<String>,
@@ -72,6 +81,17 @@ pub struct PullReport {
 }
 
 impl AccountReport {
+    /// What [`AccountReport::outcome`] says, from the exit code.
+    pub fn outcome_word(&self) -> &'static str {
+        match self.exit_code() {
+            ExitCode::Success => "ok",
+            ExitCode::Partial => "partial",
+            ExitCode::Locked => "locked",
+            ExitCode::DailyLimit => "incomplete",
+            _ => "failed",
+        }
+    }
+
     pub fn exit_code(&self) -> ExitCode {
         if let Some(code) = self.code {
             return code;
@@ -99,6 +119,9 @@ impl PullReport {
         }
         self.errors += self.accounts.iter().filter(|a| a.error.is_some()).count() as u64;
         self.incomplete = self.accounts.iter().any(|a| a.incomplete);
+        for a in &mut self.accounts {
+            a.outcome = a.outcome_word();
+        }
         let code = ExitCode::for_accounts(self.accounts.iter().map(AccountReport::exit_code));
         self.exit_code = code.code();
         code
@@ -110,7 +133,13 @@ impl Summary for PullReport {
         let mut out = Vec::new();
         for a in &self.accounts {
             if let Some(e) = &a.error {
-                out.push(format!("error: account `{}`: {e}", a.account));
+                // Another run is pulling it: skipped, not lost.
+                let what = if a.code == Some(ExitCode::Locked) {
+                    "skipped"
+                } else {
+                    "error"
+                };
+                out.push(format!("{what}: account `{}`: {e}", a.account));
             }
             for m in &a.mailboxes {
                 for e in &m.errors {

@@ -455,12 +455,12 @@ async fn pull_mailbox<T: Task>(
                 let keywords = folder.load_keywords()?;
                 // Expunge checks a message's X-GM-MSGID against this record.
                 gmail::record_ids(
-                    folder.state_dir(),
+                    folder.path(),
                     examined.selected.uidvalidity,
                     &examined.gmail,
                 )?;
                 // Restore reads which folder is which label from here.
-                gmail::restore::record_layout(folder.state_dir(), layout)?;
+                gmail::restore::record_layout(folder.path(), layout)?;
                 gmail::apply_links(
                     &ctx.archive,
                     layout,
@@ -529,7 +529,7 @@ async fn examine<R: Remote>(
     let mut meta = Vec::new();
     let flags = if gmail {
         // Labels, flags and ids in one FETCH; new messages need their labels too.
-        meta = match gmail_query(prior, &selected) {
+        meta = match gmail_query(prior, &selected, index) {
             FlagQuery::Skip => Vec::new(),
             FlagQuery::All => conn.gmail_meta(None).await?,
             FlagQuery::ChangedSince(modseq) => conn.gmail_meta(Some(modseq)).await?,
@@ -704,7 +704,7 @@ async fn fetch_planned<R: Remote>(
         reserved: AsyncMutex::new(None),
     };
     let mut not_sent: Vec<u32> = Vec::new();
-    let mut pause = std::time::Duration::ZERO;
+    let mut throttle = gmail::Throttle::default();
     for (bi, batch) in plan.batches.iter().enumerate() {
         if crate::sync::interrupt::requested().is_some() {
             // What is not stored stays below the floor for the next run.
@@ -779,16 +779,7 @@ async fn fetch_planned<R: Remote>(
             break;
         }
         // `[THROTTLED]`: slow down, more each time it comes back.
-        if conn.take_throttled() {
-            pause = (pause * 2).clamp(THROTTLE_PAUSE, THROTTLE_PAUSE_MAX);
-            log::info!(
-                "`{}`: the server throttles; pausing {pause:?}",
-                t.mailbox.name
-            );
-            tokio::time::sleep(pause).await;
-        } else {
-            pause = std::time::Duration::ZERO;
-        }
+        throttle.pace(conn.take_throttled(), &t.mailbox.name).await;
     }
     drop(sink);
     let out = tokio::task::block_in_place(|| writer.join()).unwrap_or_else(|_| WriteOutcome {
@@ -800,11 +791,6 @@ async fn fetch_planned<R: Remote>(
     });
     (out, not_sent, first_error)
 }
-
-/// The pause after a batch the server answered `[THROTTLED]`, doubling
-/// while it keeps doing so.
-const THROTTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
-const THROTTLE_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The largest body a batch may bring: the server's own RFC822.SIZE with
 /// room for servers that report it loosely, never above the configured cap.

@@ -279,9 +279,23 @@ pub fn missing_messages<E>(
     target: &[TargetMessage],
     recorded: &HashMap<String, u32>,
     target_hashes: &HashMap<u32, String>,
+    message_id: impl FnMut(&SourceMessage) -> Result<Option<String>, E>,
+    hash: impl FnMut(&SourceMessage) -> Result<String, E>,
+) -> Result<Vec<usize>, E> {
+    match_messages(source, target, recorded, target_hashes, message_id, hash).map(|(m, _)| m)
+}
+
+/// [`missing_messages`], and for each source message found on the target
+/// (by index) the target UID it was matched to.
+pub fn match_messages<E>(
+    source: &[SourceMessage],
+    target: &[TargetMessage],
+    recorded: &HashMap<String, u32>,
+    target_hashes: &HashMap<u32, String>,
     mut message_id: impl FnMut(&SourceMessage) -> Result<Option<String>, E>,
     mut hash: impl FnMut(&SourceMessage) -> Result<String, E>,
-) -> Result<Vec<usize>, E> {
+) -> Result<(Vec<usize>, HashMap<usize, u32>), E> {
+    let mut found_at: HashMap<usize, u32> = HashMap::new();
     let by_uid: HashMap<u32, usize> = target.iter().enumerate().map(|(i, t)| (t.uid, i)).collect();
     let mut used = vec![false; target.len()];
     let mut present = vec![false; source.len()];
@@ -297,6 +311,7 @@ pub fn missing_messages<E>(
         if !used[j] && t.secs == m.secs {
             used[j] = true;
             present[i] = true;
+            found_at.insert(i, t.uid);
         }
     }
     let mut pool: HashMap<(u64, i64), Vec<usize>> = HashMap::new();
@@ -338,11 +353,14 @@ pub fn missing_messages<E>(
             }
         };
         match found {
-            Some(j) => used[j] = true,
+            Some(j) => {
+                used[j] = true;
+                found_at.insert(i, target[j].uid);
+            }
             None => missing.push(i),
         }
     }
-    Ok(missing)
+    Ok((missing, found_at))
 }
 
 /// What tells one message from another on both sides: size, INTERNALDATE

@@ -1,7 +1,7 @@
 //! Restore's executor: reads the archive, then applies the plan through
 //! [`RestoreTarget`] on `jobs` connections, retrying and stopping by scope.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::Read;
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::plan::{
-    is_quota, is_throttle, message_id_of, missing_messages, plan_mailboxes, surplus_copies,
+    is_quota, is_throttle, match_messages, message_id_of, plan_mailboxes, surplus_copies,
     target_uids_to_hash, upload_batches, upload_flags, MailboxPlan, MessageKey, RestoreOptions,
     SourceMailbox, SourceMessage, Unanswered,
 };
@@ -23,6 +23,7 @@ use crate::archive::{hash_file, read_message, Archive};
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
 use crate::sync::gmail;
+use crate::sync::gmail::restore::LabelsPending;
 use crate::sync::interrupt;
 use crate::sync::pool::{self, Slot, Step, Task};
 use crate::sync::remote::{ErrorKind, RemoteError, Selected};
@@ -508,8 +509,8 @@ async fn restore_mailbox<R: RestoreTarget>(
         .map_err(classify)?
         .into_iter()
         .collect();
-    let missing = tokio::task::block_in_place(|| {
-        missing_messages(
+    let (missing, found_at) = tokio::task::block_in_place(|| {
+        match_messages(
             &plan.messages,
             &target,
             &recorded,
@@ -527,6 +528,10 @@ async fn restore_mailbox<R: RestoreTarget>(
         rep.appended = todo.len() as u64;
         rep.bytes = todo.iter().map(|m| m.size).sum();
         return Ok(());
+    }
+    // Gmail: labels that an interrupted attempt or run left unset go first.
+    if ctx.labels.is_some() {
+        finish_labels(conn, plan, ctx, rep, uv, &unanswered, &found_at).await?;
     }
     if todo.is_empty() {
         if rep.outcome.is_empty() {
@@ -556,6 +561,64 @@ async fn restore_mailbox<R: RestoreTarget>(
     if !rep.errors.is_empty() {
         rep.outcome = "failed";
     }
+    Ok(())
+}
+
+/// Gmail: sets the labels still due in `plan`'s mailbox: those recorded
+/// as due before a STORE that never completed, and those of messages whose
+/// APPEND was sent but never answered (an unanswered batch) and that are
+/// on the target now (`found_at`: source index -> target UID). A label
+/// STORE is idempotent, so setting them twice is harmless.
+async fn finish_labels<R: RestoreTarget>(
+    conn: &mut R,
+    plan: &MailboxPlan,
+    ctx: &Ctx,
+    rep: &mut RestoreMailboxReport,
+    uv: u32,
+    unanswered: &[Intent],
+    found_at: &HashMap<usize, u32>,
+) -> Result<(), Stop> {
+    let (Some(labels), Some(state)) = (&ctx.labels, &ctx.state) else {
+        return Ok(());
+    };
+    if uv == 0 {
+        return Ok(());
+    }
+    let pending = LabelsPending::at(state.dir(), &plan.raw);
+    let mut due: BTreeMap<u32, String> = pending.load(uv).into_iter().collect();
+    let in_flight: HashSet<&str> = unanswered
+        .iter()
+        .flat_map(|i| i.bases.iter().map(String::as_str))
+        .collect();
+    for (&i, &uid) in found_at {
+        let base = &plan.messages[i].base;
+        if in_flight.contains(base.as_str()) {
+            due.entry(uid).or_insert_with(|| base.clone());
+        }
+    }
+    let set: Vec<(u32, Vec<String>)> = due
+        .iter()
+        .filter_map(|(uid, base)| Some((*uid, labels.get(base).filter(|l| !l.is_empty())?.clone())))
+        .collect();
+    if !set.is_empty() {
+        if let Err(e) = conn.add_labels(&plan.raw, &set).await {
+            if e.is_connection_level() {
+                return Err(classify(e));
+            }
+            rep.errors.push(format!(
+                "labels of {} restored message(s) not set: {e}\nhint: run the same command again; the messages are in All Mail",
+                set.len()
+            ));
+            return Ok(());
+        }
+        log::info!(
+            "`{}`: set the labels of {} message(s) an interrupted restore had left without them",
+            plan.target,
+            set.len()
+        );
+    }
+    let uids: Vec<u32> = due.keys().copied().collect();
+    pending.done(uv, &uids);
     Ok(())
 }
 
@@ -726,6 +789,7 @@ async fn append_all<R: RestoreTarget>(
         }
     });
     let mut outcome = Ok(());
+    let mut throttle = gmail::Throttle::default();
     while let Some(batch) = rx.recv().await {
         let mut uploads = Vec::with_capacity(batch.len());
         let mut sources = Vec::with_capacity(batch.len());
@@ -784,31 +848,6 @@ async fn append_all<R: RestoreTarget>(
                 },
             })
             .await;
-        if let (Some(labels), Ok(())) = (&ctx.labels, &r) {
-            let set: Vec<(u32, Vec<String>)> = records
-                .iter()
-                .filter_map(|(_, uid, base)| {
-                    let l = labels.get(base).filter(|l| !l.is_empty())?;
-                    Some((*uid, l.clone()))
-                })
-                .collect();
-            if !set.is_empty() {
-                if let Err(e) = conn.add_labels(&plan.raw, &set).await {
-                    let lost = e.is_connection_level();
-                    rep.errors.push(format!(
-                        "labels of {} restored message(s) not set: {e}\nhint: the messages are in All Mail; label them in Gmail",
-                        set.len()
-                    ));
-                    if lost {
-                        if let Some(state) = &ctx.state {
-                            state.record(&plan.raw, &records);
-                        }
-                        outcome = Err(classify(e));
-                        break;
-                    }
-                }
-            }
-        }
         if let Some(max) = records.iter().map(|(_, uid, _)| *uid).max() {
             floor = floor.max(max.saturating_add(1));
         }
@@ -817,6 +856,48 @@ async fn append_all<R: RestoreTarget>(
             if let (Some(i), Ok(())) = (&intent, &r) {
                 // Every message of the batch was answered.
                 state.resolve(i);
+            }
+        }
+        // Gmail: labels by STORE from the APPENDUIDs, named as due first, so
+        // a kill or a cut before the STORE completes is finished by the next
+        // attempt or run ([`finish_labels`]).
+        if let Some(labels) = &ctx.labels {
+            let due: Vec<(u32, String)> = records
+                .iter()
+                .filter(|(_, _, base)| labels.get(base).is_some_and(|l| !l.is_empty()))
+                .map(|(_, uid, base)| (*uid, base.clone()))
+                .collect();
+            let uv = records.first().map_or(sel.uidvalidity, |r| r.0);
+            let pending = ctx
+                .state
+                .as_ref()
+                .map(|s| LabelsPending::at(s.dir(), &plan.raw));
+            if let (Some(p), false) = (&pending, due.is_empty()) {
+                if let Err(e) = p.add(uv, &due) {
+                    log::warn!("cannot record the labels about to be set: {e}");
+                }
+            }
+            if r.is_ok() && !due.is_empty() {
+                let set: Vec<(u32, Vec<String>)> = due
+                    .iter()
+                    .map(|(uid, base)| (*uid, labels[base].clone()))
+                    .collect();
+                match conn.add_labels(&plan.raw, &set).await {
+                    Ok(()) => {
+                        if let Some(p) = &pending {
+                            let uids: Vec<u32> = due.iter().map(|(u, _)| *u).collect();
+                            p.done(uv, &uids);
+                        }
+                    }
+                    Err(e) if e.is_connection_level() => {
+                        outcome = Err(classify(e));
+                        break;
+                    }
+                    Err(e) => rep.errors.push(format!(
+                        "labels of {} restored message(s) not set: {e}\nhint: run the same command again; the messages are in All Mail",
+                        set.len()
+                    )),
+                }
             }
         }
         if let Err(e) = r {
@@ -835,6 +916,7 @@ async fn append_all<R: RestoreTarget>(
                 .push("interrupted; run the same command again to restore the rest".into());
             break;
         }
+        throttle.pace(conn.take_throttled(), &plan.target).await;
     }
     drop(rx);
     let _ = tokio::task::block_in_place(|| reader.join());

@@ -61,7 +61,7 @@ fn main() -> Result<()> {
         let connect = || {
             let (account, password, tls) = (&account, &password, tls.clone());
             async move {
-                Connection::connect(&ConnectParams {
+                let mut c = Connection::connect(&ConnectParams {
                     host: &account.host,
                     port: account.port,
                     starttls: account.tls == TlsMode::Starttls,
@@ -72,8 +72,12 @@ fn main() -> Result<()> {
                     tls,
                     timeout: account.timeout,
                     max_literal: account.max_message_size,
+                    compress: account.compress,
                 })
-                .await
+                .await?;
+                // As the pull's pool does before a connection's first work.
+                c.compress().await?;
+                Ok::<_, imapbak::imap::ImapError>(c)
             }
         };
         let mut first = connect().await?;

@@ -22,7 +22,7 @@ bash scripts/dovecot.sh install >/dev/null
 [[ -x /usr/bin/time ]] || { apt-get install -y -qq time >/dev/null; }
 echo "==> building imapbak (release)"
 cargo build --release -q
-BIN=$ROOT/target/release/imapbak
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/imapbak
 
 rm -rf "$WORK"
 mkdir -p "$WORK"

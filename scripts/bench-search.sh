@@ -19,7 +19,7 @@ command -v zstd >/dev/null || { echo "error: the zstd CLI is needed (apt-get ins
 
 echo "==> cargo build --release" >&2
 cargo build --release -q
-BIN=$PWD/target/release/imapbak
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/imapbak
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/imapbak-bench-search.XXXXXX")
 if [[ -z "${KEEP:-}" ]]; then

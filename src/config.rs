@@ -149,8 +149,10 @@ impl std::fmt::Debug for PasswordSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compress {
     /// On where the link is slow enough for deflate to pay: a round trip of
-    /// at least [`Compress::AUTO_RTT`] right after login (an internet link);
-    /// off on loopback and LANs, where the CPU is the bottleneck.
+    /// at least [`Compress::AUTO_RTT`] measured while connecting (the
+    /// smaller of the greeting's wait and half the TCP + TLS handshakes; an
+    /// internet link); off on loopback and LANs, where the CPU is the
+    /// bottleneck.
     Auto,
     On,
     Off,

@@ -469,7 +469,7 @@ impl Connector {
             }) => (a.user.clone(), Some(admin.as_str())),
             None => (a.user.clone(), None),
         };
-        let conn = Connection::connect(&ConnectParams {
+        Connection::connect(&ConnectParams {
             host: &a.host,
             port: a.port,
             starttls: a.tls == TlsMode::Starttls,
@@ -480,18 +480,9 @@ impl Connector {
             tls: self.tls.clone(),
             timeout: a.timeout,
             max_literal: a.max_message_size,
+            compress: a.compress,
         })
-        .await?;
-        if a.compress.wanted(conn.round_trip()) {
-            log::info!(
-                "COMPRESS=DEFLATE wanted (round trip {:.1} ms, compress = {:?})",
-                conn.round_trip().as_secs_f64() * 1000.0,
-                a.compress
-            );
-            conn.compress().await
-        } else {
-            Ok(conn)
-        }
+        .await
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod append;
 pub mod auth;
+mod deflate;
 mod expunge;
 mod guard;
 mod namespace;

@@ -10,55 +10,32 @@
 
 use std::collections::HashSet;
 
-use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
-use super::session::{read_line, Connection};
+use super::session::{raw_flight, Connection};
 use super::ImapError;
 use crate::mutf7;
 use crate::sync::remote::Namespace;
 
-/// Our own tag; async-imap's tags are `A` followed by digits.
-const TAG: &str = "rx";
-
-/// Lines to read at most before giving up on the reply.
-const MAX_LINES: usize = 64;
-
 impl Connection {
-    /// Right after login, in one flight: CAPABILITY (the session's own list)
-    /// and NAMESPACE. NAMESPACE goes out before we know the server offers
-    /// it: one that does not answers BAD, which costs nothing, while asking
-    /// after CAPABILITY would cost a round trip on every connection.
+    /// Right after a login through async-imap, in one flight: CAPABILITY
+    /// (the session's own list) and NAMESPACE. NAMESPACE goes out before we
+    /// know the server offers it: one that does not answers BAD, which costs
+    /// nothing, while asking after CAPABILITY would cost a round trip on
+    /// every connection. (A password LOGIN sends both in its own flight:
+    /// session.rs, `login_in_one_flight`.)
     pub(crate) async fn capabilities_and_namespace(
         &mut self,
     ) -> Result<(HashSet<String>, Option<Namespace>), ImapError> {
-        let started = std::time::Instant::now();
         let replies = self.raw_exchange(&["CAPABILITY", "NAMESPACE"]).await?;
-        // One flight of two tiny commands: the link's round trip, as good
-        // a measure as the session gets (compress = "auto").
-        self.rtt = started.elapsed();
-        let (cap_lines, cap_done) = &replies[0];
+        let (_, cap_done) = &replies[0];
         if !tagged_ok(cap_done) {
             return Err(ImapError::No {
                 command: "CAPABILITY".into(),
                 text: cap_done.splitn(3, ' ').nth(2).unwrap_or("").to_string(),
             });
         }
-        let mut caps = HashSet::new();
-        for line in cap_lines.iter().chain(&replies[1].0) {
-            if let Some(rest) = strip_word(line, "* CAPABILITY ") {
-                caps.extend(rest.split_ascii_whitespace().map(str::to_ascii_uppercase));
-            }
-        }
-        let namespace = if caps.contains("NAMESPACE") && tagged_ok(&replies[1].1) {
-            replies
-                .iter()
-                .flat_map(|(l, _)| l)
-                .find_map(|line| parse_personal(strip_word(line, "* NAMESPACE ")?))
-        } else {
-            None
-        };
-        Ok((caps, namespace))
+        Ok(caps_and_namespace(&replies))
     }
 
     /// One command through [`Connection::raw_exchange`], its tagged NO or
@@ -89,53 +66,67 @@ impl Connection {
     /// Sends `commands` at once and reads their replies line by line, beside
     /// async-imap, for what imap-proto 0.17 cannot parse (a parse error would
     /// end the connection): per command, the untagged lines that came before
-    /// its tagged one, and that tagged line. Only when nothing else is in
-    /// flight; replies carrying literals are not supported (the commands
-    /// using this never get one).
+    /// its tagged one, and that tagged line ([`raw_flight`]). Only when
+    /// nothing else is in flight; replies carrying literals are not
+    /// supported (the commands using this never get one).
     pub(crate) async fn raw_exchange(
         &mut self,
         commands: &[&str],
     ) -> Result<Vec<(Vec<String>, String)>, ImapError> {
         let t = self.timeout;
         let what = commands.join(" + ");
-        let stream = self.session.get_mut();
-        let exchange = async {
-            let mut flight = String::new();
-            for (i, c) in commands.iter().enumerate() {
-                log::debug!("> {TAG}{i} {c}");
-                flight.push_str(&format!("{TAG}{i} {c}\r\n"));
-            }
-            stream.write_all(flight.as_bytes()).await?;
-            stream.flush().await?;
-            let mut buf = Vec::new();
-            let mut out = Vec::new();
-            let mut untagged = Vec::new();
-            for _ in 0..MAX_LINES * commands.len() {
-                let line = read_line(stream, &mut buf).await?;
-                let line = line.trim_end().to_string();
-                log::debug!("< {line}");
-                if line.starts_with(&format!("{TAG}{} ", out.len())) {
-                    out.push((std::mem::take(&mut untagged), line));
-                    if out.len() == commands.len() {
-                        return Ok(out);
-                    }
-                } else {
-                    untagged.push(line);
-                }
-            }
-            Err(ImapError::Protocol(format!(
-                "no end to the reply to {what}"
-            )))
-        };
-        timeout(t, exchange).await.map_err(|_| ImapError::Timeout {
-            what: what.clone(),
-            secs: t.as_secs(),
-        })?
+        let replies = timeout(t, raw_flight(self.session.get_mut(), commands))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what,
+                secs: t.as_secs(),
+            })??;
+        if replies.len() < commands.len() {
+            return Err(ImapError::ConnectionLost);
+        }
+        Ok(replies)
     }
 }
 
+/// The capabilities and the personal namespace in the replies to
+/// CAPABILITY and NAMESPACE (any order, other replies beside them; a
+/// `[CAPABILITY ...]` response code counts too). No namespace unless the
+/// server announced NAMESPACE and answered it OK.
+pub(crate) fn caps_and_namespace(
+    replies: &[(Vec<String>, String)],
+) -> (HashSet<String>, Option<Namespace>) {
+    let mut caps = HashSet::new();
+    let mut untagged_caps = false;
+    for line in replies.iter().flat_map(|(l, _)| l) {
+        if let Some(rest) = strip_word(line, "* CAPABILITY ") {
+            untagged_caps = true;
+            caps.extend(rest.split_ascii_whitespace().map(str::to_ascii_uppercase));
+        }
+    }
+    if !untagged_caps {
+        for (_, done) in replies {
+            if let Some(code) = done
+                .split_once(" [CAPABILITY ")
+                .and_then(|(_, rest)| rest.split_once(']'))
+            {
+                caps.extend(code.0.split_ascii_whitespace().map(str::to_ascii_uppercase));
+            }
+        }
+    }
+    let namespace = if caps.contains("NAMESPACE") {
+        replies
+            .iter()
+            .filter(|(lines, done)| tagged_ok(done) && !lines.is_empty())
+            .flat_map(|(l, _)| l)
+            .find_map(|line| parse_personal(strip_word(line, "* NAMESPACE ")?))
+    } else {
+        None
+    };
+    (caps, namespace)
+}
+
 /// True for `TAG OK ...`.
-fn tagged_ok(line: &str) -> bool {
+pub(crate) fn tagged_ok(line: &str) -> bool {
     line.split(' ')
         .nth(1)
         .is_some_and(|s| s.eq_ignore_ascii_case("OK"))
@@ -188,6 +179,42 @@ fn quoted(s: &str) -> Option<(String, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(lines: &[&str], done: &str) -> (Vec<String>, String) {
+        (
+            lines.iter().map(|l| l.to_string()).collect(),
+            done.to_string(),
+        )
+    }
+
+    #[test]
+    fn login_flight_replies_give_capabilities_and_namespace() {
+        // Dovecot's answers to LOGIN, CAPABILITY and NAMESPACE in one flight.
+        let replies = [
+            reply(&[], "rx0 OK [CAPABILITY IMAP4rev1 NAMESPACE] Logged in"),
+            reply(
+                &["* CAPABILITY IMAP4rev1 NAMESPACE COMPRESS=DEFLATE"],
+                "rx1 OK Capability completed.",
+            ),
+            reply(&[r#"* NAMESPACE (("INBOX." ".")) NIL NIL"#], "rx2 OK done"),
+        ];
+        let (caps, ns) = caps_and_namespace(&replies);
+        assert!(caps.contains("COMPRESS=DEFLATE"), "{caps:?}");
+        assert_eq!(ns.map(|n| n.prefix), Some("INBOX.".to_string()));
+        // CAPABILITY refused: the LOGIN reply's response code still counts;
+        // no NAMESPACE announced, none taken.
+        let replies = [
+            reply(&[], "rx0 OK [CAPABILITY IMAP4rev1 IDLE] Logged in"),
+            reply(&[], "rx1 BAD no"),
+            reply(&[r#"* NAMESPACE (("x" "/")) NIL NIL"#], "rx2 OK done"),
+        ];
+        let (caps, ns) = caps_and_namespace(&replies);
+        assert!(
+            caps.contains("IDLE") && !caps.contains("NAMESPACE"),
+            "{caps:?}"
+        );
+        assert_eq!(ns, None);
+    }
 
     #[test]
     fn personal_namespace_of_courier_cyrus_and_dovecot_replies() {

@@ -17,9 +17,11 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
+use super::deflate::Deflate;
 use super::guard::Guarded;
 use super::probe::{await_greeting, is_plain_imap, FirstBytes};
 use super::{quote, uid_set, ImapError};
+use crate::config::Compress;
 use crate::mutf7;
 use crate::sync::remote::{
     AlongWith, Examination, FetchedMessage, GmailMeta, ListedMailbox, MailboxStatus, MessageSink,
@@ -52,6 +54,9 @@ pub struct ConnectParams<'a> {
     pub timeout: Duration,
     /// The largest literal accepted outside a FETCH of known sizes.
     pub max_literal: u64,
+    /// COMPRESS=DEFLATE: forced on or off, or decided by the round trip
+    /// measured while connecting ([`Compress::wanted`]).
+    pub compress: Compress,
 }
 
 /// An authenticated session.
@@ -62,8 +67,13 @@ pub struct Connection {
     pub(crate) namespace: Option<Namespace>,
     /// A mailbox is selected read-only (EXAMINE): no APPEND into it.
     pub(crate) examined: bool,
-    /// The round trip measured right after login.
+    /// The round trip measured while connecting: the wait for the
+    /// greeting, or STARTTLS's exchange.
     pub(crate) rtt: Duration,
+    /// COMPRESS=DEFLATE is on.
+    pub(crate) deflate: bool,
+    /// COMPRESS=DEFLATE is to go on once the connection has work.
+    pub(crate) deflate_wanted: bool,
     pub(crate) timeout: Duration,
     /// The largest literal the server may announce right now (see guard.rs).
     pub(crate) literal_limit: Arc<AtomicU64>,
@@ -90,6 +100,7 @@ impl Connection {
     /// only over a verified TLS channel.
     pub async fn connect(p: &ConnectParams<'_>) -> Result<Connection, ImapError> {
         let secs = p.timeout.as_secs();
+        let started = std::time::Instant::now();
         let tcp = timeout(p.timeout, TcpStream::connect((p.host, p.port)))
             .await
             .map_err(|_| ImapError::Timeout {
@@ -103,13 +114,23 @@ impl Connection {
             })?;
         tcp.set_nodelay(true).ok();
         let mut tcp = tcp;
+        // The link's round trip, for `compress = "auto"`: STARTTLS's own
+        // exchange, or (implicit TLS) the wait for the greeting, which a
+        // server sends once it has the client's last handshake message;
+        // see below for the handshakes' share.
+        let mut rtt = Duration::MAX;
+        // Whether the server keeps commands sent right behind LOGIN (see
+        // `keeps_input_across_login`).
+        let mut pipelining = true;
         if p.starttls {
-            timeout(p.timeout, starttls_preamble(&mut tcp, p))
+            let greeting;
+            (rtt, greeting) = timeout(p.timeout, starttls_preamble(&mut tcp, p))
                 .await
                 .map_err(|_| ImapError::Timeout {
                     what: "STARTTLS negotiation".into(),
                     secs,
                 })??;
+            pipelining = keeps_input_across_login(&greeting);
         }
         let name = ServerName::try_from(p.host.to_string())
             .map_err(|e| ImapError::Tls(format!("invalid host name `{}`: {e}", p.host)))?;
@@ -138,13 +159,20 @@ impl Connection {
             }
         })?;
 
+        let handshakes = started.elapsed();
         // One line per connection at -v (tests count them).
-        log::info!("connected to {}:{} over TLS", p.host, p.port);
+        log::info!(
+            "connected to {}:{} over TLS (TCP and TLS handshakes {:.1} ms)",
+            p.host,
+            p.port,
+            handshakes.as_secs_f64() * 1000.0
+        );
         let literal_limit = Arc::new(AtomicU64::new(p.max_literal));
         let scanning = Arc::new(AtomicBool::new(true));
         let guarded: Stream = Box::new(Guarded::new(tls, literal_limit.clone(), scanning.clone()));
         let mut client = async_imap::Client::new(guarded);
         if !p.starttls {
+            let waited = std::time::Instant::now();
             let greeting = timeout(p.timeout, unwinding(client.read_response()))
                 .await
                 .map_err(|_| ImapError::Timeout {
@@ -152,10 +180,17 @@ impl Connection {
                     secs,
                 })???
                 .ok_or(ImapError::ConnectionLost)?;
+            rtt = waited.elapsed();
+            log::debug!("greeting after {:.1} ms", rtt.as_secs_f64() * 1000.0);
             match greeting.parsed() {
                 Response::Data {
-                    status: Status::Ok, ..
-                } => {}
+                    status: Status::Ok,
+                    outcome,
+                    ..
+                } => {
+                    let text = outcome.information.as_deref().unwrap_or("");
+                    pipelining = keeps_input_across_login(text);
+                }
                 Response::Data {
                     status: Status::PreAuth,
                     ..
@@ -167,6 +202,11 @@ impl Connection {
                 }
             }
         }
+        // The handshakes take two round trips or more on a real link (TCP
+        // and TLS 1.3 one each). Taking the smaller of the two measures
+        // keeps one wait made long by a busy machine (loopback, server and
+        // client on the same cores) from passing for a slow link.
+        let rtt = rtt.min(handshakes / 2);
         if let Some(token) = p.bearer {
             let login = super::auth::Login {
                 user: p.user,
@@ -185,7 +225,7 @@ impl Connection {
                     Ok(r) => r??,
                 };
             log::info!("logged in with {}", mechanism.name());
-            let mut conn = Connection::logged_in(session, p, literal_limit, scanning).await?;
+            let mut conn = Connection::logged_in(session, p, rtt, literal_limit, scanning).await?;
             conn.mechanism = Some(mechanism.name());
             return Ok(conn);
         }
@@ -210,7 +250,10 @@ impl Connection {
                 Ok(r) => r??,
             };
             log::info!("logged in as `{admin}` on behalf of `{}` (PLAIN)", p.user);
-            return Connection::logged_in(session, p, literal_limit, scanning).await;
+            return Connection::logged_in(session, p, rtt, literal_limit, scanning).await;
+        }
+        if pipelining && plain_word(p.user) && plain_word(p.password) {
+            return Connection::login_in_one_flight(client, p, rtt, literal_limit, scanning).await;
         }
         let session = match timeout(p.timeout, unwinding(client.login(p.user, p.password))).await {
             Err(_) => {
@@ -235,14 +278,16 @@ impl Connection {
                 })
             }
         };
-        Connection::logged_in(session, p, literal_limit, scanning).await
+        Connection::logged_in(session, p, rtt, literal_limit, scanning).await
     }
 
-    /// The rest of connecting, after either kind of login: capabilities
-    /// and the personal namespace.
+    /// The rest of connecting, after a login through async-imap:
+    /// capabilities and the personal namespace in one flight, then
+    /// COMPRESS if wanted.
     async fn logged_in(
         session: async_imap::Session<Stream>,
         p: &ConnectParams<'_>,
+        rtt: Duration,
         literal_limit: Arc<AtomicU64>,
         scanning: Arc<AtomicBool>,
     ) -> Result<Connection, ImapError> {
@@ -250,7 +295,9 @@ impl Connection {
             session,
             namespace: None,
             examined: false,
-            rtt: Duration::ZERO,
+            rtt,
+            deflate: false,
+            deflate_wanted: false,
             caps: HashSet::new(),
             timeout: p.timeout,
             literal_limit,
@@ -262,58 +309,107 @@ impl Connection {
         let (caps, namespace) = conn.capabilities_and_namespace().await?;
         conn.caps = caps;
         conn.namespace = namespace;
+        conn.deflate_wanted = deflate_wanted(p, rtt, &conn.caps);
         Ok(conn)
     }
 
-    /// Turns on COMPRESS=DEFLATE (RFC 4978) when the server offers it; a
-    /// no-op otherwise. Pays on slow links; on a fast one the server's
-    /// deflate is the bottleneck (scripts/bench.sh, README Performance).
-    pub async fn compress(self) -> Result<Connection, ImapError> {
-        if !self.has_capability("COMPRESS=DEFLATE") {
-            return Ok(self);
+    /// LOGIN, CAPABILITY and NAMESPACE in one flight: the whole login is
+    /// one round trip (before, LOGIN and CAPABILITY + NAMESPACE were two).
+    /// Commands after a failed LOGIN are refused harmlessly. Done raw,
+    /// beside async-imap (NAMESPACE is beyond its parser); [`LoggedIn`]
+    /// then hands async-imap the session. COMPRESS waits for the
+    /// capabilities (only what is announced is sent) and for work
+    /// ([`Connection::compress`]).
+    async fn login_in_one_flight(
+        client: async_imap::Client<Stream>,
+        p: &ConnectParams<'_>,
+        rtt: Duration,
+        literal_limit: Arc<AtomicU64>,
+        scanning: Arc<AtomicBool>,
+    ) -> Result<Connection, ImapError> {
+        // Nothing but the greeting came before our first command, so
+        // async-imap's buffer holds nothing more.
+        let mut stream = client.into_inner();
+        let login = format!("LOGIN {} {}", quote(p.user)?, quote(p.password)?);
+        let commands = [login.as_str(), "CAPABILITY", "NAMESPACE"];
+        let replies = timeout(p.timeout, raw_flight(&mut stream, &commands))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what: "login".into(),
+                secs: p.timeout.as_secs(),
+            })??;
+        let login_done = replies
+            .first()
+            .map(|(_, done)| done.as_str())
+            .ok_or(ImapError::ConnectionLost)?;
+        if !super::namespace::tagged_ok(login_done) {
+            return Err(ImapError::Auth {
+                user: p.user.to_string(),
+                text: login_done.splitn(3, ' ').nth(2).unwrap_or("").to_string(),
+            });
         }
-        let Connection {
-            session,
-            namespace,
-            examined,
-            rtt,
-            caps,
-            timeout: t,
-            literal_limit,
-            max_literal,
-            scanning,
-            mechanism,
-            held,
-        } = self;
-        // From here on the wire carries deflate, not IMAP framing: the guard
-        // moves above the decompressor.
-        scanning.store(false, Ordering::Relaxed);
-        let limit = literal_limit.clone();
-        let on = Arc::new(AtomicBool::new(true));
-        let on2 = on.clone();
-        let session = timeout(
-            t,
-            unwinding(session.compress(move |s| Box::new(Guarded::new(s, limit, on2)) as Stream)),
-        )
-        .await
-        .map_err(|_| ImapError::Timeout {
-            what: "COMPRESS".into(),
-            secs: t.as_secs(),
-        })??
-        .map_err(async_to_imap)?;
+        if replies.len() < commands.len() {
+            return Err(ImapError::ConnectionLost);
+        }
+        let (caps, namespace) = super::namespace::caps_and_namespace(&replies);
+        let client = async_imap::Client::new(Box::new(LoggedIn::new(stream)) as Stream);
+        let session = unwinding(client.login("-", "-"))
+            .await?
+            .map_err(|(e, _)| async_to_imap(e))?;
         Ok(Connection {
             session,
             namespace,
-            examined,
+            examined: false,
             rtt,
+            deflate: false,
+            deflate_wanted: deflate_wanted(p, rtt, &caps),
             caps,
-            timeout: t,
+            timeout: p.timeout,
             literal_limit,
-            max_literal,
-            scanning: on,
-            mechanism,
-            held,
+            max_literal: p.max_literal,
+            scanning,
+            mechanism: None,
+            held: None,
         })
+    }
+
+    /// Turns on COMPRESS=DEFLATE (RFC 4978) if it was wanted at login (the
+    /// account's `compress`, the server's capabilities) and is not on yet;
+    /// a no-op otherwise. Called once the connection has work
+    /// ([`Remote::prepare_for_work`]): a no-change run, all LIST-STATUS,
+    /// never pays its round trip. Only while nothing is in flight. Pays on
+    /// slow links; on a fast one the server's deflate is the bottleneck
+    /// (scripts/bench.sh, README Performance).
+    pub async fn compress(&mut self) -> Result<(), ImapError> {
+        if self.deflate || !self.deflate_wanted {
+            return Ok(());
+        }
+        match self.raw_command("COMPRESS DEFLATE", "COMPRESS").await {
+            Ok(_) => {}
+            // Announced but refused: go on without it.
+            Err(ImapError::No { text, .. } | ImapError::Bad { text, .. }) => {
+                log::info!("the server refused COMPRESS DEFLATE: {text}");
+                self.deflate_wanted = false;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        // From here on the wire carries deflate, not IMAP framing: the guard
+        // moves above the decompressor. async-imap's buffer is empty (the
+        // exchange went beside it), so the stream under it can be swapped.
+        self.scanning.store(false, Ordering::Relaxed);
+        let on = Arc::new(AtomicBool::new(true));
+        let stream = self.session.get_mut();
+        let raw = std::mem::replace(stream, Box::new(std::io::Cursor::new(Vec::new())));
+        *stream = Box::new(Guarded::new(
+            Deflate::new(raw),
+            self.literal_limit.clone(),
+            on.clone(),
+        ));
+        self.scanning = on;
+        self.deflate = true;
+        log::info!("COMPRESS=DEFLATE on");
+        Ok(())
     }
 
     /// The SASL mechanism of an OAuth2 login; `None` after LOGIN.
@@ -321,9 +417,15 @@ impl Connection {
         self.mechanism
     }
 
-    /// The round trip measured right after login (CAPABILITY + NAMESPACE).
+    /// The round trip measured while connecting (the greeting's wait, or
+    /// STARTTLS's exchange).
     pub fn round_trip(&self) -> Duration {
         self.rtt
+    }
+
+    /// Whether COMPRESS=DEFLATE is on.
+    pub fn compressed(&self) -> bool {
+        self.deflate
     }
 
     /// The capabilities announced after login, sorted.
@@ -400,6 +502,170 @@ impl Connection {
             if result.is_ok() { "" } else { ", refused" }
         );
         result
+    }
+}
+
+/// Whether COMPRESS=DEFLATE is to go on once there is work: the account
+/// wants it for this round trip, and the server announced it.
+fn deflate_wanted(p: &ConnectParams<'_>, rtt: Duration, caps: &HashSet<String>) -> bool {
+    let wanted = p.compress.wanted(rtt) && caps.contains("COMPRESS=DEFLATE");
+    if wanted {
+        log::info!(
+            "COMPRESS=DEFLATE wanted (round trip {:.1} ms, compress = {:?})",
+            rtt.as_secs_f64() * 1000.0,
+            p.compress
+        );
+    }
+    wanted
+}
+
+/// Whether commands may follow LOGIN in the same flight. Courier-IMAP's
+/// imaplogin reads them into its buffer and then execs imapd, which never
+/// sees them: the session hangs until the timeout (found with the Courier
+/// 5 of the interop tests; its greeting says `Courier-IMAP ready`). Dovecot
+/// hands its login process's buffer to the mail process, Cyrus is one
+/// process. Such a server logs in through async-imap, a round trip more.
+fn keeps_input_across_login(greeting_text: &str) -> bool {
+    !greeting_text.to_ascii_lowercase().contains("courier")
+}
+
+/// A user name or password LOGIN can carry as a quoted string: printable
+/// ASCII. Anything else logs in through async-imap, which knows literals.
+fn plain_word(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Sends `commands` in one flight (tags `rx0`, `rx1`, ...) and reads their
+/// replies line by line: per command, the untagged lines before its
+/// tagged one, and that line. Stops early when the connection ends after
+/// at least one reply (a server may hang up after a failed LOGIN), so the
+/// caller sees what was answered. Replies with literals are not supported.
+pub(crate) async fn raw_flight<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    commands: &[&str],
+) -> Result<Vec<(Vec<String>, String)>, ImapError> {
+    const TAG: &str = "rx";
+    let mut flight = String::new();
+    for (i, c) in commands.iter().enumerate() {
+        // Never log a password.
+        let shown = if c.starts_with("LOGIN ") {
+            "LOGIN ..."
+        } else {
+            c
+        };
+        log::debug!("> {TAG}{i} {shown}");
+        flight.push_str(&format!("{TAG}{i} {c}\r\n"));
+    }
+    stream.write_all(flight.as_bytes()).await?;
+    stream.flush().await?;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut untagged = Vec::new();
+    for _ in 0..64 * commands.len() {
+        let line = match read_line(stream, &mut buf).await {
+            Ok(line) => line,
+            Err(ImapError::ConnectionLost) if !out.is_empty() => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        let line = line.trim_end().to_string();
+        log::debug!("< {line}");
+        if line.starts_with(&format!("{TAG}{} ", out.len())) {
+            out.push((std::mem::take(&mut untagged), line));
+            if out.len() == commands.len() {
+                return Ok(out);
+            }
+        } else {
+            untagged.push(line);
+        }
+    }
+    Err(ImapError::Protocol(format!(
+        "no end to the reply to {}",
+        commands.last().unwrap_or(&"")
+    )))
+}
+
+/// async-imap hands out a `Session` only from its own LOGIN or
+/// AUTHENTICATE. After [`Connection::login_in_one_flight`] logged in, this
+/// stands in for the server for one command: the LOGIN async-imap then
+/// writes is not sent, and is answered `OK` from here. Every byte after
+/// that goes straight through.
+#[derive(Debug)]
+struct LoggedIn<S> {
+    inner: S,
+    shim: Shim,
+}
+
+#[derive(Debug)]
+enum Shim {
+    /// The command line written so far.
+    Swallowing(Vec<u8>),
+    /// The reply, and how much of it was read.
+    Answering(Vec<u8>, usize),
+    Through,
+}
+
+impl<S> LoggedIn<S> {
+    fn new(inner: S) -> Self {
+        LoggedIn {
+            inner,
+            shim: Shim::Swallowing(Vec::new()),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LoggedIn<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Shim::Answering(reply, at) = &mut self.shim {
+            let n = (reply.len() - *at).min(buf.remaining());
+            buf.put_slice(&reply[*at..*at + n]);
+            *at += n;
+            if *at == reply.len() {
+                self.shim = Shim::Through;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LoggedIn<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Shim::Swallowing(line) = &mut self.shim {
+            line.extend_from_slice(data);
+            if line.ends_with(b"\r\n") {
+                let tag = line.split(|b| *b == b' ').next().unwrap_or(b"").to_vec();
+                let mut reply = tag;
+                reply.extend_from_slice(b" OK logged in already\r\n");
+                self.shim = Shim::Answering(reply, 0);
+            }
+            return std::task::Poll::Ready(Ok(data.len()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.shim {
+            Shim::Through => std::pin::Pin::new(&mut self.inner).poll_flush(cx),
+            _ => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -556,7 +822,12 @@ fn unescape_debug(s: &str) -> String {
 
 /// The plain-text part of STARTTLS (RFC 3501 6.2.1). Everything read here is
 /// discarded; bytes after the tagged OK mean someone injected them.
-async fn starttls_preamble(tcp: &mut TcpStream, p: &ConnectParams<'_>) -> Result<(), ImapError> {
+/// Up to the TLS handshake after STARTTLS; returns how long the STARTTLS
+/// exchange took (a round trip) and the greeting.
+async fn starttls_preamble(
+    tcp: &mut TcpStream,
+    p: &ConnectParams<'_>,
+) -> Result<(Duration, String), ImapError> {
     let host = p.host;
     await_greeting(tcp, host, p.port, &p.tls).await?;
     let mut buf = Vec::new();
@@ -590,6 +861,7 @@ async fn starttls_preamble(tcp: &mut TcpStream, p: &ConnectParams<'_>) -> Result
     if !offered {
         return Err(ImapError::NoStartTls(host.to_string()));
     }
+    let sent = std::time::Instant::now();
     tcp.write_all(b"A1 STARTTLS\r\n").await?;
     loop {
         let line = read_line(tcp, &mut buf).await?;
@@ -601,10 +873,11 @@ async fn starttls_preamble(tcp: &mut TcpStream, p: &ConnectParams<'_>) -> Result
             return Err(ImapError::NoStartTls(host.to_string()));
         }
     }
+    let rtt = sent.elapsed();
     if !buf.is_empty() {
         return Err(ImapError::StartTlsInjection(host.to_string()));
     }
-    Ok(())
+    Ok((rtt, greeting))
 }
 
 fn has_starttls(line: &str) -> bool {
@@ -702,6 +975,10 @@ impl Connection {
 impl Remote for Connection {
     fn has_capability(&self, cap: &str) -> bool {
         self.caps.contains(cap)
+    }
+
+    async fn prepare_for_work(&mut self) -> Result<(), RemoteError> {
+        Ok(self.compress().await?)
     }
 
     fn namespace(&self) -> Option<Namespace> {
@@ -1325,6 +1602,30 @@ mod tests {
     fn internaldate_with_space_padded_day_parses() {
         let d = parse_internaldate(" 1-Feb-2024 10:11:12 +0100").unwrap();
         assert_eq!(d.timestamp(), 1706778672);
+    }
+
+    #[test]
+    fn courier_is_the_server_that_loses_commands_behind_login() {
+        assert!(!keeps_input_across_login(
+            "Courier-IMAP ready. Copyright 1998-2019 Double Precision, Inc."
+        ));
+        assert!(keeps_input_across_login("Dovecot ready."));
+        assert!(keeps_input_across_login(""));
+    }
+
+    /// The stand-in answers the one LOGIN async-imap writes, sends nothing
+    /// of it, and passes everything after it through.
+    #[tokio::test]
+    async fn logged_in_shim_answers_one_login_then_steps_aside() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let client = async_imap::Client::new(Box::new(LoggedIn::new(ours)) as Stream);
+        let mut session = client.login("-", "-").await.map_err(|(e, _)| e).unwrap();
+        session.get_mut().write_all(b"A2 NOOP\r\n").await.unwrap();
+        session.get_mut().flush().await.unwrap();
+        let mut got = vec![0u8; 64];
+        let n = theirs.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"A2 NOOP\r\n", "the LOGIN reached the server");
     }
 
     #[test]

@@ -63,11 +63,18 @@ pub struct Slot<C> {
 
 impl<C: Remote> Slot<C> {
     /// The open connection, or a new one from `task.connect()`.
+    /// It is made ready for work first ([`Remote::prepare_for_work`]: COMPRESS
+    /// where wanted), so a connection that only listed never pays for that.
     pub async fn get<T: Task<Conn = C>>(&mut self, task: &T) -> Result<&mut C, RemoteError> {
         if self.conn.is_none() {
             self.conn = Some(task.connect().await?);
         }
-        Ok(self.conn.as_mut().expect("just connected"))
+        let conn = self.conn.as_mut().expect("just connected");
+        if let Err(e) = conn.prepare_for_work().await {
+            self.conn = None;
+            return Err(e);
+        }
+        Ok(self.conn.as_mut().expect("still open"))
     }
 
     /// True when a connection is open.

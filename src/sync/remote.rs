@@ -219,6 +219,13 @@ pub trait Remote: Send {
         None
     }
 
+    /// Turns on what is put off until a connection has work (COMPRESS on a
+    /// slow link: a no-change run never needs it). Called by the pool
+    /// before each item that uses the server; the default has nothing to do.
+    fn prepare_for_work(&mut self) -> impl Future<Output = Result<(), RemoteError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Every mailbox, with status when the server can give it in the same
     /// round trip (LIST-STATUS).
     fn list(&mut self) -> impl Future<Output = Result<Vec<ListedMailbox>, RemoteError>> + Send;

@@ -50,3 +50,60 @@ fn pull_keeps_every_byte_of_large_and_small_messages() {
 fn pull_with_compress_deflate_keeps_every_byte() {
     pull_matches_server("compress = true\n");
 }
+
+/// COMPRESS=DEFLATE both ways: a pull over STARTTLS, then a restore of its
+/// archive into another account, both with `compress = true`, so the
+/// server inflates what imapbak deflated (the APPENDs). The target then
+/// serves exactly the bytes the source did.
+#[test]
+fn restore_with_compress_deflate_uploads_every_byte() {
+    use crate::support::Tls;
+    let d = dovecot();
+    let (a, b) = (d.new_user("zrest-a"), d.new_user("zrest-b"));
+    let mut imap = a.imap();
+    let mut bodies = vec![mail::big(3), mail::multipart_attachment()];
+    bodies.extend((1..30).map(mail::plain));
+    for b in &bodies {
+        imap.append("INBOX", &["\\Seen"], "05-Mar-2021 10:00:00 +0000", b);
+    }
+    let mut want: Vec<Vec<u8>> = imap
+        .fetch_all("INBOX")
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    imap.logout();
+    let env = TestEnv::new();
+    let mut toml = env.account_toml_with("a", &a, Tls::Starttls, "compress = true\n");
+    toml.push_str(&env.account_toml("b", &b, "compress = true\n"));
+    env.write_config(&toml);
+    let out = env
+        .cmd()
+        .args(["-v", "pull", "--account", "a"])
+        .assert()
+        .success();
+    let log = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        log.contains("COMPRESS=DEFLATE on"),
+        "pull did not compress:\n{log}"
+    );
+    let out = env
+        .cmd()
+        .args(["-v", "restore", "--account", "a", "--to", "b"])
+        .assert()
+        .success();
+    let log = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        log.contains("COMPRESS=DEFLATE on"),
+        "restore did not compress:\n{log}"
+    );
+    let mut got: Vec<Vec<u8>> = b
+        .imap()
+        .fetch_all("INBOX")
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got.len(), bodies.len());
+    assert!(got == want, "restored bytes differ from the source's");
+}

@@ -790,6 +790,34 @@ impl Account {
     }
 }
 
+/// Runs `cmd` with `sh -c` (stdin closed) and returns what it printed on
+/// stdout; `what` names it in errors (`password-command`, `users-command`),
+/// which carry the first line of its stderr, never its stdout (a secret).
+pub fn command_output(what: &str, cmd: &str) -> Result<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {what} `{cmd}`"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or("").trim();
+        bail!(
+            "{what} `{cmd}` failed ({}){}\nhint: run it by hand to see why",
+            out.status,
+            if first.is_empty() {
+                String::new()
+            } else {
+                format!(": {first}")
+            }
+        );
+    }
+    String::from_utf8(out.stdout)
+        .with_context(|| format!("{what} `{cmd}` printed something that is not UTF-8"))
+}
+
 impl PasswordSource {
     /// Reads the secret; `key` names it in errors (`password`,
     /// `oauth2-client-secret`). Errors never contain the secret.
@@ -800,29 +828,7 @@ impl PasswordSource {
                 format!("{key}-env `{var}` is not set\nhint: export {var} before running imapbak")
             }),
             PasswordSource::Command(cmd) => {
-                let out = Command::new("sh")
-                    .arg("-c")
-                    .arg(cmd)
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .output()
-                    .with_context(|| format!("cannot run {key}-command `{cmd}`"))?;
-                if !out.status.success() {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    let first = err.lines().next().unwrap_or("").trim();
-                    bail!(
-                        "{key}-command `{cmd}` failed ({}){}\nhint: run it by hand to see why",
-                        out.status,
-                        if first.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {first}")
-                        }
-                    );
-                }
-                let text = String::from_utf8(out.stdout).with_context(|| {
-                    format!("{key}-command printed something that is not UTF-8")
-                })?;
+                let text = command_output(&format!("{key}-command"), cmd)?;
                 let pw = text.lines().next().unwrap_or("").to_string();
                 if pw.is_empty() {
                     bail!("{key}-command `{cmd}` printed an empty first line");

@@ -6,7 +6,6 @@
 //! machines (`--shard K/N`).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -120,24 +119,7 @@ pub fn read_users(source: &UsersSource) -> Result<Vec<String>> {
     let text = match source {
         UsersSource::File(p) => std::fs::read_to_string(p)
             .with_context(|| format!("cannot read users-file `{}`", p.display()))?,
-        UsersSource::Command(cmd) => {
-            let out = Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
-                .stdin(Stdio::null())
-                .stderr(Stdio::inherit())
-                .output()
-                .with_context(|| format!("cannot run users-command `{cmd}`"))?;
-            if !out.status.success() {
-                bail!(
-                    "users-command `{cmd}` failed ({})\nhint: run it by hand to see why",
-                    out.status
-                );
-            }
-            String::from_utf8(out.stdout).with_context(|| {
-                format!("users-command `{cmd}` printed something that is not UTF-8")
-            })?
-        }
+        UsersSource::Command(cmd) => crate::config::command_output("users-command", cmd)?,
     };
     let mut seen = std::collections::BTreeSet::new();
     let mut users = Vec::new();

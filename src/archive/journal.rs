@@ -140,24 +140,11 @@ pub fn rewrite(state: &Path, entries: &[JournalEntry]) -> Result<(), ArchiveErro
 }
 
 pub fn load_status(state: &Path) -> Result<Status, ArchiveError> {
-    let path = state.join(STATUS);
-    match fs::read(&path) {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            log::warn!("ignoring unreadable `{}`: {e}", path.display());
-            Status::default()
-        })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Status::default()),
-        Err(e) => Err(ArchiveError::Io {
-            what: "cannot read",
-            path,
-            source: e,
-        }),
-    }
+    super::read_record(&state.join(STATUS))
 }
 
 pub fn save_status(state: &Path, status: &Status) -> Result<(), ArchiveError> {
-    let bytes = serde_json::to_vec_pretty(status).expect("status serialises");
-    write_atomic(&state.join(STATUS), &bytes)
+    super::write_record(&state.join(STATUS), status, false)
 }
 
 #[cfg(test)]

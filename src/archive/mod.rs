@@ -281,6 +281,48 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
         .map_err(ArchiveError::io("cannot sync directory", dir))
 }
 
+/// Reads a JSON record of `state/`: the default when the file is missing,
+/// and (with a warning) when it cannot be parsed; only an I/O error is an
+/// error.
+pub(crate) fn read_record<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+) -> Result<T, ArchiveError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            log::warn!("ignoring unreadable `{}`: {e}", path.display());
+            T::default()
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(ArchiveError::Io {
+            what: "cannot read",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Writes a JSON record atomically ([`write_atomic`]), or, when `empty`,
+/// removes its file (durably: the directory is synced).
+pub(crate) fn write_record<T: serde::Serialize>(
+    path: &Path,
+    record: &T,
+    empty: bool,
+) -> Result<(), ArchiveError> {
+    if empty {
+        return match fs::remove_file(path) {
+            Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ArchiveError::Io {
+                what: "cannot remove",
+                path: path.to_path_buf(),
+                source: e,
+            }),
+        };
+    }
+    let bytes = serde_json::to_vec(record).expect("a record serialises");
+    write_atomic(path, &bytes)
+}
+
 /// Writes `bytes` to `path` through a synced temporary file and a rename,
 /// so readers see the old or the new content, never a mix.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {

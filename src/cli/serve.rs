@@ -174,7 +174,7 @@ pub fn run(cmd: ServeCmd, config: Option<&Path>) -> Result<ExitCode> {
     }
 
     let shared_password = match &cmd.password_command {
-        Some(c) => Some(password_from_command(c)?),
+        Some(c) => Some(crate::config::PasswordSource::Command(c.clone()).read("--password")?),
         None => None,
     };
     let mut served = Vec::new();
@@ -644,29 +644,6 @@ fn sync_control(
         *known = folders;
     }
     Ok(())
-}
-
-fn password_from_command(cmd: &str) -> Result<String> {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run --password-command `{cmd}`"))?;
-    if !out.status.success() {
-        bail!(
-            "--password-command `{cmd}` failed ({})\nhint: run it by hand to see why",
-            out.status
-        );
-    }
-    let text = String::from_utf8(out.stdout)
-        .context("--password-command printed something that is not UTF-8")?;
-    let pw = text.lines().next().unwrap_or("").to_string();
-    if pw.is_empty() {
-        bail!("--password-command `{cmd}` printed an empty first line");
-    }
-    Ok(pw)
 }
 
 /// The account's password for serve: made once, kept 0600 beside the

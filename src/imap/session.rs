@@ -291,7 +291,21 @@ impl Connection {
         literal_limit: Arc<AtomicU64>,
         scanning: Arc<AtomicBool>,
     ) -> Result<Connection, ImapError> {
-        let mut conn = Connection {
+        let mut conn = Connection::assemble(session, p, rtt, literal_limit, scanning);
+        let (caps, namespace) = conn.capabilities_and_namespace().await?;
+        conn.learned(p, caps, namespace);
+        Ok(conn)
+    }
+
+    /// A logged-in connection that knows nothing of the server yet.
+    fn assemble(
+        session: async_imap::Session<Stream>,
+        p: &ConnectParams<'_>,
+        rtt: Duration,
+        literal_limit: Arc<AtomicU64>,
+        scanning: Arc<AtomicBool>,
+    ) -> Connection {
+        Connection {
             session,
             namespace: None,
             examined: false,
@@ -305,12 +319,20 @@ impl Connection {
             scanning,
             mechanism: None,
             held: None,
-        };
-        let (caps, namespace) = conn.capabilities_and_namespace().await?;
-        conn.caps = caps;
-        conn.namespace = namespace;
-        conn.deflate_wanted = deflate_wanted(p, rtt, &conn.caps);
-        Ok(conn)
+        }
+    }
+
+    /// Takes in what the server said after login: its capabilities and
+    /// personal namespace, and so whether COMPRESS is wanted.
+    fn learned(
+        &mut self,
+        p: &ConnectParams<'_>,
+        caps: HashSet<String>,
+        namespace: Option<Namespace>,
+    ) {
+        self.deflate_wanted = deflate_wanted(p, self.rtt, &caps);
+        self.caps = caps;
+        self.namespace = namespace;
     }
 
     /// LOGIN, CAPABILITY and NAMESPACE in one flight: the whole login is
@@ -356,21 +378,9 @@ impl Connection {
         let session = unwinding(client.login("-", "-"))
             .await?
             .map_err(|(e, _)| async_to_imap(e))?;
-        Ok(Connection {
-            session,
-            namespace,
-            examined: false,
-            rtt,
-            deflate: false,
-            deflate_wanted: deflate_wanted(p, rtt, &caps),
-            caps,
-            timeout: p.timeout,
-            literal_limit,
-            max_literal: p.max_literal,
-            scanning,
-            mechanism: None,
-            held: None,
-        })
+        let mut conn = Connection::assemble(session, p, rtt, literal_limit, scanning);
+        conn.learned(p, caps, namespace);
+        Ok(conn)
     }
 
     /// Turns on COMPRESS=DEFLATE (RFC 4978) if it was wanted at login (the

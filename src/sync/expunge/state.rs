@@ -4,7 +4,6 @@
 //! must stay apart: a message found `\Deleted` after an interruption is
 //! only known to carry our mark if the STORE's tagged OK was recorded.
 
-use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -111,36 +110,12 @@ impl Pending {
 
 /// Reads the pending record of the mailbox whose state directory is `state`.
 pub fn load_pending(state: &Path) -> Result<Pending, ArchiveError> {
-    let path = state.join(PENDING);
-    match std::fs::read(&path) {
-        Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_else(|e| {
-            log::warn!("ignoring unreadable `{}`: {e}", path.display());
-            Pending::default()
-        })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Pending::default()),
-        Err(e) => Err(ArchiveError::Io {
-            what: "cannot read",
-            path,
-            source: e,
-        }),
-    }
+    crate::archive::read_record(&state.join(PENDING))
 }
 
+/// Writes the pending record (removes it when empty), atomically.
 pub(super) fn save_pending(state: &Path, p: &Pending) -> Result<(), ArchiveError> {
-    if p.is_empty() {
-        let path = state.join(PENDING);
-        return match std::fs::remove_file(&path) {
-            Ok(()) => crate::archive::sync_dir(state),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ArchiveError::Io {
-                what: "cannot remove",
-                path,
-                source: e,
-            }),
-        };
-    }
-    let bytes = serde_json::to_vec(p).expect("pending record serialises");
-    crate::archive::write_atomic(&state.join(PENDING), &bytes)
+    crate::archive::write_record(&state.join(PENDING), p, p.is_empty())
 }
 
 #[cfg(test)]

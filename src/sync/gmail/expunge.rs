@@ -61,37 +61,12 @@ impl TrashPending {
 
 /// Reads the record in All Mail's state directory `state`.
 pub fn load_trash_pending(state: &Path) -> Result<TrashPending, ArchiveError> {
-    let path = state.join(TRASH_PENDING);
-    match std::fs::read(&path) {
-        Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_else(|e| {
-            log::warn!("ignoring unreadable `{}`: {e}", path.display());
-            TrashPending::default()
-        })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TrashPending::default()),
-        Err(e) => Err(ArchiveError::Io {
-            what: "cannot read",
-            path,
-            source: e,
-        }),
-    }
+    crate::archive::read_record(&state.join(TRASH_PENDING))
 }
 
 /// Writes the record (removes it when empty), atomically.
 pub fn save_trash_pending(state: &Path, p: &TrashPending) -> Result<(), ArchiveError> {
-    let path = state.join(TRASH_PENDING);
-    if p.is_empty() {
-        return match std::fs::remove_file(&path) {
-            Ok(()) => crate::archive::sync_dir(state),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ArchiveError::Io {
-                what: "cannot remove",
-                path,
-                source: e,
-            }),
-        };
-    }
-    let bytes = serde_json::to_vec_pretty(p).expect("serialisable");
-    crate::archive::write_atomic(&path, &bytes)
+    crate::archive::write_record(&state.join(TRASH_PENDING), p, p.is_empty())
 }
 
 /// The X-GM-MSGIDs recorded for All Mail, whose Maildir folder is `tree`
@@ -164,9 +139,7 @@ pub fn record_ids(tree: &Path, uidvalidity: u32, meta: &[GmailMeta]) -> Result<(
 
 /// The `\Trash` mailbox, found by special use (its name is localised).
 pub fn trash(listed: &[ListedMailbox]) -> Option<&ListedMailbox> {
-    listed
-        .iter()
-        .find(|m| m.selectable && m.special_use == Some(SpecialUse::Trash))
+    super::special(listed, SpecialUse::Trash)
 }
 
 /// Whether a message with `labels` is selected by `--mailbox`: one of its

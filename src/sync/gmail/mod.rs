@@ -46,6 +46,17 @@ pub fn daily_download_limit(configured: Option<u64>, gmail_mode: bool) -> Option
     }
 }
 
+/// The selectable mailbox with special-use attribute `role`: how Gmail's
+/// All Mail, Trash, Spam... are found, never by their (localised) names.
+pub fn special(
+    listed: &[crate::sync::remote::ListedMailbox],
+    role: crate::sync::remote::SpecialUse,
+) -> Option<&crate::sync::remote::ListedMailbox> {
+    listed
+        .iter()
+        .find(|m| m.selectable && m.special_use == Some(role))
+}
+
 /// Whether a server is Gmail (X-GM-EXT-1, per Google's "IMAP Extensions").
 pub fn is_gmail(has_capability: impl Fn(&str) -> bool) -> bool {
     has_capability("X-GM-EXT-1")

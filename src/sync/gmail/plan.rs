@@ -52,10 +52,7 @@ pub fn layout(
     wants: impl Fn(&str) -> bool,
     spam_and_trash: bool,
 ) -> Result<Layout, String> {
-    let all = listed
-        .iter()
-        .find(|m| m.selectable && m.special_use == Some(SpecialUse::All))
-        .ok_or_else(|| {
+    let all = super::special(listed, SpecialUse::All).ok_or_else(|| {
             "the account shows no All Mail (`\\All`) mailbox, so its mail cannot be backed up once per message\n\
              hint: in Gmail's settings, Labels, tick \"Show in IMAP\" for All Mail; or set `gmail = false` to back up every folder as it is"
                 .to_string()

@@ -106,10 +106,7 @@ pub fn sources_for_gmail(
     g: &GmailArchive,
     listed: &[ListedMailbox],
 ) -> Result<Vec<SourceMailbox>, String> {
-    let all = listed
-        .iter()
-        .find(|m| m.selectable && m.special_use == Some(SpecialUse::All))
-        .ok_or_else(|| {
+    let all = super::special(listed, SpecialUse::All).ok_or_else(|| {
             "the target shows no All Mail (`\\All`) mailbox, so messages cannot be restored once each with their labels\n\
              hint: in Gmail's settings, Labels, tick \"Show in IMAP\" for All Mail"
                 .to_string()

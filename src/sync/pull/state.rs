@@ -3,7 +3,6 @@
 //! day, so a pull stopped at the budget and the next one the same day
 //! share it, and the next day starts afresh.
 
-use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -27,19 +26,8 @@ pub fn today() -> String {
 
 /// Bytes already fetched today by earlier runs.
 pub fn used_today(state: &Path) -> Result<u64, ArchiveError> {
-    let path = state.join(BUDGET);
-    match std::fs::read(&path) {
-        Ok(b) => Ok(serde_json::from_slice::<DayUse>(&b)
-            .ok()
-            .filter(|u| u.day == today())
-            .map_or(0, |u| u.bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(ArchiveError::Io {
-            what: "cannot read",
-            path,
-            source: e,
-        }),
-    }
+    let u: DayUse = crate::archive::read_record(&state.join(BUDGET))?;
+    Ok(if u.day == today() { u.bytes } else { 0 })
 }
 
 /// Records that `bytes` were fetched today in all.
@@ -48,8 +36,7 @@ pub fn save_used(state: &Path, bytes: u64) -> Result<(), ArchiveError> {
         day: today(),
         bytes,
     };
-    let bytes = serde_json::to_vec_pretty(&u).expect("serialisable");
-    crate::archive::write_atomic(&state.join(BUDGET), &bytes)
+    crate::archive::write_record(&state.join(BUDGET), &u, false)
 }
 
 /// How much of `batch` (sizes in order) fits in `left` bytes: the length

@@ -1,5 +1,5 @@
 //! Telling a port and TLS mode mismatch, the most common IMAP configuration
-//! mistake, from a slow or broken server, within about a second:
+//! mistake, from a slow or broken server, within a second:
 //!
 //! - implicit TLS on a plain port (143): the server greets with `* OK` at
 //!   once, and the TLS handshake reads that where a ServerHello belongs.
@@ -7,7 +7,7 @@
 //!   which mistake it was.
 //! - STARTTLS on an implicit-TLS port (993): both sides wait, the server
 //!   for our ClientHello, we for its greeting, until the timeout (60 s by
-//!   default). [`await_greeting`] waits one second for the greeting; when
+//!   default). [`await_greeting`] waits half a second for the greeting; when
 //!   the server stays silent it asks the port, on a second connection,
 //!   whether it answers a ClientHello. Only a TLS answer fails the run: a
 //!   plain server that is merely slow is waited for as before, so the probe
@@ -29,8 +29,10 @@ use tokio::time::timeout;
 use super::ImapError;
 
 /// How long a STARTTLS server may keep its greeting before we ask whether
-/// the port speaks TLS. Real servers greet within milliseconds.
-pub(crate) const SILENCE: Duration = Duration::from_secs(1);
+/// the port speaks TLS (issue 18: a mismatch is named within a second).
+/// Real servers greet within milliseconds; one slower than this costs a
+/// probe connection and is then waited for as before.
+pub(crate) const SILENCE: Duration = Duration::from_millis(500);
 
 /// How long the probe connection waits for the port's answer.
 const PROBE_WAIT: Duration = Duration::from_secs(2);

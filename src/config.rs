@@ -229,7 +229,7 @@ pub struct Account {
 /// them room too.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10;
 
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 512 * 1024 * 1024;
 
@@ -470,7 +470,7 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<(Account, Option<cra
     };
     let level = a.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
     if !(1..=22).contains(&level) {
-        bail!("compression-level {level} is out of range\nhint: use 1 (fastest) to 19; 3 is the default");
+        bail!("compression-level {level} is out of range\nhint: use 1 (fastest, the default) to 19");
     }
     let account = Account {
         name: name.to_string(),

@@ -146,14 +146,20 @@ where
 }
 
 /// Logs in with the token; the session, or why not.
+/// `caps`: the capabilities before login when already known (implicit TLS
+/// asks for them before the greeting, session.rs `Early`).
 pub(crate) async fn login<T>(
     mut client: async_imap::Client<T>,
     l: &Login<'_>,
+    caps: Option<Vec<String>>,
 ) -> Result<(async_imap::Session<T>, Mechanism), ImapError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug,
 {
-    let caps = capabilities(&mut client).await?;
+    let caps = match caps {
+        Some(caps) => caps,
+        None => capabilities(&mut client).await?,
+    };
     let mechanism = Mechanism::choose(&caps).ok_or_else(|| ImapError::NoOAuth2 {
         host: l.host.to_string(),
     })?;
@@ -227,15 +233,20 @@ impl async_imap::Authenticator for PlainAuth {
 }
 
 /// Logs in with AUTHENTICATE PLAIN and an authorization identity, the
-/// message on the command line when SASL-IR (RFC 4959) is offered.
+/// message on the command line when SASL-IR (RFC 4959) is offered. `caps`
+/// as for [`login`].
 pub(crate) async fn login_plain<T>(
     mut client: async_imap::Client<T>,
     p: &Plain<'_>,
+    caps: Option<Vec<String>>,
 ) -> Result<async_imap::Session<T>, ImapError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug,
 {
-    let caps = capabilities(&mut client).await?;
+    let caps = match caps {
+        Some(caps) => caps,
+        None => capabilities(&mut client).await?,
+    };
     let message = p.message();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&message);
     let sasl_ir = caps.iter().any(|c| c == "SASL-IR");

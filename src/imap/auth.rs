@@ -109,6 +109,10 @@ pub struct Login<'a> {
     pub token: &'a str,
 }
 
+/// The tag of CAPABILITY before login (here, and sent before the greeting
+/// by session.rs).
+pub(crate) const CAPABILITY_TAG: &str = "capq1";
+
 /// The capabilities before login, upper case. Sent raw on the stream
 /// like NAMESPACE (async-imap's `Client` has no public way to run a
 /// command before login); nothing else is in flight yet.
@@ -117,7 +121,7 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug,
 {
     use tokio::io::AsyncWriteExt;
-    const TAG: &str = "capq1";
+    const TAG: &str = CAPABILITY_TAG;
     let stream = client.get_mut();
     stream
         .write_all(format!("{TAG} CAPABILITY\r\n").as_bytes())

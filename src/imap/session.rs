@@ -215,7 +215,8 @@ impl Connection {
                 return Connection::login_sent(stream, buf, p, rtt, literal_limit, scanning).await
             }
             Early::Capability => {
-                let replies = timeout(p.timeout, read_replies(&mut stream, &mut buf, 1))
+                let tags = [super::auth::CAPABILITY_TAG.to_string()];
+                let replies = timeout(p.timeout, read_replies(&mut stream, &mut buf, &tags))
                     .await
                     .map_err(|_| ImapError::Timeout {
                         what: "CAPABILITY".into(),
@@ -379,12 +380,15 @@ impl Connection {
         scanning: Arc<AtomicBool>,
     ) -> Result<Connection, ImapError> {
         let secs = p.timeout.as_secs();
-        let login = timeout(p.timeout, read_replies(&mut stream, &mut buf, 1))
-            .await
-            .map_err(|_| ImapError::Timeout {
-                what: "login".into(),
-                secs,
-            })??;
+        let login = timeout(
+            p.timeout,
+            read_replies(&mut stream, &mut buf, &flight_tags(1)),
+        )
+        .await
+        .map_err(|_| ImapError::Timeout {
+            what: "login".into(),
+            secs,
+        })??;
         let done = login
             .first()
             .map(|(_, done)| done.as_str())
@@ -401,7 +405,7 @@ impl Connection {
         if caps.is_empty() {
             let replies = timeout(p.timeout, async {
                 send_flight(&mut stream, &["CAPABILITY", "NAMESPACE"]).await?;
-                read_replies(&mut stream, &mut buf, 2).await
+                read_replies(&mut stream, &mut buf, &flight_tags(2)).await
             })
             .await
             .map_err(|_| ImapError::Timeout {
@@ -709,8 +713,9 @@ impl Early {
                 ))
             }
             Early::Capability => {
-                log::debug!("> rx0 CAPABILITY");
-                Some("rx0 CAPABILITY\r\n".to_string())
+                let tag = super::auth::CAPABILITY_TAG;
+                log::debug!("> {tag} CAPABILITY");
+                Some(format!("{tag} CAPABILITY\r\n"))
             }
             Early::None => None,
         })
@@ -740,7 +745,12 @@ pub(crate) async fn raw_flight<S: tokio::io::AsyncRead + tokio::io::AsyncWrite +
     commands: &[&str],
 ) -> Result<Vec<(Vec<String>, String)>, ImapError> {
     send_flight(stream, commands).await?;
-    read_replies(stream, &mut Vec::new(), commands.len()).await
+    read_replies(stream, &mut Vec::new(), &flight_tags(commands.len())).await
+}
+
+/// The tags of a flight of `n` commands: `rx0`, `rx1`, ...
+fn flight_tags(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("rx{i}")).collect()
 }
 
 /// Writes `commands` at once, tagged `rx0`, `rx1`, ...
@@ -764,7 +774,7 @@ async fn send_flight<S: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads the replies to `count` commands tagged `rx0`, `rx1`, ... line by
+/// Reads the replies to the commands tagged `tags`, in order, line by
 /// line, `buf` holding what was read ahead and keeping what follows: per
 /// command, the untagged lines before its tagged one, and that line. Stops
 /// early when the connection ends after at least one reply (a server may
@@ -773,8 +783,9 @@ async fn send_flight<S: tokio::io::AsyncWrite + Unpin>(
 async fn read_replies<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-    count: usize,
+    tags: &[String],
 ) -> Result<Vec<(Vec<String>, String)>, ImapError> {
+    let count = tags.len();
     let mut out = Vec::new();
     let mut untagged = Vec::new();
     for _ in 0..64 * count {
@@ -785,7 +796,10 @@ async fn read_replies<S: tokio::io::AsyncRead + Unpin>(
         };
         let line = line.trim_end().to_string();
         log::debug!("< {line}");
-        if line.starts_with(&format!("rx{} ", out.len())) {
+        if line
+            .strip_prefix(tags[out.len()].as_str())
+            .is_some_and(|rest| rest.starts_with(' '))
+        {
             out.push((std::mem::take(&mut untagged), line));
             if out.len() == count {
                 return Ok(out);

@@ -573,6 +573,12 @@ fn no_change_pull_opens_one_connection(s: Srv) {
         assert_eq!(asked, courier, "{:?}: it sent {commands:?}", s.kind());
         let turns = proxy.turns()[before..].to_vec();
         assert_eq!(turns.len(), connections, "{turns:?}");
+        if attempt == 0 {
+            eprintln!(
+                "{:?} no-change pull, turns per connection: {turns:?}",
+                s.kind()
+            );
+        }
         if !courier {
             // The TLS handshake's two flights (the second carrying LOGIN),
             // NAMESPACE + LIST-STATUS, and LOGOUT, not waited for: with TCP's

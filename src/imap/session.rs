@@ -119,9 +119,11 @@ impl Connection {
         tcp.set_nodelay(true).ok();
         let mut tcp = tcp;
         // The link's round trip, for `compress = "auto"`: STARTTLS's own
-        // exchange, or (implicit TLS) the wait for the greeting, which a
-        // server sends once it has the client's last handshake message;
-        // see below for the handshakes' share.
+        // exchange, or (implicit TLS) the time from the handshake's end to
+        // the greeting, which a server sends once it has the client's last
+        // handshake message (LOGIN goes with that message, so this is
+        // measured while the login is under way, not waited for on its
+        // own); see below for the handshakes' share.
         let mut rtt = Duration::MAX;
         // Whether the server keeps commands sent right behind LOGIN (see
         // `keeps_input_across_login`).
@@ -653,7 +655,8 @@ fn deflate_wanted(p: &ConnectParams<'_>, rtt: Duration, caps: &HashSet<String>) 
 /// `Dovecot ready.`, `Dovecot (Debian) ready.`); Cyrus is one process
 /// (`... Cyrus IMAP 3.6.1 server ready`); Gmail answers pipelined commands
 /// (`Gimap ready for requests from ...`). Any other server logs in through
-/// async-imap, one round trip more.
+/// async-imap, one round trip more. Only STARTTLS asks: with implicit TLS,
+/// LOGIN goes out before the greeting names the server ([`Early`]), alone.
 fn keeps_input_across_login(greeting_text: &str) -> bool {
     let g = greeting_text.to_ascii_lowercase();
     ["dovecot", "cyrus imap", "gimap ready"]

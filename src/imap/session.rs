@@ -368,8 +368,8 @@ impl Connection {
     /// (implicit TLS, [`Early::Login`]): its reply, then the session.
     /// Commands behind LOGIN are lost on Courier (`keeps_input_across_login`)
     /// and we do not know the server before its greeting, so LOGIN went
-    /// alone. Where its reply carries the capabilities (Dovecot, Cyrus,
-    /// Gmail; RFC 9051 6.2.3 lets it), NAMESPACE goes out ahead of the
+    /// alone. Where its reply carries the capabilities (Dovecot, Cyrus;
+    /// RFC 9051 6.2.3 lets any server), NAMESPACE goes out ahead of the
     /// connection's first command, in the same flight ([`LoggedIn`]), and
     /// the login is this one round trip; elsewhere (Courier) CAPABILITY
     /// and NAMESPACE follow in one flight, one round trip more.

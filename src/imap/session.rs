@@ -78,6 +78,10 @@ pub struct Connection {
     pub(crate) deflate: bool,
     /// COMPRESS=DEFLATE is to go on once the connection has work.
     pub(crate) deflate_wanted: bool,
+    /// `auto` wants deflate on the round trip measured while connecting,
+    /// which may be a busy machine's rather than the link's: a NOOP checks
+    /// before it goes on.
+    pub(crate) deflate_unsure: bool,
     pub(crate) timeout: Duration,
     /// The largest literal the server may announce right now (see guard.rs).
     pub(crate) literal_limit: Arc<AtomicU64>,
@@ -341,6 +345,7 @@ impl Connection {
             rtt,
             deflate: false,
             deflate_wanted: false,
+            deflate_unsure: false,
             caps: HashSet::new(),
             timeout: p.timeout,
             literal_limit,
@@ -360,6 +365,7 @@ impl Connection {
         namespace: Option<Namespace>,
     ) {
         self.deflate_wanted = deflate_wanted(p, self.rtt, &caps);
+        self.deflate_unsure = self.deflate_wanted && p.compress == Compress::Auto;
         self.caps = caps;
         self.namespace = namespace;
     }
@@ -509,6 +515,35 @@ impl Connection {
     pub async fn compress(&mut self) -> Result<(), ImapError> {
         if self.deflate || !self.deflate_wanted {
             return Ok(());
+        }
+        if std::mem::take(&mut self.deflate_unsure) {
+            // The handshakes and the greeting are slow on a busy machine
+            // (TLS is CPU work, and the server shares the cores), while a
+            // NOOP's answer is only the link's round trip and a wakeup:
+            // one that comes back fast shows a fast link.
+            for _ in 0..Compress::AUTO_PROBES {
+                let sent = std::time::Instant::now();
+                match self.raw_command("NOOP", "NOOP").await {
+                    Ok(_) => {}
+                    // A server that refuses NOOP (RFC 9051 requires it)
+                    // keeps the measure taken while connecting.
+                    Err(ImapError::No { .. } | ImapError::Bad { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+                let noop = sent.elapsed();
+                if !Compress::Auto.wanted(noop) {
+                    log::info!(
+                        "COMPRESS=DEFLATE left off: a NOOP came back in {:.1} ms, a fast link (the {:.1} ms while connecting were a busy machine's)",
+                        noop.as_secs_f64() * 1000.0,
+                        self.rtt.as_secs_f64() * 1000.0
+                    );
+                    self.deflate_wanted = false;
+                    return Ok(());
+                }
+                if noop >= 2 * Compress::AUTO_RTT {
+                    break; // the link's own round trip
+                }
+            }
         }
         match self.raw_command("COMPRESS DEFLATE", "COMPRESS").await {
             Ok(_) => {}

@@ -478,6 +478,12 @@ pub enum Fault {
     StallAfter(usize),
     /// Forward `chunk` bytes every `pause_ms` milliseconds.
     Trickle { chunk: usize, pause_ms: u64 },
+    /// Hold each of the first `reads` reads `ms` milliseconds, then pass
+    /// the rest at once: the TLS handshake and greeting of a busy machine
+    /// on a fast link.
+    SlowStart { reads: usize, ms: u64 },
+    /// Hold every read `ms` milliseconds: a link that slow one way.
+    Latency { ms: u64 },
 }
 
 pub struct Proxy {
@@ -535,13 +541,19 @@ impl Proxy {
 fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>) {
     let mut buf = [0u8; 16 * 1024];
     let mut sent = 0usize;
+    let mut reads = 0usize;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        reads += 1;
         let mut data = &buf[..n];
         match fault {
+            Some(Fault::SlowStart { reads: slow, ms }) if reads <= slow => {
+                thread::sleep(Duration::from_millis(ms));
+            }
+            Some(Fault::Latency { ms }) => thread::sleep(Duration::from_millis(ms)),
             Some(Fault::CutAfter(limit)) | Some(Fault::StallAfter(limit))
                 if sent + data.len() >= limit =>
             {

@@ -54,14 +54,16 @@ usage() {
   exit 2
 }
 
-# Installs Dovecot (imapd), openssl and the zstd CLI when missing. Needs root
-# (or passwordless sudo); never prompts.
+# Installs Dovecot (imapd), openssl, the zstd CLI and strace (the write
+# protocol test traces a pull) when missing. Needs root (or passwordless
+# sudo); never prompts.
 install_deps() {
   local need=()
   command -v dovecot >/dev/null 2>&1 || need+=(dovecot-imapd)
   command -v doveadm >/dev/null 2>&1 || need+=(dovecot-core)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v zstd >/dev/null 2>&1 || need+=(zstd)
+  command -v strace >/dev/null 2>&1 || need+=(strace)
   if ((${#need[@]} == 0)); then
     return 0
   fi

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "install test dependencies if missing (dovecot-imapd, zstd)"
+step "install test dependencies if missing (dovecot-imapd, zstd, strace)"
 bash scripts/dovecot.sh install
 echo "dovecot $(dovecot --version), $(zstd --version | head -1)"
 

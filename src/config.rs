@@ -151,8 +151,9 @@ pub enum Compress {
     /// On where the link is slow enough for deflate to pay: a round trip of
     /// at least [`Compress::AUTO_RTT`] measured while connecting (the
     /// smaller of the greeting's wait and half the TCP + TLS handshakes; an
-    /// internet link); off on loopback and LANs, where the CPU is the
-    /// bottleneck.
+    /// internet link) and then by a NOOP once the connection has work
+    /// ([`Compress::AUTO_PROBES`]); off on loopback and LANs, where the CPU
+    /// is the bottleneck, also when a busy machine slows the handshakes.
     Auto,
     On,
     Off,
@@ -164,6 +165,14 @@ impl Compress {
     /// a 40 ms / 100 Mbit/s link (issue 14); LANs answer in well under 1 ms,
     /// and a busy loopback in a few.
     pub const AUTO_RTT: std::time::Duration = std::time::Duration::from_millis(10);
+
+    /// How many NOOPs at most check `auto`'s yes before deflate goes on: a
+    /// round trip measured while connecting includes the TLS handshake's
+    /// CPU work, which a busy machine makes slow (a loaded loopback
+    /// measured 13-38 ms with load 5 on 2 cores, issue 14), while a NOOP's
+    /// answer is the link's round trip and little else. One NOOP decides
+    /// unless it lands between 1 and 2 x [`Compress::AUTO_RTT`].
+    pub const AUTO_PROBES: usize = 2;
 
     /// Whether to turn deflate on, given the measured round trip.
     pub fn wanted(self, rtt: std::time::Duration) -> bool {
@@ -229,7 +238,7 @@ pub struct Account {
 /// them room too.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10;
 
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 512 * 1024 * 1024;
 
@@ -470,7 +479,9 @@ fn resolve(name: &str, a: AccountFile, mode: u32) -> Result<(Account, Option<cra
     };
     let level = a.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
     if !(1..=22).contains(&level) {
-        bail!("compression-level {level} is out of range\nhint: use 1 (fastest) to 19; 3 is the default");
+        bail!(
+            "compression-level {level} is out of range\nhint: use 1 (fastest, the default) to 19"
+        );
     }
     let account = Account {
         name: name.to_string(),

@@ -109,6 +109,10 @@ pub struct Login<'a> {
     pub token: &'a str,
 }
 
+/// The tag of CAPABILITY before login (here, and sent before the greeting
+/// by session.rs).
+pub(crate) const CAPABILITY_TAG: &str = "capq1";
+
 /// The capabilities before login, upper case. Sent raw on the stream
 /// like NAMESPACE (async-imap's `Client` has no public way to run a
 /// command before login); nothing else is in flight yet.
@@ -117,7 +121,7 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug,
 {
     use tokio::io::AsyncWriteExt;
-    const TAG: &str = "capq1";
+    const TAG: &str = CAPABILITY_TAG;
     let stream = client.get_mut();
     stream
         .write_all(format!("{TAG} CAPABILITY\r\n").as_bytes())
@@ -146,14 +150,20 @@ where
 }
 
 /// Logs in with the token; the session, or why not.
+/// `caps`: the capabilities before login when already known (implicit TLS
+/// asks for them before the greeting, session.rs `Early`).
 pub(crate) async fn login<T>(
     mut client: async_imap::Client<T>,
     l: &Login<'_>,
+    caps: Option<Vec<String>>,
 ) -> Result<(async_imap::Session<T>, Mechanism), ImapError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug,
 {
-    let caps = capabilities(&mut client).await?;
+    let caps = match caps {
+        Some(caps) => caps,
+        None => capabilities(&mut client).await?,
+    };
     let mechanism = Mechanism::choose(&caps).ok_or_else(|| ImapError::NoOAuth2 {
         host: l.host.to_string(),
     })?;
@@ -227,15 +237,20 @@ impl async_imap::Authenticator for PlainAuth {
 }
 
 /// Logs in with AUTHENTICATE PLAIN and an authorization identity, the
-/// message on the command line when SASL-IR (RFC 4959) is offered.
+/// message on the command line when SASL-IR (RFC 4959) is offered. `caps`
+/// as for [`login`].
 pub(crate) async fn login_plain<T>(
     mut client: async_imap::Client<T>,
     p: &Plain<'_>,
+    caps: Option<Vec<String>>,
 ) -> Result<async_imap::Session<T>, ImapError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug,
 {
-    let caps = capabilities(&mut client).await?;
+    let caps = match caps {
+        Some(caps) => caps,
+        None => capabilities(&mut client).await?,
+    };
     let message = p.message();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&message);
     let sasl_ir = caps.iter().any(|c| c == "SASL-IR");

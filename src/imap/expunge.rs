@@ -87,7 +87,7 @@ impl ExpungeRemote for Connection {
     }
 
     fn namespace(&self) -> Option<Namespace> {
-        self.namespace.clone()
+        self.personal_namespace()
     }
 
     async fn list_mailboxes(&mut self) -> Result<Vec<ListedMailbox>, RemoteError> {

@@ -116,13 +116,22 @@ pub(crate) fn caps_and_namespace(
     let namespace = if caps.contains("NAMESPACE") {
         replies
             .iter()
-            .filter(|(lines, done)| tagged_ok(done) && !lines.is_empty())
-            .flat_map(|(l, _)| l)
-            .find_map(|line| parse_personal(strip_word(line, "* NAMESPACE ")?))
+            .find_map(|(lines, done)| personal_in(lines, done))
     } else {
         None
     };
     (caps, namespace)
+}
+
+/// The personal namespace in one reply to NAMESPACE: its untagged lines
+/// and its tagged line, which must be OK.
+pub(crate) fn personal_in(lines: &[String], done: &str) -> Option<Namespace> {
+    if !tagged_ok(done) {
+        return None;
+    }
+    lines
+        .iter()
+        .find_map(|line| parse_personal(strip_word(line, "* NAMESPACE ")?))
 }
 
 /// True for `TAG OK ...`.

@@ -65,6 +65,10 @@ pub struct Connection {
     pub(crate) caps: HashSet<String>,
     /// The personal namespace (NAMESPACE), when the server announced one.
     pub(crate) namespace: Option<Namespace>,
+    /// The reply to a NAMESPACE sent ahead of the first command (see
+    /// [`Connection::login_sent`]), once it has come; it then stands in
+    /// for `namespace`.
+    pub(crate) namespace_reply: Option<Reply>,
     /// A mailbox is selected read-only (EXAMINE): no APPEND into it.
     pub(crate) examined: bool,
     /// The round trip measured while connecting: the wait for the
@@ -74,6 +78,10 @@ pub struct Connection {
     pub(crate) deflate: bool,
     /// COMPRESS=DEFLATE is to go on once the connection has work.
     pub(crate) deflate_wanted: bool,
+    /// `auto` wants deflate on the round trip measured while connecting,
+    /// which may be a busy machine's rather than the link's: a NOOP checks
+    /// before it goes on.
+    pub(crate) deflate_unsure: bool,
     pub(crate) timeout: Duration,
     /// The largest literal the server may announce right now (see guard.rs).
     pub(crate) literal_limit: Arc<AtomicU64>,
@@ -115,9 +123,11 @@ impl Connection {
         tcp.set_nodelay(true).ok();
         let mut tcp = tcp;
         // The link's round trip, for `compress = "auto"`: STARTTLS's own
-        // exchange, or (implicit TLS) the wait for the greeting, which a
-        // server sends once it has the client's last handshake message;
-        // see below for the handshakes' share.
+        // exchange, or (implicit TLS) the time from the handshake's end to
+        // the greeting, which a server sends once it has the client's last
+        // handshake message (LOGIN goes with that message, so this is
+        // measured while the login is under way, not waited for on its
+        // own); see below for the handshakes' share.
         let mut rtt = Duration::MAX;
         // Whether the server keeps commands sent right behind LOGIN (see
         // `keeps_input_across_login`).
@@ -169,44 +179,62 @@ impl Connection {
         );
         let literal_limit = Arc::new(AtomicU64::new(p.max_literal));
         let scanning = Arc::new(AtomicBool::new(true));
-        let guarded: Stream = Box::new(Guarded::new(tls, literal_limit.clone(), scanning.clone()));
-        let mut client = async_imap::Client::new(guarded);
+        let mut stream: Stream =
+            Box::new(Guarded::new(tls, literal_limit.clone(), scanning.clone()));
+        // Implicit TLS: the certificate is verified, so the first command
+        // goes out now, in the flight of the handshake's last message,
+        // instead of one round trip later behind the greeting (see `Early`).
+        let early = Early::of(p);
+        // What was read beyond the greeting (the early command's reply).
+        let mut buf = Vec::new();
         if !p.starttls {
+            if let Some(line) = early.line(p)? {
+                timeout(p.timeout, async {
+                    stream.write_all(line.as_bytes()).await?;
+                    stream.flush().await
+                })
+                .await
+                .map_err(|_| ImapError::Timeout {
+                    what: "sending the login".into(),
+                    secs,
+                })??;
+            }
             let waited = std::time::Instant::now();
-            let greeting = timeout(p.timeout, unwinding(client.read_response()))
+            let greeting = timeout(p.timeout, read_line(&mut stream, &mut buf))
                 .await
                 .map_err(|_| ImapError::Timeout {
                     what: "server greeting".into(),
                     secs,
-                })???
-                .ok_or(ImapError::ConnectionLost)?;
+                })??;
             rtt = waited.elapsed();
             log::debug!("greeting after {:.1} ms", rtt.as_secs_f64() * 1000.0);
-            match greeting.parsed() {
-                Response::Data {
-                    status: Status::Ok,
-                    outcome,
-                    ..
-                } => {
-                    let text = outcome.information.as_deref().unwrap_or("");
-                    pipelining = keeps_input_across_login(text);
-                }
-                Response::Data {
-                    status: Status::PreAuth,
-                    ..
-                } => return Err(ImapError::Preauth(p.host.to_string())),
-                other => {
-                    return Err(ImapError::Protocol(format!(
-                        "unexpected greeting: {other:?}"
-                    )))
-                }
-            }
+            log::debug!("< {}", greeting.trim_end());
+            check_greeting(&greeting, p.host)?;
         }
         // The handshakes take two round trips or more on a real link (TCP
         // and TLS 1.3 one each). Taking the smaller of the two measures
         // keeps one wait made long by a busy machine (loopback, server and
         // client on the same cores) from passing for a slow link.
         let rtt = rtt.min(handshakes / 2);
+        let pre_login_caps = match early {
+            Early::Login => {
+                return Connection::login_sent(stream, buf, p, rtt, literal_limit, scanning).await
+            }
+            Early::Capability => {
+                let tags = [super::auth::CAPABILITY_TAG.to_string()];
+                let replies = timeout(p.timeout, read_replies(&mut stream, &mut buf, &tags))
+                    .await
+                    .map_err(|_| ImapError::Timeout {
+                        what: "CAPABILITY".into(),
+                        secs,
+                    })??;
+                // Refused or empty: auth.rs asks again.
+                let (caps, _) = super::namespace::caps_and_namespace(&replies);
+                (!caps.is_empty()).then(|| caps.into_iter().collect::<Vec<_>>())
+            }
+            Early::None => None,
+        };
+        let client = async_imap::Client::new(Box::new(LoggedIn::passing(stream, buf)) as Stream);
         if let Some(token) = p.bearer {
             let login = super::auth::Login {
                 user: p.user,
@@ -214,16 +242,20 @@ impl Connection {
                 port: p.port,
                 token,
             };
-            let (session, mechanism) =
-                match timeout(p.timeout, unwinding(super::auth::login(client, &login))).await {
-                    Err(_) => {
-                        return Err(ImapError::Timeout {
-                            what: "login".into(),
-                            secs,
-                        })
-                    }
-                    Ok(r) => r??,
-                };
+            let (session, mechanism) = match timeout(
+                p.timeout,
+                unwinding(super::auth::login(client, &login, pre_login_caps)),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(ImapError::Timeout {
+                        what: "login".into(),
+                        secs,
+                    })
+                }
+                Ok(r) => r??,
+            };
             log::info!("logged in with {}", mechanism.name());
             let mut conn = Connection::logged_in(session, p, rtt, literal_limit, scanning).await?;
             conn.mechanism = Some(mechanism.name());
@@ -237,7 +269,7 @@ impl Connection {
             };
             let session = match timeout(
                 p.timeout,
-                unwinding(super::auth::login_plain(client, &plain)),
+                unwinding(super::auth::login_plain(client, &plain, pre_login_caps)),
             )
             .await
             {
@@ -308,10 +340,12 @@ impl Connection {
         Connection {
             session,
             namespace: None,
+            namespace_reply: None,
             examined: false,
             rtt,
             deflate: false,
             deflate_wanted: false,
+            deflate_unsure: false,
             caps: HashSet::new(),
             timeout: p.timeout,
             literal_limit,
@@ -331,8 +365,96 @@ impl Connection {
         namespace: Option<Namespace>,
     ) {
         self.deflate_wanted = deflate_wanted(p, self.rtt, &caps);
+        self.deflate_unsure = self.deflate_wanted && p.compress == Compress::Auto;
         self.caps = caps;
         self.namespace = namespace;
+    }
+
+    /// The rest of a login whose LOGIN went out before the greeting
+    /// (implicit TLS, [`Early::Login`]): its reply, then the session.
+    /// Commands behind LOGIN are lost on Courier (`keeps_input_across_login`)
+    /// and we do not know the server before its greeting, so LOGIN went
+    /// alone. Where its reply carries the capabilities (Dovecot, Cyrus;
+    /// RFC 9051 6.2.3 lets any server), NAMESPACE goes out ahead of the
+    /// connection's first command, in the same flight ([`LoggedIn`]), and
+    /// the login is this one round trip; elsewhere (Courier) CAPABILITY
+    /// and NAMESPACE follow in one flight, one round trip more.
+    async fn login_sent(
+        mut stream: Stream,
+        mut buf: Vec<u8>,
+        p: &ConnectParams<'_>,
+        rtt: Duration,
+        literal_limit: Arc<AtomicU64>,
+        scanning: Arc<AtomicBool>,
+    ) -> Result<Connection, ImapError> {
+        let secs = p.timeout.as_secs();
+        let login = timeout(
+            p.timeout,
+            read_replies(&mut stream, &mut buf, &flight_tags(1)),
+        )
+        .await
+        .map_err(|_| ImapError::Timeout {
+            what: "login".into(),
+            secs,
+        })??;
+        let done = login
+            .first()
+            .map(|(_, done)| done.as_str())
+            .ok_or(ImapError::ConnectionLost)?;
+        if !super::namespace::tagged_ok(done) {
+            return Err(ImapError::Auth {
+                user: p.user.to_string(),
+                text: done.splitn(3, ' ').nth(2).unwrap_or("").to_string(),
+            });
+        }
+        let (mut caps, _) = super::namespace::caps_and_namespace(&login);
+        let mut namespace = None;
+        let mut ahead = None;
+        if caps.is_empty() {
+            let replies = timeout(p.timeout, async {
+                send_flight(&mut stream, &["CAPABILITY", "NAMESPACE"]).await?;
+                read_replies(&mut stream, &mut buf, &flight_tags(2)).await
+            })
+            .await
+            .map_err(|_| ImapError::Timeout {
+                what: "CAPABILITY + NAMESPACE".into(),
+                secs,
+            })??;
+            if replies.len() < 2 {
+                return Err(ImapError::ConnectionLost);
+            }
+            (caps, namespace) = super::namespace::caps_and_namespace(&replies);
+        } else if caps.contains("NAMESPACE") {
+            ahead = Some(Reply::default());
+        }
+        let mut shim = LoggedIn::new(stream, buf);
+        if let Some(reply) = &ahead {
+            shim = shim.ahead(NAMESPACE_AHEAD, reply.clone());
+        }
+        let client = async_imap::Client::new(Box::new(shim) as Stream);
+        let session = unwinding(client.login("-", "-"))
+            .await?
+            .map_err(|(e, _)| async_to_imap(e))?;
+        let mut conn = Connection::assemble(session, p, rtt, literal_limit, scanning);
+        conn.learned(p, caps, namespace);
+        conn.namespace_reply = ahead;
+        Ok(conn)
+    }
+
+    /// The personal namespace: what NAMESPACE said at login, or in reply
+    /// to the one sent ahead of the first command (known once any command
+    /// has been answered; every caller lists the mailboxes first).
+    pub(crate) fn personal_namespace(&self) -> Option<Namespace> {
+        let Some(reply) = &self.namespace_reply else {
+            return self.namespace.clone();
+        };
+        let reply = reply.lock().unwrap_or_else(|p| p.into_inner());
+        debug_assert!(
+            reply.is_some(),
+            "the namespace was asked for before any command was answered"
+        );
+        let (lines, done) = reply.as_ref()?;
+        super::namespace::personal_in(lines, done)
     }
 
     /// LOGIN, CAPABILITY and NAMESPACE in one flight: the whole login is
@@ -374,7 +496,7 @@ impl Connection {
             return Err(ImapError::ConnectionLost);
         }
         let (caps, namespace) = super::namespace::caps_and_namespace(&replies);
-        let client = async_imap::Client::new(Box::new(LoggedIn::new(stream)) as Stream);
+        let client = async_imap::Client::new(Box::new(LoggedIn::new(stream, Vec::new())) as Stream);
         let session = unwinding(client.login("-", "-"))
             .await?
             .map_err(|(e, _)| async_to_imap(e))?;
@@ -393,6 +515,35 @@ impl Connection {
     pub async fn compress(&mut self) -> Result<(), ImapError> {
         if self.deflate || !self.deflate_wanted {
             return Ok(());
+        }
+        if std::mem::take(&mut self.deflate_unsure) {
+            // The handshakes and the greeting are slow on a busy machine
+            // (TLS is CPU work, and the server shares the cores), while a
+            // NOOP's answer is only the link's round trip and a wakeup:
+            // one that comes back fast shows a fast link.
+            for _ in 0..Compress::AUTO_PROBES {
+                let sent = std::time::Instant::now();
+                match self.raw_command("NOOP", "NOOP").await {
+                    Ok(_) => {}
+                    // A server that refuses NOOP (RFC 9051 requires it)
+                    // keeps the measure taken while connecting.
+                    Err(ImapError::No { .. } | ImapError::Bad { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+                let noop = sent.elapsed();
+                if !Compress::Auto.wanted(noop) {
+                    log::info!(
+                        "COMPRESS=DEFLATE left off: a NOOP came back in {:.1} ms, a fast link (the {:.1} ms while connecting were a busy machine's)",
+                        noop.as_secs_f64() * 1000.0,
+                        self.rtt.as_secs_f64() * 1000.0
+                    );
+                    self.deflate_wanted = false;
+                    return Ok(());
+                }
+                if noop >= 2 * Compress::AUTO_RTT {
+                    break; // the link's own round trip
+                }
+            }
         }
         match self.raw_command("COMPRESS DEFLATE", "COMPRESS").await {
             Ok(_) => {}
@@ -539,7 +690,8 @@ fn deflate_wanted(p: &ConnectParams<'_>, rtt: Duration, caps: &HashSet<String>) 
 /// `Dovecot ready.`, `Dovecot (Debian) ready.`); Cyrus is one process
 /// (`... Cyrus IMAP 3.6.1 server ready`); Gmail answers pipelined commands
 /// (`Gimap ready for requests from ...`). Any other server logs in through
-/// async-imap, one round trip more.
+/// async-imap, one round trip more. Only STARTTLS asks: with implicit TLS,
+/// LOGIN goes out before the greeting names the server ([`Early`]), alone.
 fn keeps_input_across_login(greeting_text: &str) -> bool {
     let g = greeting_text.to_ascii_lowercase();
     ["dovecot", "cyrus imap", "gimap ready"]
@@ -553,16 +705,97 @@ fn plain_word(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
+/// The command implicit TLS sends before the server's greeting has come:
+/// the TLS handshake has verified the certificate, so nothing the greeting
+/// says could make it unsafe to send, and bytes written before the greeting
+/// wait in the server's socket buffer (RFC 9051 5.5 lets a client send
+/// without waiting; Dovecot, Cyrus and Courier all take it: the interop
+/// tests). One command alone: what is pipelined behind LOGIN is lost on
+/// some servers (`keeps_input_across_login`). The greeting is checked when
+/// it comes: PREAUTH or BYE still fail the connection. STARTTLS waits for
+/// the greeting, as it must: credentials go only over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Early {
+    /// LOGIN with the password (quoted strings only; a literal needs the
+    /// server's go-ahead).
+    Login,
+    /// CAPABILITY, which a SASL login (OAuth2, an admin's PLAIN) needs to
+    /// choose its mechanism.
+    Capability,
+    /// Nothing: STARTTLS, or a password LOGIN can only send as a literal.
+    None,
+}
+
+impl Early {
+    fn of(p: &ConnectParams<'_>) -> Early {
+        if p.starttls {
+            Early::None
+        } else if p.bearer.is_some() || p.authcid.is_some() {
+            Early::Capability
+        } else if plain_word(p.user) && plain_word(p.password) {
+            Early::Login
+        } else {
+            Early::None
+        }
+    }
+
+    /// The line to send (tag `rx0`; the password is not logged).
+    fn line(self, p: &ConnectParams<'_>) -> Result<Option<String>, ImapError> {
+        Ok(match self {
+            Early::Login => {
+                log::debug!("> rx0 LOGIN ...");
+                Some(format!(
+                    "rx0 LOGIN {} {}\r\n",
+                    quote(p.user)?,
+                    quote(p.password)?
+                ))
+            }
+            Early::Capability => {
+                let tag = super::auth::CAPABILITY_TAG;
+                log::debug!("> {tag} CAPABILITY");
+                Some(format!("{tag} CAPABILITY\r\n"))
+            }
+            Early::None => None,
+        })
+    }
+}
+
+/// An implicit-TLS greeting: `* OK` goes on; PREAUTH (someone else's
+/// session, or a login we did not ask for) and BYE end the connection.
+fn check_greeting(greeting: &str, host: &str) -> Result<(), ImapError> {
+    let line = greeting.trim_end();
+    let upper = line.to_ascii_uppercase();
+    if upper.starts_with("* OK") {
+        Ok(())
+    } else if upper.starts_with("* PREAUTH") {
+        Err(ImapError::Preauth(host.to_string()))
+    } else if upper.starts_with("* BYE") {
+        Err(ImapError::Bye(line.to_string()))
+    } else {
+        Err(ImapError::Protocol(format!("unexpected greeting {line:?}")))
+    }
+}
+
 /// Sends `commands` in one flight (tags `rx0`, `rx1`, ...) and reads their
-/// replies line by line: per command, the untagged lines before its
-/// tagged one, and that line. Stops early when the connection ends after
-/// at least one reply (a server may hang up after a failed LOGIN), so the
-/// caller sees what was answered. Replies with literals are not supported.
+/// replies ([`read_replies`]).
 pub(crate) async fn raw_flight<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: &mut S,
     commands: &[&str],
 ) -> Result<Vec<(Vec<String>, String)>, ImapError> {
-    const TAG: &str = "rx";
+    send_flight(stream, commands).await?;
+    read_replies(stream, &mut Vec::new(), &flight_tags(commands.len())).await
+}
+
+/// The tags of a flight of `n` commands: `rx0`, `rx1`, ...
+fn flight_tags(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("rx{i}")).collect()
+}
+
+/// Writes `commands` at once, tagged `rx0`, `rx1`, ...
+async fn send_flight<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    commands: &[&str],
+) -> Result<(), ImapError> {
     let mut flight = String::new();
     for (i, c) in commands.iter().enumerate() {
         // Never log a password.
@@ -571,63 +804,195 @@ pub(crate) async fn raw_flight<S: tokio::io::AsyncRead + tokio::io::AsyncWrite +
         } else {
             c
         };
-        log::debug!("> {TAG}{i} {shown}");
-        flight.push_str(&format!("{TAG}{i} {c}\r\n"));
+        log::debug!("> rx{i} {shown}");
+        flight.push_str(&format!("rx{i} {c}\r\n"));
     }
     stream.write_all(flight.as_bytes()).await?;
     stream.flush().await?;
-    let mut buf = Vec::new();
+    Ok(())
+}
+
+/// Reads the replies to the commands tagged `tags`, in order, line by
+/// line, `buf` holding what was read ahead and keeping what follows: per
+/// command, the untagged lines before its tagged one, and that line. Stops
+/// early when the connection ends after at least one reply (a server may
+/// hang up after a failed LOGIN), so the caller sees what was answered.
+/// Replies with literals are not supported.
+async fn read_replies<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    tags: &[String],
+) -> Result<Vec<(Vec<String>, String)>, ImapError> {
+    let count = tags.len();
     let mut out = Vec::new();
     let mut untagged = Vec::new();
-    for _ in 0..64 * commands.len() {
-        let line = match read_line(stream, &mut buf).await {
+    for _ in 0..64 * count {
+        let line = match read_line(stream, buf).await {
             Ok(line) => line,
             Err(ImapError::ConnectionLost) if !out.is_empty() => return Ok(out),
             Err(e) => return Err(e),
         };
         let line = line.trim_end().to_string();
         log::debug!("< {line}");
-        if line.starts_with(&format!("{TAG}{} ", out.len())) {
+        if line
+            .strip_prefix(tags[out.len()].as_str())
+            .is_some_and(|rest| rest.starts_with(' '))
+        {
             out.push((std::mem::take(&mut untagged), line));
-            if out.len() == commands.len() {
+            if out.len() == count {
                 return Ok(out);
             }
         } else {
             untagged.push(line);
         }
     }
-    Err(ImapError::Protocol(format!(
-        "no end to the reply to {}",
-        commands.last().unwrap_or(&"")
-    )))
+    Err(ImapError::Protocol(
+        "no end to the replies of a flight".to_string(),
+    ))
 }
 
+/// The reply to a command sent ahead ([`LoggedIn::ahead`]): its untagged
+/// lines and its tagged line, once the tagged line has come.
+pub(crate) type Reply = Arc<std::sync::Mutex<Option<(Vec<String>, String)>>>;
+
+/// The tag and command of the NAMESPACE sent ahead of a connection's
+/// first command.
+const NAMESPACE_AHEAD: &str = "ns0 NAMESPACE";
+
 /// async-imap hands out a `Session` only from its own LOGIN or
-/// AUTHENTICATE. After [`Connection::login_in_one_flight`] logged in, this
-/// stands in for the server for one command: the LOGIN async-imap then
-/// writes is not sent, and is answered `OK` from here. Every byte after
-/// that goes straight through.
+/// AUTHENTICATE, and reads the stream from its start. This sits between it
+/// and the server:
+/// - after a login done raw ([`LoggedIn::new`]), it stands in for the
+///   server for one command: the LOGIN async-imap then writes is not
+///   sent, and is answered `OK` from here;
+/// - it hands async-imap first what was read ahead of it (a greeting's
+///   reader, [`read_replies`], may have read beyond what it needed);
+/// - [`LoggedIn::ahead`]: one command (NAMESPACE, which imap-proto cannot
+///   parse) goes out in the same write as the first real command, and its
+///   reply is taken out of what async-imap reads, into a [`Reply`].
+///
+/// Every other byte goes straight through.
 #[derive(Debug)]
 struct LoggedIn<S> {
     inner: S,
-    shim: Shim,
+    /// The command line async-imap's LOGIN has written so far, while it
+    /// is to be answered here.
+    swallowing: Option<Vec<u8>>,
+    /// Bytes for async-imap before any more from `inner`, and how many it
+    /// has read.
+    queued: Vec<u8>,
+    at: usize,
+    /// The command line to put ahead of the first real one.
+    ahead: Option<Vec<u8>>,
+    /// Bytes accepted from async-imap and not yet written to `inner`.
+    out: Vec<u8>,
+    out_at: usize,
+    /// While the reply to the command sent ahead is still to come.
+    filter: Option<Filter>,
 }
 
 #[derive(Debug)]
-enum Shim {
-    /// The command line written so far.
-    Swallowing(Vec<u8>),
-    /// The reply, and how much of it was read.
-    Answering(Vec<u8>, usize),
-    Through,
+struct Filter {
+    /// `TAG ` of the command sent ahead.
+    tag: Vec<u8>,
+    /// `* VERB `, how its untagged replies begin.
+    untagged: String,
+    /// Bytes read, not yet a whole line.
+    partial: Vec<u8>,
+    /// Its untagged lines so far.
+    lines: Vec<String>,
+    reply: Reply,
 }
 
 impl<S> LoggedIn<S> {
-    fn new(inner: S) -> Self {
+    /// After a raw login: answers async-imap's LOGIN, then hands it
+    /// `read_ahead`.
+    fn new(inner: S, read_ahead: Vec<u8>) -> Self {
+        LoggedIn {
+            swallowing: Some(Vec::new()),
+            ..LoggedIn::passing(inner, read_ahead)
+        }
+    }
+
+    /// Before any login: hands async-imap `read_ahead`, then the stream.
+    fn passing(inner: S, read_ahead: Vec<u8>) -> Self {
         LoggedIn {
             inner,
-            shim: Shim::Swallowing(Vec::new()),
+            swallowing: None,
+            queued: read_ahead,
+            at: 0,
+            ahead: None,
+            out: Vec::new(),
+            out_at: 0,
+            filter: None,
         }
+    }
+
+    /// Sends `command` (`TAG VERB ...`) in the flight of the first command
+    /// written after the login, and puts its reply into `reply` instead
+    /// of handing it to async-imap. Its untagged replies must be one line
+    /// each and named like the command (`* NAMESPACE ...`); any other line
+    /// before its tagged one passes through.
+    fn ahead(mut self, command: &str, reply: Reply) -> Self {
+        let (tag, verb) = command.split_once(' ').expect("TAG VERB");
+        self.ahead = Some(format!("{command}\r\n").into_bytes());
+        self.filter = Some(Filter {
+            tag: format!("{tag} ").into_bytes(),
+            untagged: format!("* {verb} "),
+            partial: Vec::new(),
+            lines: Vec::new(),
+            reply,
+        });
+        self
+    }
+}
+
+impl Filter {
+    /// Takes in `data`; whatever is not the reply goes to `pass`. True once
+    /// the tagged line has come (what followed it is in `pass` too).
+    fn take(&mut self, data: &[u8], pass: &mut Vec<u8>) -> bool {
+        self.partial.extend_from_slice(data);
+        while let Some(pos) = self.partial.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = self.partial.drain(..pos + 2).collect();
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            log::debug!("< {text}");
+            if line.starts_with(&self.tag) {
+                let lines = std::mem::take(&mut self.lines);
+                *self.reply.lock().unwrap_or_else(|p| p.into_inner()) = Some((lines, text));
+                pass.append(&mut self.partial);
+                return true;
+            }
+            if text
+                .get(..self.untagged.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(&self.untagged))
+            {
+                self.lines.push(text);
+            } else {
+                pass.extend_from_slice(&line);
+            }
+        }
+        false
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> LoggedIn<S> {
+    /// Writes out what was accepted and not yet written.
+    fn poll_out(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while self.out_at < self.out.len() {
+            let n = std::task::ready!(
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_at..])
+            )?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.out_at += n;
+        }
+        self.out.clear();
+        self.out_at = 0;
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -637,16 +1002,41 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LoggedIn<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if let Shim::Answering(reply, at) = &mut self.shim {
-            let n = (reply.len() - *at).min(buf.remaining());
-            buf.put_slice(&reply[*at..*at + n]);
-            *at += n;
-            if *at == reply.len() {
-                self.shim = Shim::Through;
+        let this = &mut *self;
+        loop {
+            if this.at < this.queued.len() {
+                let n = (this.queued.len() - this.at).min(buf.remaining());
+                buf.put_slice(&this.queued[this.at..this.at + n]);
+                this.at += n;
+                if this.at == this.queued.len() {
+                    this.queued.clear();
+                    this.at = 0;
+                }
+                return std::task::Poll::Ready(Ok(()));
             }
-            return std::task::Poll::Ready(Ok(()));
+            // Filter only once the command went out (before, async-imap
+            // reads the LOGIN answered here).
+            let filtering = this.ahead.is_none() && this.filter.is_some();
+            if !filtering {
+                return std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut chunk = [0u8; 4096];
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let filter = this.filter.as_mut().expect("filtering");
+            if read.filled().is_empty() {
+                // The end of the stream: hand on what there is, then the end.
+                this.queued.append(&mut filter.partial);
+                this.filter = None;
+                if this.queued.is_empty() {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            if filter.take(read.filled(), &mut this.queued) {
+                this.filter = None;
+            }
         }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -656,34 +1046,44 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LoggedIn<S> {
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if let Shim::Swallowing(line) = &mut self.shim {
+        let this = &mut *self;
+        if let Some(line) = &mut this.swallowing {
             line.extend_from_slice(data);
             if line.ends_with(b"\r\n") {
-                let tag = line.split(|b| *b == b' ').next().unwrap_or(b"").to_vec();
-                let mut reply = tag;
+                let mut reply = line.split(|b| *b == b' ').next().unwrap_or(b"").to_vec();
                 reply.extend_from_slice(b" OK logged in already\r\n");
-                self.shim = Shim::Answering(reply, 0);
+                // Before anything read ahead: it came after the real LOGIN's reply.
+                this.queued.splice(this.at..this.at, reply);
+                this.swallowing = None;
             }
             return std::task::Poll::Ready(Ok(data.len()));
         }
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+        std::task::ready!(this.poll_out(cx))?;
+        if let Some(mut ahead) = this.ahead.take() {
+            log::debug!("> {}", String::from_utf8_lossy(&ahead).trim_end());
+            ahead.extend_from_slice(data);
+            this.out = ahead;
+            return std::task::Poll::Ready(Ok(data.len()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, data)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.shim {
-            Shim::Through => std::pin::Pin::new(&mut self.inner).poll_flush(cx),
-            _ => std::task::Poll::Ready(Ok(())),
-        }
+        let this = &mut *self;
+        std::task::ready!(this.poll_out(cx))?;
+        std::pin::Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        std::task::ready!(this.poll_out(cx))?;
+        std::pin::Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -1000,7 +1400,7 @@ impl Remote for Connection {
     }
 
     fn namespace(&self) -> Option<Namespace> {
-        self.namespace.clone()
+        self.personal_namespace()
     }
 
     async fn list(&mut self) -> Result<Vec<ListedMailbox>, RemoteError> {
@@ -1645,13 +2045,72 @@ mod tests {
     async fn logged_in_shim_answers_one_login_then_steps_aside() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (ours, mut theirs) = tokio::io::duplex(4096);
-        let client = async_imap::Client::new(Box::new(LoggedIn::new(ours)) as Stream);
+        let client = async_imap::Client::new(Box::new(LoggedIn::new(ours, Vec::new())) as Stream);
         let mut session = client.login("-", "-").await.map_err(|(e, _)| e).unwrap();
         session.get_mut().write_all(b"A2 NOOP\r\n").await.unwrap();
         session.get_mut().flush().await.unwrap();
         let mut got = vec![0u8; 64];
         let n = theirs.read(&mut got).await.unwrap();
         assert_eq!(&got[..n], b"A2 NOOP\r\n", "the LOGIN reached the server");
+    }
+
+    /// NAMESPACE goes out in the write of the first command after the
+    /// login, and its reply, however it is cut into reads, is taken out of
+    /// what async-imap sees; what was read ahead comes first.
+    #[tokio::test]
+    async fn a_command_sent_ahead_goes_with_the_first_and_its_reply_is_kept_apart() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let reply = Reply::default();
+        let shim = LoggedIn::new(ours, b"* OK [ALERT] read ahead\r\n".to_vec())
+            .ahead(NAMESPACE_AHEAD, reply.clone());
+        let client = async_imap::Client::new(Box::new(shim) as Stream);
+        let mut session = client.login("-", "-").await.map_err(|(e, _)| e).unwrap();
+        let server = tokio::spawn(async move {
+            let mut got = vec![0u8; 64];
+            let n = theirs.read(&mut got).await.unwrap();
+            let sent = String::from_utf8_lossy(&got[..n]).into_owned();
+            let tag = sent
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split(' ').next())
+                .unwrap()
+                .to_string();
+            for piece in [
+                "* NAMESPACE ((\"INBOX.\" \".\")) N",
+                "IL NIL\r\nns0 OK done\r\n* 1 EXI",
+                &format!("STS\r\n{tag} OK noop done\r\n"),
+            ] {
+                theirs.write_all(piece.as_bytes()).await.unwrap();
+                theirs.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        });
+        session.noop().await.unwrap();
+        let sent = server.await.unwrap();
+        assert!(sent.starts_with("ns0 NAMESPACE\r\n"), "{sent:?}");
+        assert!(sent.ends_with(" NOOP\r\n"), "{sent:?}");
+        let (lines, done) = reply.lock().unwrap().clone().expect("the reply came");
+        assert_eq!(done, "ns0 OK done");
+        assert_eq!(
+            super::super::namespace::personal_in(&lines, &done).map(|n| n.prefix),
+            Some("INBOX.".to_string())
+        );
+    }
+
+    #[test]
+    fn implicit_tls_greetings_ok_go_on_preauth_and_bye_end() {
+        assert!(check_greeting("* OK [CAPABILITY IMAP4rev1] ready\r\n", "h").is_ok());
+        assert!(matches!(
+            check_greeting("* PREAUTH hi\r\n", "h"),
+            Err(ImapError::Preauth(_))
+        ));
+        assert!(matches!(
+            check_greeting("* BYE too many\r\n", "h"),
+            Err(ImapError::Bye(_))
+        ));
+        assert!(check_greeting("HTTP/1.1 400\r\n", "h").is_err());
     }
 
     #[test]

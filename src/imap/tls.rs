@@ -19,7 +19,18 @@ pub fn client_config(
     ca_file: Option<&Path>,
     fingerprint: Option<[u8; 32]>,
 ) -> Result<Arc<ClientConfig>, ImapError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    use rustls::crypto::ring::kx_group::{SECP256R1, SECP384R1, X25519};
+    // The first group is the one the ClientHello carries a key share for;
+    // a server that does not take it asks again (HelloRetryRequest), one
+    // round trip more on every connection. RFC 8446 9.1: every TLS 1.3
+    // server MUST support secp256r1 and only SHOULD support X25519, and
+    // Cyrus takes only its `tls_eccurve`, by default prime256v1
+    // (imapd.conf(5)): with X25519 first, rustls's default, its handshake
+    // took one round trip more (the interop tests' turn count).
+    let provider = Arc::new(CryptoProvider {
+        kx_groups: vec![SECP256R1, X25519, SECP384R1],
+        ..rustls::crypto::ring::default_provider()
+    });
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ImapError::Tls(e.to_string()))?;

@@ -388,7 +388,9 @@ fn serve(n: usize, s: &mut Session, mailboxes: &[FakeMailbox], hook: &HookFn) {
         }
         let upper = cmd.to_ascii_uppercase();
         let reply: Vec<u8> = if upper.starts_with("LOGIN ") {
-            format!("{tag} OK [CAPABILITY IMAP4rev1 UIDPLUS] logged in\r\n").into_bytes()
+            // No capabilities in the reply (Courier 5 sends none either), so
+            // a client asks CAPABILITY, which a test's hook may answer.
+            format!("{tag} OK logged in\r\n").into_bytes()
         } else if upper == "CAPABILITY" {
             format!("* CAPABILITY IMAP4rev1 UIDPLUS\r\n{tag} OK done\r\n").into_bytes()
         } else if upper.starts_with("LIST ") {
@@ -476,6 +478,12 @@ pub enum Fault {
     StallAfter(usize),
     /// Forward `chunk` bytes every `pause_ms` milliseconds.
     Trickle { chunk: usize, pause_ms: u64 },
+    /// Hold each of the first `reads` reads `ms` milliseconds, then pass
+    /// the rest at once: the TLS handshake and greeting of a busy machine
+    /// on a fast link.
+    SlowStart { reads: usize, ms: u64 },
+    /// Hold every read `ms` milliseconds: a link that slow one way.
+    Latency { ms: u64 },
 }
 
 pub struct Proxy {
@@ -533,13 +541,19 @@ impl Proxy {
 fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>) {
     let mut buf = [0u8; 16 * 1024];
     let mut sent = 0usize;
+    let mut reads = 0usize;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        reads += 1;
         let mut data = &buf[..n];
         match fault {
+            Some(Fault::SlowStart { reads: slow, ms }) if reads <= slow => {
+                thread::sleep(Duration::from_millis(ms));
+            }
+            Some(Fault::Latency { ms }) => thread::sleep(Duration::from_millis(ms)),
             Some(Fault::CutAfter(limit)) | Some(Fault::StallAfter(limit))
                 if sent + data.len() >= limit =>
             {
@@ -565,6 +579,106 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>) {
         }
         sent += data.len();
         if to.write_all(data).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+// ---------------------------------------------------------------------------
+// The counting proxy: the round trips a client waits for
+// ---------------------------------------------------------------------------
+
+/// How long the counting proxy holds the server's bytes.
+const TURN_HOLD: Duration = Duration::from_millis(50);
+
+/// A byte proxy that counts, per connection, the client's turns: the times
+/// it sent data after having received some since it last sent, the first
+/// send counting too. That is how ../shared/bench/wan/wanrelay.py counts
+/// them for scripts/bench.sh; the TCP handshake is not a turn. Every chunk
+/// from the server is held [`TURN_HOLD`] before it is passed on, so a
+/// reply cannot slip between two writes the client makes back to back
+/// (the TLS handshake's last message, then a command) on a busy machine:
+/// a round trip the client waits for always counts, one it does not wait
+/// for only if the client stalls that long between two writes.
+pub struct TurnProxy {
+    pub port: u16,
+    turns: Arc<Mutex<Vec<Arc<AtomicUsize>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for TurnProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+impl TurnProxy {
+    pub fn start(target: u16) -> TurnProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let turns: Arc<Mutex<Vec<Arc<AtomicUsize>>>> = Arc::default();
+        let (stop2, turns2) = (stop.clone(), turns.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let count = Arc::new(AtomicUsize::new(0));
+                turns2.lock().unwrap().push(count.clone());
+                // Set when server bytes reached the client since it last sent.
+                let received = Arc::new(AtomicBool::new(true));
+                let (c2, s2, r2) = (
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    received.clone(),
+                );
+                thread::spawn(move || {
+                    count_pump(c2, s2, |_| {
+                        if r2.swap(false, Ordering::SeqCst) {
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                });
+                thread::spawn(move || {
+                    count_pump(server, client, |_| {
+                        thread::sleep(TURN_HOLD);
+                        received.store(true, Ordering::SeqCst);
+                    })
+                });
+            }
+        });
+        TurnProxy { port, turns, stop }
+    }
+
+    /// The turns of each connection so far, in the order they were opened.
+    pub fn turns(&self) -> Vec<usize> {
+        self.turns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .collect()
+    }
+}
+
+/// Copies `from` to `to`, calling `before` ahead of passing on each chunk.
+fn count_pump(mut from: TcpStream, mut to: TcpStream, before: impl Fn(usize)) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        before(n);
+        if to.write_all(&buf[..n]).is_err() {
             break;
         }
     }

@@ -24,3 +24,4 @@ mod perf;
 mod pull;
 mod restore;
 mod serve;
+mod write_protocol;

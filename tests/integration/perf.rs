@@ -2,7 +2,8 @@
 //! out of the network buffer without a copy (large ones) or copied (small
 //! ones), batches bounded by the memory budget, and COMPRESS=DEFLATE.
 
-use crate::support::{self, dovecot, mail, TestEnv};
+use crate::fakes::{Fault, Proxy};
+use crate::support::{self, dovecot, mail, TestEnv, User};
 
 fn pull_matches_server(extra: &str) {
     let d = dovecot();
@@ -106,4 +107,53 @@ fn restore_with_compress_deflate_uploads_every_byte() {
     got.sort();
     assert_eq!(got.len(), bodies.len());
     assert!(got == want, "restored bytes differ from the source's");
+}
+
+/// A pull with the default `compress = "auto"` through `proxy`: its `-v`
+/// log, after checking that every message arrived.
+fn auto_pull_through(user: &User, proxy: &Proxy) -> String {
+    let env = TestEnv::new();
+    let toml = env.account_toml("a", user, "").replace(
+        &format!("port = {}", dovecot().imaps_port),
+        &format!("port = {}", proxy.port),
+    );
+    env.write_config(&toml);
+    let out = env.cmd().args(["-v", "pull"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{log}");
+    let got = support::folder_messages(&env.archive("a"), "");
+    assert_eq!(got.len(), 12, "{log}");
+    log
+}
+
+fn auto_user(prefix: &str) -> User {
+    let user = dovecot().new_user(prefix);
+    let mut imap = user.imap();
+    for n in 0..12 {
+        imap.append("INBOX", &[], "01-Feb-2022 10:00:00 +0000", &mail::plain(n));
+    }
+    imap.logout();
+    user
+}
+
+#[test]
+fn auto_leaves_deflate_off_when_only_the_handshakes_were_slow() {
+    // The server's first three reads (TLS handshake, greeting, LOGIN's
+    // reply) come 15 ms late, the rest at once: a loaded loopback (13-38
+    // ms measured there, issue 14), where deflate only burns CPU.
+    let user = auto_user("auto-busy");
+    let proxy = Proxy::start_every(dovecot().imaps_port, Fault::SlowStart { reads: 3, ms: 15 });
+    let log = auto_pull_through(&user, &proxy);
+    assert!(log.contains("COMPRESS=DEFLATE wanted"), "{log}");
+    assert!(log.contains("COMPRESS=DEFLATE left off"), "{log}");
+    assert!(!log.contains("COMPRESS=DEFLATE on"), "{log}");
+}
+
+#[test]
+fn auto_turns_deflate_on_over_a_slow_link() {
+    let user = auto_user("auto-slow");
+    let proxy = Proxy::start_every(dovecot().imaps_port, Fault::Latency { ms: 25 });
+    let log = auto_pull_through(&user, &proxy);
+    assert!(log.contains("COMPRESS=DEFLATE on"), "{log}");
+    assert!(!log.contains("left off"), "{log}");
 }

@@ -611,7 +611,18 @@ fn two_pulls_at_once_the_second_exits_with_the_lock_code() {
     env.write_config(&env.account_toml("a", &user, ""));
     let archive = env.archive("a");
     let mut first = spawn_pull(&env, &user);
-    assert!(wait_for_files(&archive, ".Big", 1, Duration::from_secs(60)));
+    // The first message written (to tmp/: a burst reaches cur/ at once).
+    let tmp = archive.join("mail/.Big/tmp");
+    let start = Instant::now();
+    while fs::read_dir(&tmp).map_or(0, |d| d.count()) == 0
+        && support::folder_files(&archive, ".Big").is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the first pull wrote nothing"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let out = env.cmd().arg("pull").output().unwrap();
     let still_running = first.try_wait().unwrap().is_none();
     let stderr = String::from_utf8_lossy(&out.stderr);

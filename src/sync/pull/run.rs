@@ -21,7 +21,7 @@ use super::state;
 use super::PullOptions;
 use crate::archive::headers::HeaderRecord;
 use crate::archive::{flags_to_letters, Archive, ArchiveError, Folder, FolderIndex, JournalEntry};
-use crate::archive::{sha256_hex, Keywords, Status, UnchangedRun};
+use crate::archive::{sha256_hex, Compressor, Keywords, Staged, Status, UnchangedRun};
 use crate::config::Account;
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
@@ -824,9 +824,10 @@ struct WriteOutcome {
     error: Option<ArchiveError>,
 }
 
-/// Runs on its own thread: compress, write, fsync, rename; then, whenever
-/// the queue runs dry (or every 512 messages), one directory fsync and one
-/// journal append for the whole burst.
+/// Runs on its own thread: compress and write each message to `tmp/`;
+/// then, whenever the queue runs dry (or every 512 messages), the whole
+/// burst at once: one sync of the files, their renames into `cur/`, one
+/// directory fsync and one journal append.
 #[allow(clippy::too_many_arguments)]
 fn write_loop(
     folder: Folder,
@@ -839,27 +840,19 @@ fn write_loop(
     mailbox: &str,
 ) -> WriteOutcome {
     let mut out = WriteOutcome::default();
-    let mut pending: Vec<(JournalEntry, HeaderRecord)> = Vec::new();
-    let commit = |pending: &mut Vec<(JournalEntry, HeaderRecord)>, out: &mut WriteOutcome| {
-        if pending.is_empty() {
-            return Ok(());
+    let mut z = match Compressor::new(level) {
+        Ok(z) => z,
+        Err(e) => {
+            out.error = Some(e);
+            return out;
         }
-        folder.sync()?;
-        let (entries, headers): (Vec<_>, Vec<_>) = pending.drain(..).unzip();
-        folder.journal(&entries)?;
-        out.stored.extend(entries.iter().map(|e| e.uid));
-        // The header index is a cache (rebuildable from the tree): a failure
-        // to update it is worth a warning, not a failed message.
-        if let Err(e) = folder.record_headers(&headers) {
-            log::warn!("header index not updated: {e}");
-        }
-        Ok::<(), ArchiveError>(())
     };
+    let mut burst = Burst::default();
     loop {
         let item = match rx.try_recv() {
             Ok(item) => Some(item),
             Err(TryRecvError::Empty) => {
-                if let Err(e) = commit(&mut pending, &mut out) {
+                if let Err(e) = burst.commit(&folder, &mut out) {
                     out.error = Some(e);
                     return out;
                 }
@@ -870,26 +863,23 @@ fn write_loop(
         let Some((msg, permit)) = item else { break };
         let result = write_one(
             &folder,
+            &mut z,
             uidvalidity,
-            level,
             &mut keywords,
             &old,
             &msg,
             mailbox,
         );
         match result {
-            Ok((entry, compressed, alias)) => {
-                out.bytes += entry.size;
-                out.compressed += compressed;
-                out.dedup += alias as u64;
+            Ok(written) => {
                 let headers = HeaderRecord::from_message(
-                    entry.uidvalidity,
-                    entry.uid,
+                    uidvalidity,
+                    msg.uid,
                     msg.internaldate.timestamp(),
-                    &entry.base,
+                    written.base(),
                     &msg.body,
                 );
-                pending.push((entry, headers));
+                burst.push(written, headers);
             }
             Err(e) => {
                 out.error = Some(e);
@@ -899,55 +889,121 @@ fn write_loop(
         progress.message_written(mailbox, msg.body.len() as u64);
         drop(msg);
         drop(permit);
-        if pending.len() >= 512 {
-            if let Err(e) = commit(&mut pending, &mut out) {
+        if burst.len() >= 512 {
+            if let Err(e) = burst.commit(&folder, &mut out) {
                 out.error = Some(e);
                 return out;
             }
         }
     }
     // What was written before a failure is still made durable and journaled.
-    if let Err(e) = commit(&mut pending, &mut out) {
+    if let Err(e) = burst.commit(&folder, &mut out) {
         out.error.get_or_insert(e);
     }
     out
 }
 
+/// A message of a burst: written to `tmp/`, or already archived under an
+/// earlier UIDVALIDITY (journaled, not copied).
+enum Pending {
+    Staged(Staged),
+    Alias(JournalEntry),
+}
+
+impl Pending {
+    fn base(&self) -> &str {
+        match self {
+            Pending::Staged(s) => &s.written.entry.base,
+            Pending::Alias(e) => &e.base,
+        }
+    }
+}
+
+/// What the writer has written and not yet made durable and journaled.
+#[derive(Default)]
+struct Burst {
+    staged: Vec<(Staged, HeaderRecord)>,
+    aliases: Vec<(JournalEntry, HeaderRecord)>,
+}
+
+impl Burst {
+    fn len(&self) -> usize {
+        self.staged.len() + self.aliases.len()
+    }
+
+    fn push(&mut self, p: Pending, headers: HeaderRecord) {
+        match p {
+            Pending::Staged(s) => self.staged.push((s, headers)),
+            Pending::Alias(e) => self.aliases.push((e, headers)),
+        }
+    }
+
+    /// Files durable, renamed into `cur/`, the directory durable, then the
+    /// journal: in that order, so a crash at any point leaves nothing
+    /// journaled that is not whole on disk. What reached `cur/` before a
+    /// failure is still journaled.
+    fn commit(&mut self, folder: &Folder, out: &mut WriteOutcome) -> Result<(), ArchiveError> {
+        if self.len() == 0 {
+            return Ok(());
+        }
+        let (staged, mut headers): (Vec<_>, Vec<_>) = self.staged.drain(..).unzip();
+        let mut done = Vec::with_capacity(staged.len());
+        let settled = folder.settle(staged, &mut done);
+        headers.truncate(done.len());
+        let mut entries = Vec::with_capacity(done.len() + self.aliases.len());
+        for w in done {
+            out.bytes += w.entry.size;
+            out.compressed += w.compressed;
+            entries.push(w.entry);
+        }
+        for (e, h) in self.aliases.drain(..) {
+            out.bytes += e.size;
+            out.dedup += 1;
+            entries.push(e);
+            headers.push(h);
+        }
+        folder.journal(&entries)?;
+        out.stored.extend(entries.iter().map(|e| e.uid));
+        // The header index is a cache (rebuildable from the tree): a failure
+        // to update it is worth a warning, not a failed message.
+        if let Err(e) = folder.record_headers(&headers) {
+            log::warn!("header index not updated: {e}");
+        }
+        settled
+    }
+}
+
 fn write_one(
     folder: &Folder,
+    z: &mut Compressor,
     uidvalidity: u32,
-    level: i32,
     keywords: &mut Keywords,
     old: &HashMap<String, String>,
     msg: &FetchedMessage,
     mailbox: &str,
-) -> Result<(JournalEntry, u64, bool), ArchiveError> {
+) -> Result<Pending, ArchiveError> {
     if !old.is_empty() {
         let sha256 = sha256_hex(&msg.body);
         if let Some(base) = old.get(&sha256) {
             // Already archived under an earlier UIDVALIDITY: record, don't copy.
-            return Ok((
-                JournalEntry {
-                    uidvalidity,
-                    uid: msg.uid,
-                    size: msg.body.len() as u64,
-                    sha256,
-                    base: base.clone(),
-                },
-                0,
-                true,
-            ));
+            return Ok(Pending::Alias(JournalEntry {
+                uidvalidity,
+                uid: msg.uid,
+                size: msg.body.len() as u64,
+                sha256,
+                base: base.clone(),
+            }));
         }
     }
     let flags = letters(&msg.flags, keywords, mailbox);
     folder.save_keywords(keywords)?;
-    let w = folder.write_message(
+    let staged = folder.stage(
+        z,
         uidvalidity,
         msg.uid,
         msg.internaldate.timestamp(),
         &flags,
         &msg.body,
-        level,
     )?;
-    Ok((w.entry, w.compressed, false))
+    Ok(Pending::Staged(staged))
 }

@@ -406,7 +406,8 @@ if link:
 metrics += [("archive on disk, MB", "full", "disk_kb", 1 / 1024, "{:.0f}", None)]
 if any(r["phase"] == "restore" for r in rows):
     metrics += [("restore of the archive, wall s", "restore", "wall_s", 1, "{:.2f}", limit_restore),
-                ("restore, client CPU s", "restore", "cpu_s", 1, "{:.2f}", None)]
+                ("restore, client CPU s", "restore", "cpu_s", 1, "{:.2f}", None),
+                ("restore, peak RSS MB", "restore", "maxrss_kb", 1 / 1024, "{:.0f}", None)]
     if link:
         metrics += [("restore, MB up the link", "restore", "up_b", M, "{:.1f}", None),
                     ("restore, relay turns / connections", "restore", ("turns", "conns"), 1, "{:.0f}", None)]
@@ -458,6 +459,9 @@ if fl is not None:
     print(f"Floor (examples/fetch_floor: same fetches, nothing written): {fl:.2f} s wall, "
           f"{med('floor','full','cpu_s'):.2f} s CPU, {med('floor','full','maxrss_kb')/1024:.0f} MB; "
           f"imapbak full pull = {ib / fl:.2f} x floor.")
+rr = med("imapbak", "restore", "maxrss_kb")
+if rr is not None:
+    print(f"Restore peak RSS {rr/1024:.0f} MB (bound 2 x largest + 32 = {2*float(largest)+32:.0f} MB).")
 x2 = med("imapbak", "full-x2", "maxrss_kb")
 if x2 is not None:
     print(f"Twice the corpus ({n2} messages, {mb2} MB, same largest message): imapbak full pull "

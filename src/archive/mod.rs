@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 pub use journal::{JournalEntry, Status};
 pub use maildir::{
-    flags_to_letters, hash_file, letters_to_flags, read_message, sha256_hex, ArchivedFile,
-    Compressor, FileName, Folder, FolderFiles, FolderIndex, Keywords, Staged, TreeFile, Written,
+    flags_to_letters, hash_file, letters_to_flags, read_message, read_message_sized, sha256_hex,
+    ArchivedFile, Compressor, FileName, Folder, FolderFiles, FolderIndex, Keywords, Staged,
+    TreeFile, Written,
 };
 
 /// A failure in the archive, always naming the path involved.

@@ -207,12 +207,8 @@ fn malformed_fetch_fails_that_mailbox_only() {
     assert_eq!(support::folder_files(&env.archive("a"), "").len(), 2);
 }
 
-/// Runs imapbak; returns its exit code, stderr and peak RSS in KiB.
-///
-/// The peak is the child's own VmHWM from /proc, read until it exits:
-/// wait4(2)'s ru_maxrss would also count the test process's resident set
-/// at fork (Linux carries the pre-exec high-water mark over exec), which
-/// grows as the suite runs and made these checks fail in a full run.
+/// Runs imapbak; returns its exit code, stderr and peak RSS in KiB
+/// ([`support::wait_with_peak_rss`]).
 fn run_measured(env: &TestEnv, args: &[&str]) -> (i32, String, u64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_imapbak"))
         .arg("--config")
@@ -225,7 +221,6 @@ fn run_measured(env: &TestEnv, args: &[&str]) -> (i32, String, u64) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
     let mut stderr_pipe = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         use std::io::Read;
@@ -233,22 +228,7 @@ fn run_measured(env: &TestEnv, args: &[&str]) -> (i32, String, u64) {
         stderr_pipe.read_to_string(&mut err).unwrap();
         err
     });
-    let mut peak = 0u64;
-    let status = loop {
-        if let Ok(text) = fs::read_to_string(&status_file) {
-            let hwm = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
-            if let Some(kib) = hwm {
-                peak = peak.max(kib);
-            }
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (status, peak) = support::wait_with_peak_rss(&mut child);
     let err = reader.join().unwrap();
     assert!(
         status.signal().is_none(),

@@ -561,18 +561,33 @@ impl Dovecot {
     /// uid: the fastest way to seed thousands of messages. Dovecot assigns
     /// UIDs at the next EXAMINE/SELECT, in file-name order.
     pub fn seed_inbox(&self, user: &User, messages: &[(Vec<u8>, i64)]) {
+        self.seed_mailbox(user, "INBOX", messages)
+    }
+
+    /// [`Dovecot::seed_inbox`] for any top-level mailbox (`INBOX`, or a
+    /// name without the hierarchy separator): Maildir++ keeps mailbox `X`
+    /// in the folder `.X` of the user's maildir, where LIST finds it.
+    pub fn seed_mailbox(&self, user: &User, mailbox: &str, messages: &[(Vec<u8>, i64)]) {
         let chown = |p: &Path| {
             std::os::unix::fs::chown(p, Some(self.mail_uid), Some(self.mail_gid))
                 .unwrap_or_else(|e| panic!("chown `{}`: {e}", p.display()))
         };
+        let dir = if mailbox == "INBOX" {
+            user.maildir.clone()
+        } else {
+            assert!(!mailbox.contains(['/', '.']), "a top-level name: {mailbox}");
+            user.maildir.join(format!(".{mailbox}"))
+        };
+        fs::create_dir_all(&dir).expect("create a maildir");
+        chown(&dir);
         for sub in ["cur", "new", "tmp"] {
-            let d = user.maildir.join(sub);
+            let d = dir.join(sub);
             fs::create_dir_all(&d).expect("create a maildir subdirectory");
             chown(&d);
         }
         for (i, (bytes, secs)) in messages.iter().enumerate() {
             let name = format!("{secs}.M{i:07}P1.seed,S={}:2,", bytes.len());
-            let path = user.maildir.join("cur").join(name);
+            let path = dir.join("cur").join(name);
             let f = fs::File::create(&path).expect("create a seeded message");
             (&f).write_all(bytes).expect("write a seeded message");
             f.set_modified(UNIX_EPOCH + Duration::from_secs(*secs as u64))
@@ -1493,4 +1508,31 @@ pub fn maildir_flags(path: &Path) -> String {
     name.rsplit_once(":2,")
         .map(|(_, f)| f.to_string())
         .unwrap_or_default()
+}
+
+/// Waits for `child` and returns its exit status and peak resident set in
+/// KiB: its own VmHWM from /proc, read until it exits. The high-water mark
+/// only grows, so a read can only miss what the last few milliseconds
+/// before the exit added; it never counts more than the process held.
+/// (wait4(2)'s ru_maxrss would also count the test process's resident set
+/// at fork: Linux carries the pre-exec high-water mark over exec, and it
+/// grows as the suite runs.)
+pub fn wait_with_peak_rss(child: &mut std::process::Child) -> (ExitStatus, u64) {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    loop {
+        if let Ok(text) = fs::read_to_string(&status_file) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            if let Some(kib) = hwm {
+                peak = peak.max(kib);
+            }
+        }
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return (status, peak);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

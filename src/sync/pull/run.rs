@@ -91,7 +91,7 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, RemoteError>> + Send,
 {
-    bound_allocator();
+    crate::sync::memory::bound_allocator();
     let archive = Archive::at(&account.archive);
     let mut report = AccountReport {
         account: account.name.clone(),
@@ -269,29 +269,6 @@ where
     }
     report.mailboxes.sort_by(|a, b| a.name.cmp(&b.name));
     report
-}
-
-/// Makes glibc return freed message buffers to the system at once. By
-/// default glibc raises its mmap threshold to the largest block freed so
-/// far (up to 32 MiB), after which every message buffer comes from heap
-/// arenas that fragment and hold on to the memory: measured on the bench
-/// corpus, peak RSS 136-144 MB with the default, 75-86 MB with this. Buffers
-/// are allocated on the network threads and freed on the writer threads;
-/// one arena keeps that from spreading over several (twice the corpus:
-/// 88-97 MB with the default arenas, 66 MB with one; same CPU time).
-fn bound_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: mallopt only changes allocator tuning; called before
-            // the worker threads start.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-                libc::mallopt(libc::M_ARENA_MAX, 1);
-            }
-        });
-    }
 }
 
 fn with_hint(e: &ArchiveError) -> String {

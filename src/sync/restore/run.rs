@@ -10,6 +10,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::plan::{
     is_quota, is_throttle, match_messages, message_id_of, plan_mailboxes, surplus_copies,
     target_uids_to_hash, upload_batches, upload_flags, MailboxPlan, MessageKey, RestoreOptions,
@@ -19,12 +21,13 @@ use super::report::{RestoreMailboxReport, RestoreReport};
 use super::state::{Intent, RestoreState};
 use super::{RestoreTarget, TargetMessage, Upload};
 use crate::archive::names::levels_for;
-use crate::archive::{hash_file, read_message, Archive};
+use crate::archive::{hash_file, read_message_sized, Archive, Keywords};
 use crate::exit_codes::ExitCode;
 use crate::progress::Progress;
 use crate::sync::gmail;
 use crate::sync::gmail::restore::LabelsPending;
 use crate::sync::interrupt;
+use crate::sync::memory::{self, Budget};
 use crate::sync::pool::{self, Slot, Step, Task};
 use crate::sync::remote::{ErrorKind, RemoteError, Selected};
 
@@ -146,9 +149,15 @@ fn header_end(b: &[u8]) -> Option<usize> {
 /// Attempts per mailbox when the connection drops or the server throttles.
 const ATTEMPTS: u32 = 5;
 /// Upper bounds of one APPEND batch (one MULTIAPPEND command where the
-/// server offers it). Memory per job: about three batches.
+/// server offers it).
 const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 const BATCH_COUNT: usize = 256;
+/// Bytes of archived messages read and not yet answered by the server, all
+/// connections together ([`Budget`]): each job sends one batch while it
+/// reads the next when the budget has room; a message larger than the
+/// budget goes alone. As pull's, so restore's peak memory stays within 2 x
+/// the largest message + 32 MB.
+const MEMORY_BUDGET: u64 = 32 * 1024 * 1024;
 
 /// Why a mailbox attempt stopped.
 #[derive(Debug)]
@@ -173,6 +182,8 @@ struct Ctx {
     labels: Option<HashMap<String, Vec<String>>>,
     /// The target's APPENDLIMIT.
     append_limit: Option<u64>,
+    /// Shared by every job: bytes read ahead or in flight.
+    budget: Budget,
 }
 
 /// Restores the archive of `source_name` (already read into `sources`)
@@ -192,6 +203,7 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, RemoteError>> + Send,
 {
+    memory::bound_allocator();
     let mut report = RestoreReport {
         account: source_name.to_string(),
         target: target_name.to_string(),
@@ -329,6 +341,7 @@ where
             target_name: target_name.to_string(),
             labels,
             append_limit,
+            budget: Budget::new(MEMORY_BUDGET),
         },
         connect,
         _conn: PhantomData,
@@ -733,9 +746,11 @@ async fn remove_surplus<R: RestoreTarget>(
     Ok(())
 }
 
-/// Reads messages on a thread (bounded: one batch ahead) and appends them
-/// batch by batch: each batch's intent is recorded before it is sent and
-/// removed once its answer (each APPENDUID) is recorded.
+/// Reads messages ahead, one batch at a time and each only once the shared
+/// budget holds its bytes ([`read_ahead`]), and appends them batch by
+/// batch: each batch's intent is recorded before it is sent and removed
+/// once its answer (each APPENDUID) is recorded. A batch's bytes go back to
+/// the budget once the server has answered it.
 async fn append_all<R: RestoreTarget>(
     conn: &mut R,
     plan: &MailboxPlan,
@@ -764,33 +779,11 @@ async fn append_all<R: RestoreTarget>(
     let mut floor = sel.uidnext;
     let sizes: Vec<u64> = todo.iter().map(|m| m.size).collect();
     let batches = upload_batches(&sizes, BATCH_BYTES, BATCH_COUNT);
-    type Batch = Vec<(SourceMessage, Result<Upload, String>)>;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(1);
     let owned: Vec<SourceMessage> = todo.iter().map(|m| (*m).clone()).collect();
-    let keywords = plan.keywords.clone();
-    let reader = std::thread::spawn(move || {
-        for (a, b) in batches {
-            let batch: Batch = owned[a..b]
-                .iter()
-                .map(|m| {
-                    let up = read_message(&m.path)
-                        .map(|body| Upload {
-                            flags: upload_flags(&m.letters, &keywords),
-                            internaldate: m.secs,
-                            body,
-                        })
-                        .map_err(|e| e.to_string());
-                    (m.clone(), up)
-                })
-                .collect();
-            if tx.blocking_send(batch).is_err() {
-                return;
-            }
-        }
-    });
+    let (reader, mut rx) = read_ahead(owned, batches, plan.keywords.clone(), ctx.budget.clone());
     let mut outcome = Ok(());
     let mut throttle = gmail::Throttle::default();
-    while let Some(batch) = rx.recv().await {
+    while let Some((batch, reserved)) = rx.recv().await {
         let mut uploads = Vec::with_capacity(batch.len());
         let mut sources = Vec::with_capacity(batch.len());
         for (m, up) in batch {
@@ -848,6 +841,8 @@ async fn append_all<R: RestoreTarget>(
                 },
             })
             .await;
+        // Answered (or lost): the bytes go back for the next batch.
+        drop((uploads, reserved));
         if let Some(max) = records.iter().map(|(_, uid, _)| *uid).max() {
             floor = floor.max(max.saturating_add(1));
         }
@@ -919,6 +914,62 @@ async fn append_all<R: RestoreTarget>(
         throttle.pace(conn.take_throttled(), &plan.target).await;
     }
     drop(rx);
-    let _ = tokio::task::block_in_place(|| reader.join());
+    reader.abort();
+    let _ = reader.await;
     outcome
+}
+
+/// One batch read from the archive, with the budget's reservation for it.
+type ReadBatch = (
+    Vec<(SourceMessage, Result<Upload, String>)>,
+    OwnedSemaphorePermit,
+);
+
+/// Reads `batches` of `messages` in order on the blocking pool, each once
+/// `budget` holds its bytes (by the sizes in the file names), and hands
+/// them over one at a time: at most one batch waits in the channel while
+/// the next is reserved and read. The reservation travels with the batch
+/// and is given back when the receiver drops it.
+fn read_ahead(
+    messages: Vec<SourceMessage>,
+    batches: Vec<(usize, usize)>,
+    keywords: Keywords,
+    budget: Budget,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<ReadBatch>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<ReadBatch>(1);
+    let messages = Arc::new(messages);
+    let keywords = Arc::new(keywords);
+    let reader = tokio::spawn(async move {
+        for (a, b) in batches {
+            let bytes: u64 = messages[a..b].iter().map(|m| m.size).sum();
+            let reserved = budget.reserve(bytes).await;
+            let (messages, keywords) = (messages.clone(), keywords.clone());
+            // The reservation stays with the bytes even if this task is
+            // aborted while the read runs.
+            let read = tokio::task::spawn_blocking(move || {
+                let batch = messages[a..b]
+                    .iter()
+                    .map(|m| {
+                        let up = read_message_sized(&m.path, m.size)
+                            .map(|body| Upload {
+                                flags: upload_flags(&m.letters, &keywords),
+                                internaldate: m.secs,
+                                body,
+                            })
+                            .map_err(|e| e.to_string());
+                        (m.clone(), up)
+                    })
+                    .collect();
+                (batch, reserved)
+            });
+            let Ok(batch) = read.await else { return };
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    (reader, rx)
 }

@@ -1,6 +1,6 @@
 //! Message files and folders: names that Dovecot understands and that carry
-//! (UIDVALIDITY, UID), the write protocol (tmp, fsync, rename, directory
-//! fsync), flag renames, and `dovecot-keywords`.
+//! (UIDVALIDITY, UID), the write protocol (tmp, sync, rename, directory
+//! fsync; per burst of messages), flag renames, and `dovecot-keywords`.
 
 use std::collections::HashMap;
 use std::ffi::CString;

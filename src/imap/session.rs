@@ -242,20 +242,12 @@ impl Connection {
                 port: p.port,
                 token,
             };
-            let (session, mechanism) = match timeout(
+            let (session, mechanism) = within(
                 p.timeout,
+                "login",
                 unwinding(super::auth::login(client, &login, pre_login_caps)),
             )
-            .await
-            {
-                Err(_) => {
-                    return Err(ImapError::Timeout {
-                        what: "login".into(),
-                        secs,
-                    })
-                }
-                Ok(r) => r??,
-            };
+            .await???;
             log::info!("logged in with {}", mechanism.name());
             let mut conn = Connection::logged_in(session, p, rtt, literal_limit, scanning).await?;
             conn.mechanism = Some(mechanism.name());
@@ -267,36 +259,27 @@ impl Connection {
                 authcid: admin,
                 password: p.password,
             };
-            let session = match timeout(
+            let session = within(
                 p.timeout,
+                "login",
                 unwinding(super::auth::login_plain(client, &plain, pre_login_caps)),
             )
-            .await
-            {
-                Err(_) => {
-                    return Err(ImapError::Timeout {
-                        what: "login".into(),
-                        secs,
-                    })
-                }
-                Ok(r) => r??,
-            };
+            .await???;
             log::info!("logged in as `{admin}` on behalf of `{}` (PLAIN)", p.user);
             return Connection::logged_in(session, p, rtt, literal_limit, scanning).await;
         }
         if pipelining && plain_word(p.user) && plain_word(p.password) {
             return Connection::login_in_one_flight(client, p, rtt, literal_limit, scanning).await;
         }
-        let session = match timeout(p.timeout, unwinding(client.login(p.user, p.password))).await {
-            Err(_) => {
-                return Err(ImapError::Timeout {
-                    what: "login".into(),
-                    secs,
-                })
-            }
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(Ok(session))) => session,
-            Ok(Ok(Err((e, _)))) => {
+        let session = match within(
+            p.timeout,
+            "login",
+            unwinding(client.login(p.user, p.password)),
+        )
+        .await??
+        {
+            Ok(session) => session,
+            Err((e, _)) => {
                 return Err(match e {
                     async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
                         ImapError::Auth {
@@ -388,15 +371,12 @@ impl Connection {
         scanning: Arc<AtomicBool>,
     ) -> Result<Connection, ImapError> {
         let secs = p.timeout.as_secs();
-        let login = timeout(
+        let login = within(
             p.timeout,
+            "login",
             read_replies(&mut stream, &mut buf, &flight_tags(1)),
         )
-        .await
-        .map_err(|_| ImapError::Timeout {
-            what: "login".into(),
-            secs,
-        })??;
+        .await??;
         let done = login
             .first()
             .map(|(_, done)| done.as_str())
@@ -476,12 +456,7 @@ impl Connection {
         let mut stream = client.into_inner();
         let login = format!("LOGIN {} {}", quote(p.user)?, quote(p.password)?);
         let commands = [login.as_str(), "CAPABILITY", "NAMESPACE"];
-        let replies = timeout(p.timeout, raw_flight(&mut stream, &commands))
-            .await
-            .map_err(|_| ImapError::Timeout {
-                what: "login".into(),
-                secs: p.timeout.as_secs(),
-            })??;
+        let replies = within(p.timeout, "login", raw_flight(&mut stream, &commands)).await??;
         let login_done = replies
             .first()
             .map(|(_, done)| done.as_str())
@@ -664,6 +639,18 @@ impl Connection {
         );
         result
     }
+}
+
+/// `fut`, or [`ImapError::Timeout`] naming `what` once `limit` has passed.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, ImapError> {
+    timeout(limit, fut).await.map_err(|_| ImapError::Timeout {
+        what: what.into(),
+        secs: limit.as_secs(),
+    })
 }
 
 /// Whether COMPRESS=DEFLATE is to go on once there is work: the account

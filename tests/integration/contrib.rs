@@ -14,20 +14,8 @@ fn contrib() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib")
 }
 
-/// True when `tool --version` runs; false (skip) outside CI, a failure in CI.
 fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "`{tool}` is missing; scripts/test.sh installs it (scripts/contrib-tools.sh)"
-        );
-        eprintln!("skipped: `{tool}` is not installed (bash scripts/contrib-tools.sh install)");
-    }
-    ok
+    crate::support::have_tool(tool, "scripts/contrib-tools.sh")
 }
 
 fn text(out: &std::process::Output) -> String {

@@ -27,21 +27,6 @@ enum Event {
     Rename { from: String, to: String },
 }
 
-fn strace_runs() -> bool {
-    let ok = Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "strace is missing in CI: scripts/dovecot.sh install puts it there"
-        );
-        eprintln!("skipped: strace is not installed (apt-get install strace)");
-    }
-    ok
-}
-
 /// The path strace -y prints in `name(FD</path>...`.
 fn fd_path(args: &str) -> Option<String> {
     let start = args.find('<')? + 1;
@@ -157,7 +142,7 @@ fn folder_and_journal(archive: &str, cur_file: &str) -> Option<(String, String)>
 
 #[test]
 fn every_message_is_durable_before_cur_and_cur_before_the_journal() {
-    if !strace_runs() {
+    if !crate::support::have_tool("strace", "scripts/dovecot.sh") {
         return;
     }
     let user = dovecot().new_user("wproto");

@@ -1536,3 +1536,21 @@ pub fn wait_with_peak_rss(child: &mut std::process::Child) -> (ExitStatus, u64) 
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// True when `tool --version` runs; false (skip, with a message) outside
+/// CI, a failure in CI. `installer` is the script of scripts/test.sh's
+/// that installs it.
+pub fn have_tool(tool: &str, installer: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`{tool}` is missing; scripts/test.sh installs it ({installer})"
+        );
+        eprintln!("skipped: `{tool}` is not installed (bash {installer} install)");
+    }
+    ok
+}

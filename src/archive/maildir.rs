@@ -596,7 +596,8 @@ impl Folder {
     /// INTERNALDATE, renamed into `cur/` (never over an existing file). The
     /// caller syncs `cur/` and journals the result.
     /// Writes one message and makes it durable in `cur/` (not yet
-    /// journaled): [`Folder::stage`] and [`Folder::settle`] for one.
+    /// journaled): [`Folder::stage`] and [`Folder::settle`] for one. Tests
+    /// build archives with it; pull stages and settles whole bursts.
     pub fn write_message(
         &self,
         uidvalidity: u32,

@@ -457,7 +457,7 @@ fn verify_server(account: &Account, av: &mut AccountVerify) {
                 |n| account.wants(n),
                 account.gmail_spam_and_trash,
             ) {
-                Ok(l) => std::iter::once(l.all).chain(l.plain).collect(),
+                Ok(l) => l.targets(),
                 Err(e) => {
                     av.server_error = Some(e);
                     av.code = Some(ExitCode::Partial);

@@ -43,6 +43,16 @@ fn system_label(use_: SpecialUse) -> Option<&'static str> {
     })
 }
 
+impl Layout {
+    /// The mailboxes Gmail mode archives: All Mail first, then the plain
+    /// ones (Spam and Trash, when asked).
+    pub fn targets(&self) -> Vec<Target> {
+        std::iter::once(self.all.clone())
+            .chain(self.plain.iter().cloned())
+            .collect()
+    }
+}
+
 /// Finds `\All` by its special-use attribute (never by name: Gmail
 /// localises it) and maps every other selectable mailbox that `wants` to
 /// the label it shows. `Err` with a hint when there is no `\All`.

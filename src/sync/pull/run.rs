@@ -162,9 +162,7 @@ where
             for w in &layout.warnings {
                 log::warn!("{w}");
             }
-            let mut t = vec![layout.all.clone()];
-            t.extend(layout.plain.iter().cloned());
-            (t, Vec::new())
+            (layout.targets(), Vec::new())
         }
         None => choose_mailboxes_in(&listed, &naming, |n| account.wants(n)),
     };

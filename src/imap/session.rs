@@ -107,19 +107,18 @@ impl Connection {
     /// Connects, secures the connection, and logs in. Credentials are sent
     /// only over a verified TLS channel.
     pub async fn connect(p: &ConnectParams<'_>) -> Result<Connection, ImapError> {
-        let secs = p.timeout.as_secs();
         let started = std::time::Instant::now();
-        let tcp = timeout(p.timeout, TcpStream::connect((p.host, p.port)))
-            .await
-            .map_err(|_| ImapError::Timeout {
-                what: format!("connecting to {}:{}", p.host, p.port),
-                secs,
-            })?
-            .map_err(|source| ImapError::Connect {
-                host: p.host.to_string(),
-                port: p.port,
-                source,
-            })?;
+        let tcp = within(
+            p.timeout,
+            &format!("connecting to {}:{}", p.host, p.port),
+            TcpStream::connect((p.host, p.port)),
+        )
+        .await?
+        .map_err(|source| ImapError::Connect {
+            host: p.host.to_string(),
+            port: p.port,
+            source,
+        })?;
         tcp.set_nodelay(true).ok();
         let mut tcp = tcp;
         // The link's round trip, for `compress = "auto"`: STARTTLS's own
@@ -134,26 +133,23 @@ impl Connection {
         let mut pipelining = false;
         if p.starttls {
             let greeting;
-            (rtt, greeting) = timeout(p.timeout, starttls_preamble(&mut tcp, p))
-                .await
-                .map_err(|_| ImapError::Timeout {
-                    what: "STARTTLS negotiation".into(),
-                    secs,
-                })??;
+            (rtt, greeting) = within(
+                p.timeout,
+                "STARTTLS negotiation",
+                starttls_preamble(&mut tcp, p),
+            )
+            .await??;
             pipelining = keeps_input_across_login(&greeting);
         }
         let name = ServerName::try_from(p.host.to_string())
             .map_err(|e| ImapError::Tls(format!("invalid host name `{}`: {e}", p.host)))?;
         let (tcp, first) = FirstBytes::new(tcp);
-        let tls = timeout(
+        let tls = within(
             p.timeout,
+            "TLS handshake",
             TlsConnector::from(p.tls.clone()).connect(name, tcp),
         )
-        .await
-        .map_err(|_| ImapError::Timeout {
-            what: "TLS handshake".into(),
-            secs,
-        })?
+        .await?
         .map_err(|e| {
             let first = first.lock().unwrap_or_else(|p| p.into_inner());
             if !p.starttls && is_plain_imap(&first) {
@@ -189,23 +185,19 @@ impl Connection {
         let mut buf = Vec::new();
         if !p.starttls {
             if let Some(line) = early.line(p)? {
-                timeout(p.timeout, async {
+                within(p.timeout, "sending the login", async {
                     stream.write_all(line.as_bytes()).await?;
                     stream.flush().await
                 })
-                .await
-                .map_err(|_| ImapError::Timeout {
-                    what: "sending the login".into(),
-                    secs,
-                })??;
+                .await??;
             }
             let waited = std::time::Instant::now();
-            let greeting = timeout(p.timeout, read_line(&mut stream, &mut buf))
-                .await
-                .map_err(|_| ImapError::Timeout {
-                    what: "server greeting".into(),
-                    secs,
-                })??;
+            let greeting = within(
+                p.timeout,
+                "server greeting",
+                read_line(&mut stream, &mut buf),
+            )
+            .await??;
             rtt = waited.elapsed();
             log::debug!("greeting after {:.1} ms", rtt.as_secs_f64() * 1000.0);
             log::debug!("< {}", greeting.trim_end());
@@ -222,12 +214,12 @@ impl Connection {
             }
             Early::Capability => {
                 let tags = [super::auth::CAPABILITY_TAG.to_string()];
-                let replies = timeout(p.timeout, read_replies(&mut stream, &mut buf, &tags))
-                    .await
-                    .map_err(|_| ImapError::Timeout {
-                        what: "CAPABILITY".into(),
-                        secs,
-                    })??;
+                let replies = within(
+                    p.timeout,
+                    "CAPABILITY",
+                    read_replies(&mut stream, &mut buf, &tags),
+                )
+                .await??;
                 // Refused or empty: auth.rs asks again.
                 let (caps, _) = super::namespace::caps_and_namespace(&replies);
                 (!caps.is_empty()).then(|| caps.into_iter().collect::<Vec<_>>())
@@ -370,7 +362,6 @@ impl Connection {
         literal_limit: Arc<AtomicU64>,
         scanning: Arc<AtomicBool>,
     ) -> Result<Connection, ImapError> {
-        let secs = p.timeout.as_secs();
         let login = within(
             p.timeout,
             "login",
@@ -391,15 +382,11 @@ impl Connection {
         let mut namespace = None;
         let mut ahead = None;
         if caps.is_empty() {
-            let replies = timeout(p.timeout, async {
+            let replies = within(p.timeout, "CAPABILITY + NAMESPACE", async {
                 send_flight(&mut stream, &["CAPABILITY", "NAMESPACE"]).await?;
                 read_replies(&mut stream, &mut buf, &flight_tags(2)).await
             })
-            .await
-            .map_err(|_| ImapError::Timeout {
-                what: "CAPABILITY + NAMESPACE".into(),
-                secs,
-            })??;
+            .await??;
             if replies.len() < 2 {
                 return Err(ImapError::ConnectionLost);
             }
@@ -576,19 +563,20 @@ impl Connection {
         &mut self,
         f: impl FnOnce(&Response<'_>) -> T,
     ) -> Result<T, ImapError> {
-        let resp = timeout(self.timeout, unwinding(self.session.read_response()))
-            .await
-            .map_err(|_| ImapError::Timeout {
-                what: "a server response".into(),
-                secs: self.timeout.as_secs(),
-            })???
-            .ok_or(ImapError::ConnectionLost)?;
+        let resp = within(
+            self.timeout,
+            "a server response",
+            unwinding(self.session.read_response()),
+        )
+        .await???
+        .ok_or(ImapError::ConnectionLost)?;
         Ok(f(resp.parsed()))
     }
 
     /// Sends one tagged command (logged at debug level; LOGIN never passes here).
     pub(crate) async fn send(&mut self, command: &str) -> Result<RequestId, ImapError> {
         log::debug!("> {command}");
+        // The verb is named only on a timeout: no string per command sent.
         timeout(self.timeout, self.session.run_command(command))
             .await
             .map_err(|_| ImapError::Timeout {
@@ -1795,13 +1783,13 @@ impl Connection {
         loop {
             // Read here, not through `next`: the response buffer is needed
             // whole to move a body out of it without a copy.
-            let resp = timeout(self.timeout, unwinding(self.session.read_response()))
-                .await
-                .map_err(|_| ImapError::Timeout {
-                    what: "a server response".into(),
-                    secs: self.timeout.as_secs(),
-                })???
-                .ok_or(ImapError::ConnectionLost)?;
+            let resp = within(
+                self.timeout,
+                "a server response",
+                unwinding(self.session.read_response()),
+            )
+            .await???
+            .ok_or(ImapError::ConnectionLost)?;
             let step = match (completion(resp.parsed(), &tag, command), resp.parsed()) {
                 (Some(result), _) => Step::Done(result),
                 (None, Response::Fetch(_, attrs)) => match message_of(attrs, max_size) {
